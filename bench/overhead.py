@@ -1,0 +1,191 @@
+"""What the proxy adds: latency, throughput and CPU, against going direct to the same upstream.
+
+One run starts a zero-delay simulated provider and `laneway serve` (one worker) in front of
+it, then measures, alternating direct and proxied blocks so drift hits both alike:
+  - latency at concurrency 1 (p50/p99, and the difference)
+  - requests/s at concurrency 32
+  - the proxy process's CPU time per non-streaming request (from /proc, over a bounded run)
+  - streaming: proxy CPU per 256-token stream and added time-to-first-token
+
+    .venv/bin/python bench/overhead.py [--requests 3000]
+
+The load generator uses the proxy's own keep-alive client so its cost is small and equal
+on both paths; load generator, proxy and simulator share this machine's cores.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import uvloop
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from proxy.upstream.http_pool import Origin, OriginPool  # noqa: E402
+
+CHAT = b'{"model":"%s","messages":[{"role":"user","content":"Say something short about routing."}],"max_tokens":%d%s}'
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def wait_listening(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"process exited early: {proc.args}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listening on {port}")
+
+
+class Target:
+    def __init__(self, name: str, base_url: str, model: str) -> None:
+        self.name = name
+        origin = Origin.parse(base_url)
+        self.pool = OriginPool(origin, max_idle=64)
+        self.head = b"POST %s/chat/completions HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nAuthorization: Bearer bench\r\n" % (
+            origin.base_path.encode(), origin.host_header)
+        self.model = model.encode()
+
+    async def call(self, max_tokens: int = 16, stream: bool = False) -> tuple[float, float]:
+        """(seconds to the whole response, seconds to the first token)."""
+        body = CHAT % (self.model, max_tokens, b',"stream":true' if stream else b"")
+        head = self.head + b"Content-Length: %d\r\n\r\n" % len(body)
+        started = time.perf_counter()
+        response = await self.pool.request(head, body, connect_s=5, first_byte_s=30, idle_s=30)
+        first = 0.0
+        async for chunk in response.iter_body():
+            if not first and b"tok1" in chunk:
+                first = time.perf_counter() - started
+        if response.status != 200:
+            raise SystemExit(f"{self.name}: HTTP {response.status}")
+        return time.perf_counter() - started, first
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def sequential(target: Target, n: int, **kw) -> list[tuple[float, float]]:
+    return [await target.call(**kw) for _ in range(n)]
+
+
+async def concurrent(target: Target, n: int, workers: int, **kw) -> float:
+    """Requests per second with ``workers`` callers sharing ``n`` requests."""
+    remaining = n
+
+    async def worker() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            await target.call(**kw)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(workers)))
+    return n / (time.perf_counter() - started)
+
+
+async def measure(direct: Target, proxied: Target, proxy_pid: int, n: int) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for target in (direct, proxied):  # warm both paths: connections, caches, JIT-free but lazy imports
+        await sequential(target, 200)
+        await concurrent(target, 500, 32)
+
+    lat = {direct.name: [], proxied.name: []}
+    for _ in range(10):  # interleaved blocks
+        for target in (direct, proxied):
+            lat[target.name] += [total for total, _ in await sequential(target, n // 10)]
+    for name, values in lat.items():
+        out[f"{name}_p50_ms"] = statistics.median(values) * 1e3
+        out[f"{name}_p99_ms"] = pct(values, 0.99) * 1e3
+    out["added_p50_ms"] = out["proxy_p50_ms"] - out["direct_p50_ms"]
+    out["added_p99_ms"] = out["proxy_p99_ms"] - out["direct_p99_ms"]
+
+    for target in (direct, proxied):
+        out[f"{target.name}_rps_c32"] = await concurrent(target, n, 32)
+
+    before = cpu_seconds(proxy_pid)
+    await concurrent(proxied, n, 8)
+    out["proxy_cpu_ms_per_request"] = (cpu_seconds(proxy_pid) - before) / n * 1e3
+
+    streams = max(50, n // 20)
+    ttft = {direct.name: [], proxied.name: []}
+    for target in (direct, proxied):
+        ttft[target.name] += [first for _, first in await sequential(target, 20, max_tokens=256, stream=True)]
+    for _ in range(5):
+        for target in (direct, proxied):
+            ttft[target.name] += [first for _, first in await sequential(target, streams // 5, max_tokens=256, stream=True)]
+    out["direct_ttft_p50_ms"] = statistics.median(ttft[direct.name]) * 1e3
+    out["proxy_ttft_p50_ms"] = statistics.median(ttft[proxied.name]) * 1e3
+    out["added_ttft_p50_ms"] = out["proxy_ttft_p50_ms"] - out["direct_ttft_p50_ms"]
+    before = cpu_seconds(proxy_pid)
+    await sequential(proxied, streams, max_tokens=256, stream=True)
+    out["proxy_cpu_ms_per_stream256"] = (cpu_seconds(proxy_pid) - before) / streams * 1e3
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=3000)
+    args = parser.parse_args()
+
+    sim_port, proxy_port = free_port(), free_port()
+    policy = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
+    policy.write(
+        "version: 1\nauth: open\n"
+        f"deployments:\n  - {{name: sim, provider: openai, model: sim-instant, base_url: 'http://127.0.0.1:{sim_port}/v1'}}\n"
+        "routes:\n  - {name: bench, candidates: [sim]}\n"
+    )
+    policy.close()
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    sim = subprocess.Popen([sys.executable, "-m", "proxy.simulate", "--profile", "instant", "--port", str(sim_port)], env=env, stdout=subprocess.DEVNULL)
+    proxy = subprocess.Popen([sys.executable, "-m", "proxy.cli", "serve", "--policy", policy.name, "--port", str(proxy_port),
+                              "--log-level", "warning"], env=env)
+    try:
+        wait_listening(sim_port, sim)
+        wait_listening(proxy_port, proxy)
+        direct = Target("direct", f"http://127.0.0.1:{sim_port}/v1", "sim-instant")
+        proxied = Target("proxy", f"http://127.0.0.1:{proxy_port}/v1", "bench")
+        results = uvloop.run(measure(direct, proxied, proxy.pid, args.requests))
+    finally:
+        for proc in (proxy, sim):
+            proc.terminate()
+            proc.wait(10)
+        os.unlink(policy.name)
+
+    for key, value in results.items():
+        print(f"{key:32s} {value:10.3f}")
+    print(
+        f"summary: added p50 {results['added_p50_ms']:.3f} ms, p99 {results['added_p99_ms']:.3f} ms (c=1); "
+        f"{results['proxy_rps_c32']:.0f} req/s via proxy vs {results['direct_rps_c32']:.0f} direct (c=32); "
+        f"proxy CPU {results['proxy_cpu_ms_per_request']:.3f} ms/request, {results['proxy_cpu_ms_per_stream256']:.2f} ms/256-token stream; "
+        f"added TTFT p50 {results['added_ttft_p50_ms']:.3f} ms"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,50 @@
+"""CLI: python -m proxy.simulate --profile wafer --port 4101 [...]"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+
+from .profiles import DIALECTS, PROFILES, get_profile
+from .server import serve_forever
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m proxy.simulate", description="Serve a simulated LLM provider.")
+    p.add_argument("--profile", default="wafer", choices=sorted(PROFILES))
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=4101)
+    p.add_argument("--rpm", type=int)
+    p.add_argument("--tpm", type=int)
+    p.add_argument("--rpd", type=int)
+    p.add_argument("--dialect", choices=DIALECTS)
+    p.add_argument("--ttft-ms", type=float)
+    p.add_argument("--tokens-per-s", type=float)
+    p.add_argument("--default-output-tokens", type=int)
+    p.add_argument("--model", action="append", default=[], help="extra model id for GET /v1/models (repeatable)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        profile = get_profile(
+            args.profile, rpm=args.rpm, tpm=args.tpm, rpd=args.rpd, dialect=args.dialect, ttft_ms=args.ttft_ms,
+            tokens_per_s=args.tokens_per_s, default_output_tokens=args.default_output_tokens,
+            models=tuple(args.model) or None,
+        )
+    except ValueError as exc:
+        print(f"simulate: {exc}", file=sys.stderr)
+        return 2
+    # uvicorn re-raises the captured signal after its graceful shutdown; make that a clean exit.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        serve_forever(profile, args.host, args.port)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

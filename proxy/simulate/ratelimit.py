@@ -1,0 +1,146 @@
+"""Per-process sliding-window quotas with OpenAI- or Cerebras-style headers.
+
+Tokens are charged at admission (input + requested output), like Cerebras,
+so a request that would overflow the window is refused before any work.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable
+
+from .profiles import Profile
+
+MINUTE = 60.0
+DAY = 86400.0
+
+Headers = list[tuple[bytes, bytes]]
+
+
+def go_duration(seconds: float) -> str:
+    """Format like Go's time.Duration.String() at millisecond precision ("12ms", "1s", "6m0s")."""
+    ms = round(seconds * 1000)
+    if ms <= 0:
+        return "0s"
+    if ms < 1000:
+        return f"{ms}ms"
+    hours, rem = divmod(ms, 3_600_000)
+    minutes, rem = divmod(rem, 60_000)
+    secs = f"{rem / 1000:.3f}".rstrip("0").rstrip(".")
+    if hours:
+        return f"{hours}h{minutes}m{secs}s"
+    if minutes:
+        return f"{minutes}m{secs}s"
+    return f"{secs}s"
+
+
+def _wait_until_fits(
+    window: Iterable[tuple[float, int]], used: int, need: int, limit: int, span: float, now: float
+) -> float:
+    """Seconds until enough old charges expire for `need` more units to fit under `limit`.
+
+    Called only when they do not fit now; a request larger than the whole limit waits a full span.
+    """
+    if need <= limit:
+        for stamp, amount in window:
+            used -= amount
+            if used + need <= limit:
+                return max(0.0, stamp + span - now)
+    return span
+
+
+class RateLimiter:
+    """Sliding minute window (requests + tokens) and day window (requests)."""
+
+    def __init__(self, profile: Profile) -> None:
+        self.rpm, self.tpm, self.rpd = profile.rpm, profile.tpm, profile.rpd
+        self.cerebras = profile.dialect == "cerebras"
+        self.enabled = any(v is not None for v in (self.rpm, self.tpm, self.rpd))
+        self.reset()
+
+    def reset(self) -> None:
+        self._minute: deque[tuple[float, int]] = deque()  # (admitted at, tokens charged)
+        self._day: deque[tuple[float, int]] = deque()  # (admitted at, 1)
+        self._minute_tokens = 0
+
+    def _expire(self, now: float) -> None:
+        minute, day = self._minute, self._day
+        while minute and minute[0][0] <= now - MINUTE:
+            self._minute_tokens -= minute.popleft()[1]
+        while day and day[0][0] <= now - DAY:
+            day.popleft()
+
+    def admit(self, now: float, tokens: int) -> float:
+        """Charge one request of `tokens`; return 0 if admitted, else seconds to wait."""
+        self._expire(now)
+        waits = []
+        if self.rpm is not None and len(self._minute) + 1 > self.rpm:
+            per_request = ((stamp, 1) for stamp, _ in self._minute)
+            waits.append(_wait_until_fits(per_request, len(self._minute), 1, self.rpm, MINUTE, now))
+        if self.tpm is not None and self._minute_tokens + tokens > self.tpm:
+            waits.append(_wait_until_fits(self._minute, self._minute_tokens, tokens, self.tpm, MINUTE, now))
+        if self.rpd is not None and len(self._day) + 1 > self.rpd:
+            waits.append(_wait_until_fits(self._day, len(self._day), 1, self.rpd, DAY, now))
+        if waits:
+            return max(max(waits), 0.001)
+        self._minute.append((now, tokens))
+        self._minute_tokens += tokens
+        if self.rpd is not None:
+            self._day.append((now, 1))
+        return 0.0
+
+    def _reset_in(self, window: deque[tuple[float, int]], span: float, now: float) -> float:
+        """Seconds until the oldest charge leaves the window (capacity next frees up)."""
+        return max(0.0, window[0][0] + span - now) if window else 0.0
+
+    def headers(self, now: float) -> Headers:
+        """Quota headers in the profile's dialect; empty when no limit is configured."""
+        if not self.enabled:
+            return []
+        self._expire(now)
+        return self._cerebras_headers(now) if self.cerebras else self._openai_headers(now)
+
+    def _openai_headers(self, now: float) -> Headers:
+        out: Headers = []
+        if self.rpm is not None or self.rpd is not None:
+            if self.rpm is not None:
+                limit, window, span = self.rpm, self._minute, MINUTE
+            else:
+                limit, window, span = self.rpd, self._day, DAY
+            out += [
+                (b"x-ratelimit-limit-requests", b"%d" % limit),
+                (b"x-ratelimit-remaining-requests", b"%d" % max(0, limit - len(window))),
+                (b"x-ratelimit-reset-requests", go_duration(self._reset_in(window, span, now)).encode()),
+            ]
+        if self.tpm is not None:
+            out += [
+                (b"x-ratelimit-limit-tokens", b"%d" % self.tpm),
+                (b"x-ratelimit-remaining-tokens", b"%d" % max(0, self.tpm - self._minute_tokens)),
+                (b"x-ratelimit-reset-tokens", go_duration(self._reset_in(self._minute, MINUTE, now)).encode()),
+            ]
+        return out
+
+    def _cerebras_headers(self, now: float) -> Headers:
+        out: Headers = []
+        if self.rpd is not None:
+            out += [
+                (b"x-ratelimit-limit-requests-day", b"%d" % self.rpd),
+                (b"x-ratelimit-remaining-requests-day", b"%d" % max(0, self.rpd - len(self._day))),
+                (b"x-ratelimit-reset-requests-day", b"%.2f" % self._reset_in(self._day, DAY, now)),
+            ]
+        if self.tpm is not None:
+            out += [
+                (b"x-ratelimit-limit-tokens-minute", b"%d" % self.tpm),
+                (b"x-ratelimit-remaining-tokens-minute", b"%d" % max(0, self.tpm - self._minute_tokens)),
+                (b"x-ratelimit-reset-tokens-minute", b"%.2f" % self._reset_in(self._minute, MINUTE, now)),
+            ]
+        return out
+
+
+def retry_headers(wait: float) -> Headers:
+    """retry-after (whole seconds, >= 1) and retry-after-ms for a refused request."""
+    return [
+        (b"retry-after", b"%d" % max(1, math.ceil(wait))),
+        (b"retry-after-ms", b"%d" % max(1, math.ceil(wait * 1000))),
+    ]

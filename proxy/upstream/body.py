@@ -1,0 +1,42 @@
+"""Rewrite the few bytes of a request body that must change on the way upstream.
+
+The body is forwarded as the client sent it; only the top-level ``model`` value is
+replaced (and, for chat/completions streams, usage reporting is switched on so the
+ledger is exact). Re-serialising would cost CPU and could alter what the client meant.
+"""
+from __future__ import annotations
+
+import re
+
+import orjson
+
+_MODEL_FIELD = re.compile(rb'"model"\s*:\s*"((?:[^"\\]|\\.)*)"')
+_USAGE_STREAMS = frozenset({"chat", "completions"})
+
+
+def needs_usage_injection(endpoint: str, stream: bool, client_wants_usage: bool) -> bool:
+    return stream and endpoint in _USAGE_STREAMS and not client_wants_usage
+
+
+def rewrite_body(raw: bytes, body: dict, model: str, inject_usage: bool) -> bytes:
+    """``raw`` with the top-level model set to ``model`` and, if asked, usage in the stream."""
+    out = raw
+    if body["model"] != model:
+        matches = _MODEL_FIELD.findall(raw)
+        if len(matches) != 1:  # "model" also appears nested: fall back to a faithful re-encode
+            return _reencode(body, model, inject_usage)
+        out = _MODEL_FIELD.sub(lambda _: b'"model":' + orjson.dumps(model), raw, count=1)
+    if inject_usage:
+        if "stream_options" in body:
+            return _reencode(body, model, inject_usage)
+        brace = out.index(b"{")
+        out = out[: brace + 1] + b'"stream_options":{"include_usage":true},' + out[brace + 1 :]
+    return out
+
+
+def _reencode(body: dict, model: str, inject_usage: bool) -> bytes:
+    new = dict(body, model=model)
+    if inject_usage:
+        options = new.get("stream_options")
+        new["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+    return orjson.dumps(new)

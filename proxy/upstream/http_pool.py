@@ -1,0 +1,323 @@
+"""A small keep-alive HTTP/1.1 client pool built on asyncio protocols and httptools.
+
+Why not httpx or aiohttp: the proxy's budget is well under a millisecond of CPU per
+request, and a general-purpose client spends most of that on objects we never use.
+This client does one thing: send a request we already hold as bytes, hand back the
+status and headers, then the body as the chunks arrive — with timeouts on connect,
+first byte and the gap between chunks, and connections reused per origin.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import ssl
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import httptools
+
+
+class UpstreamError(Exception):
+    """The upstream could not be reached or broke the exchange; ``kind`` says how."""
+
+    kind = "protocol"
+
+
+class UpstreamConnectError(UpstreamError):
+    kind = "connect"
+
+
+class UpstreamTimeout(UpstreamError):
+    kind = "timeout"
+
+
+class UpstreamClosed(UpstreamError):
+    """The connection ended before the response did (a mid-stream drop)."""
+
+    kind = "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    scheme: str
+    host: str
+    port: int
+    base_path: str
+
+    @classmethod
+    def parse(cls, base_url: str) -> "Origin":
+        parts = urlsplit(base_url)
+        scheme = parts.scheme.lower()
+        if scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {base_url!r}")
+        port = parts.port or (443 if scheme == "https" else 80)
+        return cls(scheme, parts.hostname, port, parts.path.rstrip("/"))
+
+    @property
+    def host_header(self) -> bytes:
+        default = 443 if self.scheme == "https" else 80
+        return (self.host if self.port == default else f"{self.host}:{self.port}").encode()
+
+
+class _Connection(asyncio.Protocol):
+    """One upstream TCP connection; parses responses and buffers body chunks for one reader."""
+
+    __slots__ = (
+        "transport", "parser", "pool", "status", "headers", "chunks", "complete",
+        "closed", "error", "_headers_waiter", "_body_waiter", "_paused", "_got_bytes",
+    )
+
+    _HIGH_WATER = 32
+
+    def __init__(self, pool: "OriginPool") -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.error: UpstreamError | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.chunks: collections.deque[bytes] = collections.deque()
+        self.complete = False
+        self._headers_waiter: asyncio.Future | None = None
+        self._body_waiter: asyncio.Future | None = None
+        self._paused = False
+        self._got_bytes = False
+
+    # -- asyncio.Protocol ---------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self._got_bytes = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(UpstreamError("upstream answered with a protocol upgrade"))
+        except httptools.HttpParserError as exc:
+            self._fail(UpstreamError(f"malformed HTTP response from upstream: {exc}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if not self.complete:
+            self._fail(UpstreamClosed("upstream closed the connection before the response ended"))
+        self.pool._forget(self)
+
+    # -- httptools callbacks ------------------------------------------------
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+        waiter = self._headers_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def on_body(self, body: bytes) -> None:
+        self.chunks.append(body)
+        if len(self.chunks) > self._HIGH_WATER and not self._paused and self.transport:
+            self._paused = True
+            self.transport.pause_reading()
+        self._wake_body()
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+        self._wake_body()
+
+    # -- helpers ------------------------------------------------------------
+    def _wake_body(self) -> None:
+        waiter = self._body_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _fail(self, error: UpstreamError) -> None:
+        if self.error is None:
+            self.error = error
+        for waiter in (self._headers_waiter, self._body_waiter):
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(error)
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        """Drop the connection now: how a cancelled request reaches the upstream."""
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class Response:
+    """Status and headers of an upstream response; the body is read once, then the connection is released."""
+
+    __slots__ = ("status", "headers", "_conn", "_idle_s", "_released")
+
+    def __init__(self, conn: _Connection, idle_s: float) -> None:
+        self.status = conn.status
+        self.headers = conn.headers
+        self._conn = conn
+        self._idle_s = idle_s
+        self._released = False
+
+    def header(self, name: bytes) -> bytes | None:
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    async def iter_body(self) -> AsyncIterator[bytes]:
+        conn = self._conn
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                if conn.chunks:
+                    chunk = conn.chunks.popleft()
+                    if conn._paused and len(conn.chunks) < 4 and conn.transport:
+                        conn._paused = False
+                        conn.transport.resume_reading()
+                    yield chunk
+                    continue
+                if conn.complete:
+                    return
+                if conn.error is not None:
+                    raise conn.error
+                waiter = conn._body_waiter = loop.create_future()
+                timer = loop.call_later(self._idle_s, _expire, waiter, "upstream sent nothing for %.1fs" % self._idle_s)
+                try:
+                    await waiter
+                finally:
+                    timer.cancel()
+                    conn._body_waiter = None
+        finally:
+            self.release()
+
+    async def read(self) -> bytes:
+        parts = [chunk async for chunk in self.iter_body()]
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def release(self) -> None:
+        """Return the connection to the pool if the exchange finished cleanly, else drop it."""
+        if self._released:
+            return
+        self._released = True
+        conn = self._conn
+        if conn.complete and not conn.closed and conn.error is None and conn.parser.should_keep_alive():
+            conn.pool._put_back(conn)
+        else:
+            conn.abort()
+
+
+def _expire(waiter: asyncio.Future, message: str) -> None:
+    if not waiter.done():
+        waiter.set_exception(UpstreamTimeout(message))
+
+
+class OriginPool:
+    """Idle keep-alive connections to one scheme://host:port."""
+
+    def __init__(self, origin: Origin, *, max_idle: int = 256, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.origin = origin
+        self.max_idle = max_idle
+        self._idle: list[_Connection] = []
+        self._ssl = ssl_context if origin.scheme == "https" else None
+        if origin.scheme == "https" and self._ssl is None:
+            self._ssl = ssl.create_default_context()
+
+    def _forget(self, conn: _Connection) -> None:
+        try:
+            self._idle.remove(conn)
+        except ValueError:
+            pass
+
+    def _put_back(self, conn: _Connection) -> None:
+        if len(self._idle) >= self.max_idle:
+            conn.abort()
+            return
+        conn._reset()
+        self._idle.append(conn)
+
+    async def _connect(self, timeout: float) -> _Connection:
+        loop = asyncio.get_running_loop()
+        try:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: _Connection(self), self.origin.host, self.origin.port,
+                    ssl=self._ssl, server_hostname=self.origin.host if self._ssl else None,
+                ),
+                timeout,
+            )
+        except asyncio.TimeoutError:
+            raise UpstreamConnectError(f"connect to {self.origin.host}:{self.origin.port} timed out after {timeout:.1f}s") from None
+        except OSError as exc:
+            raise UpstreamConnectError(f"cannot connect to {self.origin.host}:{self.origin.port}: {exc.strerror or exc}") from None
+        return conn
+
+    async def request(
+        self,
+        head: bytes,
+        body: bytes,
+        *,
+        connect_s: float,
+        first_byte_s: float,
+        idle_s: float,
+    ) -> Response:
+        """Send ``head`` (request line + headers, ending in a blank line) and ``body``; wait for headers.
+
+        A reused connection that the upstream had already closed is retried once on a fresh
+        one, but only when not a single response byte arrived — the request never reached it.
+        """
+        reused = bool(self._idle)
+        conn = self._idle.pop() if reused else await self._connect(connect_s)
+        try:
+            return await self._exchange(conn, head, body, first_byte_s, idle_s)
+        except UpstreamClosed:
+            if not (reused and not conn._got_bytes):
+                raise
+        conn = await self._connect(connect_s)
+        return await self._exchange(conn, head, body, first_byte_s, idle_s)
+
+    async def _exchange(self, conn: _Connection, head: bytes, body: bytes, first_byte_s: float, idle_s: float) -> Response:
+        if conn.closed or conn.transport is None:
+            raise UpstreamClosed("pooled connection was closed")
+        loop = asyncio.get_running_loop()
+        waiter = conn._headers_waiter = loop.create_future()
+        conn.transport.write(head + body if len(body) < 65536 else head)
+        if len(body) >= 65536:
+            conn.transport.write(body)
+        timer = loop.call_later(first_byte_s, _expire, waiter, "upstream sent no response within %.1fs" % first_byte_s)
+        try:
+            await waiter
+        except BaseException:
+            conn.abort()
+            raise
+        finally:
+            timer.cancel()
+            conn._headers_waiter = None
+        return Response(conn, idle_s)
+
+    def close(self) -> None:
+        for conn in self._idle:
+            conn.abort()
+        self._idle.clear()
+
+
+class UpstreamPools:
+    """One OriginPool per origin, created on first use."""
+
+    def __init__(self) -> None:
+        self._pools: dict[tuple[str, str, int], OriginPool] = {}
+
+    def get(self, origin: Origin) -> OriginPool:
+        key = (origin.scheme, origin.host, origin.port)
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = self._pools[key] = OriginPool(origin)
+        return pool
+
+    def close(self) -> None:
+        for pool in self._pools.values():
+            pool.close()
+        self._pools.clear()

@@ -1,0 +1,122 @@
+"""Providers that do not speak OpenAI's wire format (Anthropic, ...) through litellm.
+
+litellm translates an OpenAI chat request to the provider's API and the answer back to
+OpenAI chunks; this adapter turns those into the same byte stream and status/headers
+interface a pass-through upstream response has, so the API layer relays both alike.
+"""
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import orjson
+
+from proxy.config.schema import Deployment
+from proxy.errors import ProxyError
+from proxy.litellm_import import litellm
+from proxy.upstream.http_pool import UpstreamConnectError, UpstreamError, UpstreamTimeout
+from proxy.upstream.request import ModelRequest
+
+# OpenAI chat parameters forwarded to litellm as given; anything else is dropped by litellm's own mapping.
+_CHAT_PARAMS = (
+    "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop", "tools",
+    "tool_choice", "response_format", "user", "metadata", "n", "parallel_tool_calls", "reasoning_effort",
+)
+_SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8")]
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+class LitellmResponse:
+    """Quacks like http_pool.Response: status, headers, iter_body(), read(), release()."""
+
+    def __init__(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes = b"", stream=None) -> None:
+        self.status = status
+        self.headers = headers
+        self._body = body
+        self._stream = stream
+
+    async def iter_body(self) -> AsyncIterator[bytes]:
+        if self._stream is None:
+            yield self._body
+            return
+        try:
+            async for chunk in self._stream:
+                yield b"data: " + chunk.model_dump_json(exclude_none=True).encode() + b"\n\n"
+        except Exception as exc:
+            raise _upstream_error(exc) from None
+        finally:
+            self.release()
+        yield b"data: [DONE]\n\n"
+
+    async def read(self) -> bytes:
+        return b"".join([chunk async for chunk in self.iter_body()])
+
+    def release(self) -> None:
+        """Drop the provider stream; a cancelled iteration has already closed its HTTP response."""
+        self._stream = None
+
+
+class LitellmTarget:
+    """Sends chat requests for one deployment through ``litellm.acompletion``."""
+
+    def __init__(self, deployment: Deployment) -> None:
+        self.deployment = deployment
+        self._model = f"{deployment.provider}/{deployment.model}"
+
+    def injects_usage(self, req: ModelRequest) -> bool:
+        return req.stream and not req.client_wants_usage
+
+    async def send(self, req: ModelRequest) -> LitellmResponse:
+        if req.endpoint != "chat":
+            raise ProxyError(
+                400,
+                f"Deployment '{self.deployment.name}' ({self.deployment.provider}) serves /v1/chat/completions only; "
+                "use a route with an OpenAI-compatible deployment for this endpoint.",
+                code="unsupported_endpoint",
+            )
+        dep = self.deployment
+        params = {name: req.body[name] for name in _CHAT_PARAMS if name in req.body}
+        if req.stream:
+            params["stream"] = True
+            params["stream_options"] = {"include_usage": True}
+        try:
+            result = await litellm().acompletion(
+                model=self._model,
+                api_base=dep.base_url,
+                api_key=dep.api_key or "unset",
+                timeout=dep.timeouts.total_s,
+                num_retries=0,
+                extra_headers=dict(dep.headers) or None,
+                **params,
+            )
+        except Exception as exc:
+            return _error_response(exc)
+        if req.stream:
+            return LitellmResponse(200, _SSE_HEADERS, stream=result)
+        payload = result.model_dump(exclude_none=True)
+        payload["model"] = req.model
+        return LitellmResponse(200, _JSON_HEADERS, orjson.dumps(payload))
+
+
+def _error_response(exc: Exception) -> LitellmResponse:
+    """A provider error as an OpenAI error response; connect failures and timeouts raise instead."""
+    error = _upstream_error(exc)
+    if not isinstance(error, (UpstreamConnectError, UpstreamTimeout)) and getattr(exc, "status_code", None):
+        status = int(exc.status_code)
+        body = {"error": {"message": str(getattr(exc, "message", exc)), "type": _error_type(status), "param": None, "code": None}}
+        return LitellmResponse(status, _JSON_HEADERS, orjson.dumps(body))
+    raise error
+
+
+def _upstream_error(exc: Exception) -> UpstreamError:
+    errors = litellm().exceptions
+    if isinstance(exc, errors.Timeout):
+        return UpstreamTimeout(f"provider timed out: {type(exc).__name__}")
+    if isinstance(exc, errors.APIConnectionError):
+        return UpstreamConnectError(f"provider unreachable: {type(exc).__name__}")
+    return UpstreamError(f"provider error: {type(exc).__name__}")
+
+
+def _error_type(status: int) -> str:
+    return {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}.get(
+        status, "invalid_request_error" if status < 500 else "server_error"
+    )

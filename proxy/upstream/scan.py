@@ -1,0 +1,144 @@
+"""Scan, don't parse: find usage and the first token in bytes we relay untouched.
+
+Parsing every SSE chunk as JSON would cost more than the rest of the proxy together;
+the facts accounting needs sit at known places (the first content delta, the final usage
+object), so a few byte searches per chunk are enough.
+"""
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+
+import orjson
+
+# First real output: non-empty text, reasoning, or a tool call (chat / completions / responses).
+_FIRST_TOKEN = re.compile(
+    rb'"(?:content|text|reasoning_content|reasoning)":"[^"]|"tool_calls":\[\{|\.delta"'
+)
+# One output event; counted only to estimate what a stream produced when no usage arrives.
+_DELTA_EVENT = re.compile(rb'"(?:content|text|delta)":"[^"]')
+_USAGE_KEY = b'"usage":'
+_USAGE_ONLY = re.compile(rb'"choices":\s*\[\]')
+_TAIL_BYTES = 32768
+
+
+@dataclass(slots=True)
+class Usage:
+    """Token counts in one vocabulary for every API (chat, completions, responses, embeddings)."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+    reported: bool = True  # False: estimated by the proxy because the upstream never said
+
+    @classmethod
+    def from_openai(cls, usage: dict) -> "Usage":
+        inp = usage.get("prompt_tokens", usage.get("input_tokens", 0)) or 0
+        out = usage.get("completion_tokens", usage.get("output_tokens", 0)) or 0
+        in_details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}
+        out_details = usage.get("completion_tokens_details") or usage.get("output_tokens_details") or {}
+        return cls(
+            input_tokens=int(inp),
+            output_tokens=int(out),
+            cached_tokens=int(in_details.get("cached_tokens") or 0),
+            reasoning_tokens=int(out_details.get("reasoning_tokens") or 0),
+        )
+
+
+def extract_usage(buf: bytes) -> Usage | None:
+    """The last non-null ``"usage": {...}`` object in ``buf``, or None."""
+    pos = len(buf)
+    while True:
+        pos = buf.rfind(_USAGE_KEY, 0, pos)
+        if pos < 0:
+            return None
+        start = pos + len(_USAGE_KEY)
+        while start < len(buf) and buf[start] in b" \t\r\n":
+            start += 1
+        if start < len(buf) and buf[start] == 0x7B:  # "{"
+            end = _matching_brace(buf, start)
+            if end > 0:
+                try:
+                    return Usage.from_openai(orjson.loads(buf[start:end]))
+                except (orjson.JSONDecodeError, TypeError, ValueError):
+                    return None
+
+
+def _matching_brace(buf: bytes, start: int) -> int:
+    """Index just past the brace closing the object at ``start``; usage objects hold no strings with braces."""
+    depth = 0
+    for i in range(start, len(buf)):
+        c = buf[i]
+        if c == 0x7B:
+            depth += 1
+        elif c == 0x7D:
+            depth -= 1
+            if depth == 0:
+                return i + 1
+    return -1
+
+
+class StreamScanner:
+    """Watches relayed stream chunks: time of the first token, a tail for the usage, a delta count."""
+
+    __slots__ = ("started", "first_token_at", "deltas", "_tail", "_tail_len")
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.first_token_at: float | None = None
+        self.deltas = 0
+        self._tail: list[bytes] = []
+        self._tail_len = 0
+
+    def feed(self, chunk: bytes) -> None:
+        if self.first_token_at is None and _FIRST_TOKEN.search(chunk):
+            self.first_token_at = time.perf_counter()
+        self.deltas += len(_DELTA_EVENT.findall(chunk))
+        self._tail.append(chunk)
+        self._tail_len += len(chunk)
+        while self._tail_len - len(self._tail[0]) >= _TAIL_BYTES:
+            self._tail_len -= len(self._tail.pop(0))
+
+    def usage(self) -> Usage | None:
+        return extract_usage(b"".join(self._tail))
+
+    def usage_or_estimate(self, input_estimate: int) -> Usage:
+        """Reported usage, else the input estimate and one token per delta event seen."""
+        usage = self.usage()
+        if usage is not None:
+            return usage
+        return Usage(input_tokens=input_estimate, output_tokens=self.deltas, reported=False)
+
+
+class UsageChunkFilter:
+    """Drops the usage-only chat chunk that the proxy asked for but the client did not.
+
+    The proxy always asks the upstream for ``stream_options.include_usage`` so accounting
+    is exact; a client that did not ask must not receive the extra ``choices: []`` chunk
+    (naive clients index ``choices[0]``). Works on whole SSE events, holding back at
+    most one partial event between chunks.
+    """
+
+    __slots__ = ("_pending",)
+
+    def __init__(self) -> None:
+        self._pending = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        data = self._pending + chunk if self._pending else chunk
+        cut = data.rfind(b"\n\n")
+        if cut < 0:
+            self._pending = data
+            return b""
+        cut += 2
+        complete, self._pending = data[:cut], data[cut:]
+        if not _USAGE_ONLY.search(complete):
+            return complete
+        events = complete.split(b"\n\n")[:-1]
+        return b"".join(event + b"\n\n" for event in events if not _USAGE_ONLY.search(event))
+
+    def flush(self) -> bytes:
+        rest, self._pending = self._pending, b""
+        return rest

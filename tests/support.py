@@ -1,0 +1,70 @@
+"""Run real ASGI servers (proxy, simulators) on free loopback ports inside the test process."""
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from pathlib import Path
+
+import uvicorn
+import uvloop
+
+from proxy.api.app import LanewayApp
+from proxy.api.state import ProxyState
+from proxy.config import load_policy
+from proxy.simulate.profiles import get_profile
+from proxy.simulate.provider import build_app
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServerThread:
+    """A uvicorn server in a background thread with its own uvloop; a context manager."""
+
+    def __init__(self, app, lifespan: str = "on") -> None:
+        self.app = app
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        config = uvicorn.Config(app, loop="none", http="httptools", ws="websockets-sansio", lifespan=lifespan, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _run(self) -> None:
+        loop = uvloop.new_event_loop()
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(self.server.serve(sockets=[self.sock]))
+        loop.close()
+
+    def __enter__(self) -> "ServerThread":
+        self.thread.start()
+        while not self.server.started:
+            if not self.thread.is_alive():
+                raise RuntimeError("server thread died during startup")
+            threading.Event().wait(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.sock.close()
+
+
+def simulator(profile: str = "instant", **overrides: object) -> ServerThread:
+    return ServerThread(build_app(get_profile(profile, **overrides)), lifespan="off")
+
+
+def proxy_from_yaml(tmp_path: Path, text: str, name: str = "policy.yaml") -> ServerThread:
+    """A Laneway proxy serving the policy ``text`` (written to ``tmp_path``)."""
+    path = tmp_path / name
+    path.write_text(text)
+    return ServerThread(LanewayApp(ProxyState(load_policy(path))))

@@ -1,0 +1,241 @@
+"""The proxy core through the real openai SDK and raw HTTP: shapes, streams, errors, fallback."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import ALICE_KEY
+
+MESSAGES = [{"role": "user", "content": "write a haiku about latency"}]
+
+
+def sdk(server, key: str = "anything") -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0)
+
+
+def sim_stats(sim) -> dict:
+    return httpx.get(sim.url + "/sim/stats").json()
+
+
+def inject(sim, mode: str, count: int = 1) -> None:
+    httpx.post(sim.url + "/sim/faults", json={"mode": mode, "count": count}).raise_for_status()
+
+
+def test_chat_non_streaming(proxy, wafer_sim):
+    raw = sdk(proxy).chat.completions.with_raw_response.create(model="codex", messages=MESSAGES, max_tokens=7)
+    result = raw.parse()
+    assert result.choices[0].message.content.split() == [f"tok{i}" for i in range(1, 8)]
+    assert result.usage.completion_tokens == 7
+    assert raw.headers["x-laneway-deployment"] == "spark-wafer"
+    assert raw.headers["x-laneway-lane"] == "wafer"
+    assert raw.headers["x-laneway-route-reason"] == "primary"
+    assert raw.headers["x-request-id"]
+    assert sim_stats(wafer_sim)["by_model"]["sim-spark"]["output_tokens"] == 7  # model rewritten upstream
+
+
+def test_chat_stream_without_usage_hides_the_usage_chunk(proxy):
+    chunks = list(sdk(proxy).chat.completions.create(model="codex", messages=MESSAGES, max_tokens=5, stream=True))
+    assert all(chunk.choices for chunk in chunks), "client did not ask for usage: no choices=[] chunk"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert text.split() == [f"tok{i}" for i in range(1, 6)]
+
+
+def test_chat_stream_with_include_usage(proxy):
+    chunks = list(
+        sdk(proxy).chat.completions.create(
+            model="codex", messages=MESSAGES, max_tokens=5, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 5
+
+
+def test_chat_stream_ends_with_done(proxy):
+    with httpx.stream("POST", proxy.url + "/v1/chat/completions",
+                      json={"model": "codex", "messages": MESSAGES, "max_tokens": 3, "stream": True}) as response:
+        body = b"".join(response.iter_bytes())
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert body.endswith(b"data: [DONE]\n\n")
+
+
+def test_async_sdk_streams_concurrently(proxy):
+    async def main() -> list[str]:
+        client = openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key="x", max_retries=0)
+
+        async def one(n: int) -> str:
+            stream = await client.chat.completions.create(model="codex", messages=MESSAGES, max_tokens=n, stream=True)
+            return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+
+        try:
+            return await asyncio.gather(*(one(n) for n in range(1, 9)))
+        finally:
+            await client.close()
+
+    texts = asyncio.run(main())
+    assert [len(t.split()) for t in texts] == list(range(1, 9))
+
+
+def test_responses_streaming_and_not(proxy):
+    client = sdk(proxy)
+    response = client.responses.create(model="codex", input="hello", max_output_tokens=4)
+    assert response.id and response.usage.output_tokens == 4
+    events = list(client.responses.create(model="codex", input="hello", max_output_tokens=4, stream=True))
+    assert events[0].type == "response.created"
+    completed = events[-1]
+    assert completed.type == "response.completed"
+    assert completed.response.id and completed.response.usage.output_tokens == 4
+    assert completed.response.usage.input_tokens_details.cached_tokens == 0
+
+
+def test_completions_embeddings_and_models(proxy):
+    client = sdk(proxy)
+    assert client.completions.create(model="codex", prompt="x", max_tokens=3).usage.completion_tokens == 3
+    streamed = list(client.completions.create(model="codex", prompt="x", max_tokens=3, stream=True))
+    assert "".join(c.choices[0].text for c in streamed if c.choices).split() == ["tok1", "tok2", "tok3"]
+    embedded = client.embeddings.create(model="codex", input=["a", "b"])
+    assert len(embedded.data) == 2 and len(embedded.data[0].embedding) == 8
+    ids = [m.id for m in client.models.list()]
+    assert ids[:5] == ["codex", "fast", "claude", "broken", "dead-then-gpu"]
+    assert {"spark-wafer", "sim-spark", "codex-gpu"} <= set(ids)
+
+
+def test_concrete_model_name_routes_to_its_deployment(proxy):
+    raw = sdk(proxy).chat.completions.with_raw_response.create(model="sim-codex", messages=MESSAGES, max_tokens=1)
+    assert raw.headers["x-laneway-deployment"] == "codex-gpu"
+
+
+def test_request_id_is_passed_through(proxy, wafer_sim):
+    response = httpx.post(proxy.url + "/v1/chat/completions", headers={"x-request-id": "trace-42"},
+                          json={"model": "fast", "messages": MESSAGES, "max_tokens": 1})
+    assert response.headers["x-request-id"] == "trace-42"
+
+
+def _error(response: httpx.Response) -> dict:
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}, body
+    return body["error"]
+
+
+def test_malformed_json_is_400(proxy):
+    response = httpx.post(proxy.url + "/v1/chat/completions", content=b'{"model": "codex", ',
+                          headers={"content-type": "application/json"})
+    assert response.status_code == 400
+    assert _error(response)["type"] == "invalid_request_error"
+    response = httpx.post(proxy.url + "/v1/chat/completions", json={"messages": MESSAGES})
+    assert response.status_code == 400 and _error(response)["param"] == "model"
+
+
+def test_unknown_model_is_404_listing_valid_names(proxy):
+    with pytest.raises(openai.NotFoundError) as info:
+        sdk(proxy).chat.completions.create(model="gpt-nope", messages=MESSAGES)
+    error = info.value.body
+    assert error["code"] == "model_not_found" and "codex" in error["message"] and "fast" in error["message"]
+
+
+def test_unknown_path_is_404_in_openai_shape(proxy):
+    response = httpx.get(proxy.url + "/v1/nothing-here")
+    assert response.status_code == 404 and _error(response)["code"] == "not_found"
+
+
+def test_keys_mode_requires_a_valid_key(make_proxy):
+    with make_proxy(auth="keys") as server:
+        response = httpx.post(server.url + "/v1/chat/completions", json={"model": "codex", "messages": MESSAGES})
+        assert response.status_code == 401 and _error(response)["code"] == "missing_api_key"
+        with pytest.raises(openai.AuthenticationError) as info:
+            sdk(server, key="wrong-key").chat.completions.create(model="codex", messages=MESSAGES)
+        assert "wrong-key" not in str(info.value)
+        ok = sdk(server, key=ALICE_KEY).chat.completions.create(model="codex", messages=MESSAGES, max_tokens=1)
+        assert ok.usage.completion_tokens == 1
+
+
+def test_body_over_limit_is_413(make_proxy):
+    with make_proxy(max_body=2048) as server:
+        big = [{"role": "user", "content": "x" * 4096}]
+        response = httpx.post(server.url + "/v1/chat/completions", json={"model": "codex", "messages": big})
+        assert response.status_code == 413 and _error(response)["code"] == "request_too_large"
+
+        def chunked():
+            yield b'{"model": "codex", "messages": [{"role": "user", "content": "'
+            for _ in range(8):
+                yield b"y" * 1024
+            yield b'"}]}'
+
+        response = httpx.post(server.url + "/v1/chat/completions", content=chunked())
+        assert response.status_code == 413
+
+
+def test_upstream_timeout_is_504(make_proxy, wafer_sim):
+    with make_proxy(first_byte_s=0.3) as server:
+        inject(wafer_sim, "hang")
+        started = time.monotonic()
+        response = httpx.post(server.url + "/v1/chat/completions", json={"model": "fast", "messages": MESSAGES})
+        assert response.status_code == 504 and _error(response)["code"] == "upstream_timeout"
+        assert time.monotonic() - started < 3
+
+
+def test_upstream_connect_failure_is_502(proxy):
+    response = httpx.post(proxy.url + "/v1/chat/completions", json={"model": "broken", "messages": MESSAGES})
+    assert response.status_code == 502 and _error(response)["code"] == "upstream_unavailable"
+    assert "127.0.0.1" not in _error(response)["message"], "upstream addresses stay private"
+
+
+def test_upstream_client_error_is_relayed_faithfully(proxy, wafer_sim):
+    inject(wafer_sim, "400")
+    direct = httpx.post(wafer_sim.url + "/v1/chat/completions", headers={"x-sim-fault": "400"},
+                        json={"model": "sim-spark", "messages": MESSAGES})
+    response = httpx.post(proxy.url + "/v1/chat/completions", json={"model": "codex", "messages": MESSAGES})
+    assert response.status_code == 400
+    assert response.json() == direct.json()
+    assert response.headers["x-laneway-deployment"] == "spark-wafer", "4xx is the client's: no fallback"
+
+
+def test_fallback_on_5xx_429_and_connect_error(proxy, wafer_sim):
+    for mode in ("500", "429"):
+        inject(wafer_sim, mode)
+        raw = sdk(proxy).chat.completions.with_raw_response.create(model="codex", messages=MESSAGES, max_tokens=2)
+        assert raw.headers["x-laneway-deployment"] == "codex-gpu"
+        assert raw.headers["x-laneway-route-reason"] == f"fallback:spark-wafer={mode}"
+    raw = sdk(proxy).chat.completions.with_raw_response.create(model="dead-then-gpu", messages=MESSAGES, max_tokens=2)
+    assert raw.headers["x-laneway-route-reason"] == "fallback:dead=connect"
+
+
+def test_last_candidate_error_is_relayed_with_retry_after(proxy, wafer_sim):
+    inject(wafer_sim, "429")
+    response = httpx.post(proxy.url + "/v1/chat/completions", json={"model": "fast", "messages": MESSAGES})
+    assert response.status_code == 429 and response.headers["retry-after"]
+    assert _error(response)["type"] == "rate_limit_error"
+
+
+def test_mid_stream_drop_raises_in_the_sdk(proxy, wafer_sim):
+    inject(wafer_sim, "drop_mid_stream")
+    with pytest.raises(openai.APIError) as info:
+        for _ in sdk(proxy).chat.completions.create(model="fast", messages=MESSAGES, max_tokens=40, stream=True):
+            pass
+    assert "broke off" in str(info.value)
+
+
+def test_client_disconnect_cancels_upstream(proxy, gpu_sim):
+    with httpx.stream("POST", proxy.url + "/v1/chat/completions",
+                      json={"model": "codex-gpu", "messages": MESSAGES, "max_tokens": 4000, "stream": True}) as response:
+        for line in response.iter_lines():
+            if "tok3" in line:
+                break
+    deadline = time.monotonic() + 5
+    while sim_stats(gpu_sim)["disconnects"] < 1:
+        assert time.monotonic() < deadline, "upstream never saw the cancel"
+        time.sleep(0.05)
+    assert sim_stats(gpu_sim)["output_tokens"] < 4000
+
+
+def test_anthropic_deployment_through_litellm(proxy, gpu_sim):
+    client = sdk(proxy)
+    result = client.chat.completions.create(model="claude", messages=MESSAGES, max_tokens=6)
+    assert result.choices[0].message.content.split() == [f"tok{i}" for i in range(1, 7)]
+    assert result.usage.completion_tokens == 6
+    chunks = list(client.chat.completions.create(model="claude", messages=MESSAGES, max_tokens=6, stream=True))
+    assert all(c.choices for c in chunks)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks).split() == [f"tok{i}" for i in range(1, 7)]
+    assert sim_stats(gpu_sim)["by_model"]["claude-sim"]["output_tokens"] == 12
