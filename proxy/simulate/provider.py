@@ -345,7 +345,7 @@ class SimulatorApp:
         await self._answer(ctx, kind, body, Turn(
             rid=f"{_ID_PREFIX[kind]}sim{next(self._ids):016x}", model=model, created=int(time.time()), n=n,
             input_tokens=input_tokens, capped=capped,
-            include_usage=bool((body.get("stream_options") or {}).get("include_usage")),
+            include_usage=_include_usage(body),
         ), mode == "drop_mid_stream", rl_headers, row)
 
     async def _take_fault(self, ctx: _Ctx) -> Fault | None:
@@ -497,6 +497,11 @@ class SimulatorApp:
             return
         self.faults.extend([fault] * count)
         await self._respond(ctx, 200, orjson.dumps({"queued": len(self.faults)}))
+
+
+def _include_usage(body: dict[str, Any]) -> bool:
+    options = body.get("stream_options")
+    return isinstance(options, dict) and bool(options.get("include_usage"))
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:
