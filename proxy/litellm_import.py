@@ -5,6 +5,7 @@ proxy needs it only for non-OpenAI providers and for the bundled price catalogue
 """
 from __future__ import annotations
 
+import logging
 import os
 from types import ModuleType
 
@@ -16,4 +17,6 @@ def litellm() -> ModuleType:
 
     module.telemetry = False
     module.suppress_debug_info = True
+    for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy"):
+        logging.getLogger(name).setLevel(logging.WARNING)  # it logs every call at INFO
     return module

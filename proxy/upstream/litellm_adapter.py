@@ -92,9 +92,7 @@ class LitellmTarget:
             return _error_response(exc)
         if req.stream:
             return LitellmResponse(200, _SSE_HEADERS, stream=result)
-        payload = result.model_dump(exclude_none=True)
-        payload["model"] = req.model
-        return LitellmResponse(200, _JSON_HEADERS, orjson.dumps(payload))
+        return LitellmResponse(200, _JSON_HEADERS, orjson.dumps(result.model_dump(exclude_none=True)))
 
 
 def _error_response(exc: Exception) -> LitellmResponse:
