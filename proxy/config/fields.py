@@ -27,6 +27,7 @@ from .errors import FieldError
 _NULL = "tag:yaml.org,2002:null"
 _INT = "tag:yaml.org,2002:int"
 _FLOAT = "tag:yaml.org,2002:float"
+_BOOL = "tag:yaml.org,2002:bool"
 _KINDS = {"null": "nothing", "bool": "a boolean", "int": "an integer", "float": "a number", "str": "a string"}
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token
 _constructor = SafeConstructor()
@@ -213,6 +214,12 @@ def positive_int(ctx: Context, node: yaml.Node, path: str) -> int:
     if value <= 0:
         raise Invalid(f"must be greater than 0, got {value}")
     return value
+
+
+def boolean(ctx: Context, node: yaml.Node, path: str) -> bool:
+    if not isinstance(node, yaml.ScalarNode) or node.tag != _BOOL:
+        raise Invalid(f"expected true or false, got {kind(node)}")
+    return bool(_constructor.construct_yaml_bool(node))
 
 
 def positive_float(ctx: Context, node: yaml.Node, path: str) -> float:

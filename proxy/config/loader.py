@@ -10,6 +10,7 @@ in ``_cross_check``.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
@@ -18,17 +19,25 @@ from types import MappingProxyType
 import yaml
 
 from .errors import FieldError, PolicyError
+from .pricing_specs import LEDGER, budget, prices, team_budgets
 from .fields import (
+    boolean,
     Context,
     Field,
     Invalid,
     Record,
+    Reported,
     Spec,
     env_name,
     headers,
     http_url,
+    is_null,
+    join,
+    kind,
+    line_of,
     list_of,
     one_of,
+    pairs,
     port,
     positive_float,
     positive_int,
@@ -45,14 +54,25 @@ from .schema import (
     PROVIDERS,
     SIMULATOR_DIALECTS,
     SIMULATOR_PROFILES,
+    STORE_ERROR_MODES,
+    STORE_TOPOLOGIES,
     STRATEGIES,
     ApiKey,
+    BreakerSettings,
     Deployment,
+    Hedge,
+    LedgerSettings,
+    Limits,
+    Priors,
     Policy,
     Route,
     ServerSettings,
     Simulator,
+    Slo,
+    Spill,
+    StoreSettings,
     Timeouts,
+    WebSocketSettings,
 )
 
 FORMAT_VERSION = 1
@@ -75,6 +95,121 @@ TIMEOUTS = Spec(
     Timeouts,
 )
 
+def _count(ctx: Context, node: yaml.Node, path: str) -> int:
+    """A whole number >= 0 (0 turns a spill threshold off)."""
+    if is_null(node) or not isinstance(node, yaml.ScalarNode) or node.tag != "tag:yaml.org,2002:int":
+        raise Invalid(f"expected a whole number (0 or more), got {kind(node)}")
+    value = int(node.value.replace("_", ""))
+    if value < 0:
+        raise Invalid(f"must be 0 or more, got {value}")
+    return value
+
+
+def _non_negative(ctx: Context, node: yaml.Node, path: str) -> float:
+    """A finite number >= 0."""
+    numeric = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+    if not isinstance(node, yaml.ScalarNode) or node.tag not in numeric:
+        raise Invalid(f"expected a number, got {kind(node)}")
+    try:
+        value = float(node.value.replace("_", ""))
+    except ValueError:
+        value = math.nan
+    if not (value >= 0 and math.isfinite(value)):
+        raise Invalid(f"must be a finite number, 0 or more, got {node.value}")
+    return value
+
+
+def _fraction(ctx: Context, node: yaml.Node, path: str) -> float:
+    value = _non_negative(ctx, node, path)
+    if value >= 1:
+        raise Invalid(f"must be a share between 0 and 1 (e.g. 0.3 for 30%), got {value:g}")
+    return value
+
+
+def _percentile(ctx: Context, node: yaml.Node, path: str) -> float:
+    value = positive_float(ctx, node, path)
+    if value >= 100:
+        raise Invalid(f"must be a percentile between 0 and 100 (e.g. 95), got {value:g}")
+    return value
+
+
+def _weights(ctx: Context, node: yaml.Node, path: str) -> Mapping[str, float]:
+    """deployment name -> relative share of traffic (names are checked against the candidates later)."""
+    if not isinstance(node, yaml.MappingNode):
+        raise Invalid(f"expected a mapping of deployment: weight, got {kind(node)}")
+    before = len(ctx.errors)
+    result: dict[str, float] = {}
+    for name, _, value_node in pairs(ctx, node, path):
+        try:
+            result[name] = _non_negative(ctx, value_node, join(path, name))
+        except Invalid as exc:
+            ctx.error(line_of(value_node), join(path, name), str(exc))
+    if len(ctx.errors) != before:
+        raise Reported
+    return MappingProxyType(result)
+
+
+PRIORS = Spec(
+    {"ttft_ms": Field(positive_float), "tokens_per_s": Field(positive_float), "concurrency": Field(positive_int)},
+    Priors,
+)
+BREAKER = Spec(
+    {"failures": Field(positive_int), "cooldown_s": Field(positive_float), "half_open_probes": Field(positive_int)},
+    BreakerSettings,
+)
+SLO = Spec(
+    {
+        "ttft_ms": Field(positive_float),
+        "tokens_per_s": Field(positive_float),
+        "total_ms": Field(positive_float),
+        "percentile": Field(_percentile),
+    },
+    Slo,
+)
+HEDGE = Spec({"after_ms": Field(positive_float, required=True)}, Hedge)
+SPILL = Spec(
+    {
+        "min_requests": Field(_count),
+        "min_tokens": Field(_count),
+        "reserve_fraction": Field(_fraction),
+        "reserve_min_gain_ms": Field(positive_float),
+    },
+    Spill,
+)
+
+LIMITS = Spec(
+    {
+        "rpm": Field(positive_int),
+        "tpm": Field(positive_int),
+        "rpd": Field(positive_int),
+        "tpd": Field(positive_int),
+        "concurrency": Field(positive_int),
+        "reserve_output_tokens": Field(positive_int),
+    },
+    Limits,
+)
+
+
+def _redis_url(ctx: Context, node: yaml.Node, path: str) -> str:
+    """redis://, rediss:// or unix:// (the value is not echoed: it may hold a password)."""
+    value = text(ctx, node, path)
+    if not value.startswith(("redis://", "rediss://", "unix://")):
+        raise Invalid("must be a Redis URL like redis://host:6379/0 (or rediss://, unix://); use ${REDIS_URL} to keep passwords out of the file")
+    return value
+
+
+STORE = Spec(
+    {
+        "redis_url": Field(_redis_url),
+        "topology": Field(one_of(STORE_TOPOLOGIES, "store topology")),
+        "on_store_error": Field(one_of(STORE_ERROR_MODES, "on_store_error mode")),
+        "replicas": Field(positive_int),
+        "timeout_ms": Field(positive_int),
+        "lease_s": Field(positive_float),
+    },
+    StoreSettings,
+)
+
 DEPLOYMENT = Spec(
     {
         "name": Field(text, required=True),
@@ -86,6 +221,11 @@ DEPLOYMENT = Spec(
         "api_key_env": Field(env_name),
         "timeouts": Field(section(TIMEOUTS)),
         "headers": Field(headers),
+        "priors": Field(section(PRIORS)),
+        "breaker": Field(section(BREAKER)),
+        "websocket": Field(boolean),
+        "websocket_max_connections": Field(positive_int),
+        "limits": Field(section(LIMITS)),
     },
     Deployment,
 )
@@ -95,6 +235,10 @@ ROUTE = Spec(
         "name": Field(text, required=True),
         "candidates": Field(list_of(text, empty="must list at least one deployment"), required=True),
         "strategy": Field(one_of(STRATEGIES, "strategy")),
+        "slo": Field(section(SLO)),
+        "weights": Field(_weights),
+        "hedge": Field(section(HEDGE)),
+        "spill": Field(section(SPILL)),
     },
     Route,
 )
@@ -104,6 +248,9 @@ API_KEY = Spec(
         "name": Field(text, required=True),
         "sha256": Field(sha256_hex, required=True),
         "team": Field(text),
+        "admin": Field(boolean),
+        "budget": Field(budget),
+        "limits": Field(section(LIMITS)),
     },
     ApiKey,
 )
@@ -122,7 +269,16 @@ SIMULATOR = Spec(
     Simulator,
 )
 
-SERVER = Spec({"max_body_bytes": Field(positive_int)}, ServerSettings)
+WEBSOCKET = Spec(
+    {
+        "enabled": Field(boolean),
+        "max_connection_minutes": Field(positive_float),
+        "idle_timeout_s": Field(positive_float),
+    },
+    WebSocketSettings,
+)
+
+SERVER = Spec({"max_body_bytes": Field(positive_int), "websocket": Field(section(WEBSOCKET))}, ServerSettings)
 
 POLICY = Spec(
     {
@@ -133,6 +289,10 @@ POLICY = Spec(
         "deployments": Field(list_of(record(DEPLOYMENT), empty="must list at least one deployment"), required=True),
         "routes": Field(list_of(record(ROUTE))),
         "simulators": Field(list_of(record(SIMULATOR))),
+        "prices": Field(prices),
+        "team_budgets": Field(team_budgets),
+        "ledger": Field(section(LEDGER)),
+        "store": Field(section(STORE)),
     }
 )
 
@@ -176,6 +336,10 @@ def _parse(text_: str, data: bytes, source: str, env: Mapping[str, str] | None) 
         routes=MappingProxyType({r.values["name"]: r.build() for r in top.values.get("routes", ())}),
         simulators=tuple(r.build() for r in top.values.get("simulators", ())),
         warnings=tuple(sorted(ctx.warnings, key=lambda e: e.line)),
+        prices=top.values.get("prices", MappingProxyType({})),
+        team_budgets=top.values.get("team_budgets", MappingProxyType({})),
+        ledger=top.values.get("ledger", LedgerSettings()),
+        store=top.values.get("store", StoreSettings()),
     )
 
 
@@ -258,6 +422,23 @@ def _check_route(ctx: Context, route: Record, deployments: Collection[str]) -> N
         elif candidate in seen:
             ctx.error(line, path, f"deployment {candidate!r} is listed twice in this route")
         seen.add(candidate)
+    _check_weights(ctx, route)
+
+
+def _check_weights(ctx: Context, route: Record) -> None:
+    """`weights` name candidates of this route and only make sense with `strategy: weighted`."""
+    weights = route.values.get("weights")
+    if weights is None:
+        return
+    line, path = route.where("weights")
+    if route.values.get("strategy") != "weighted":
+        ctx.error(line, path, "only apply with `strategy: weighted`; set it or remove `weights`")
+    candidates = route.values.get("candidates", ())
+    for name in weights:
+        if name not in candidates:
+            ctx.error(line, f"{path}.{name}", f"is not a candidate of this route{suggest(name, candidates)}")
+    if weights and not any(weights.values()):
+        ctx.error(line, path, "all weights are 0; give at least one candidate a weight above 0")
 
 
 def _build_deployment(ctx: Context, rec: Record) -> Deployment:

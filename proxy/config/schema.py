@@ -10,16 +10,20 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
 
 from .errors import FieldError
 
 OPENAI_COMPATIBLE = frozenset({"openai", "cerebras", "groq", "together", "vllm", "openai_compatible"})
 LITELLM_PROVIDERS = frozenset({"anthropic"})
 PROVIDERS = OPENAI_COMPATIBLE | LITELLM_PROVIDERS
-STRATEGIES = frozenset({"fallback"})
+STRATEGIES = frozenset({"fallback", "latency", "cost", "weighted"})
 AUTH_MODES = frozenset({"open", "keys"})
 SIMULATOR_PROFILES = frozenset({"wafer", "gpu", "instant"})
 SIMULATOR_DIALECTS = frozenset({"openai", "cerebras"})
+STORE_ERROR_MODES = frozenset({"fail_open", "fail_closed"})
+STORE_TOPOLOGIES = frozenset({"standalone", "cluster"})
 
 
 def hash_key(key: str) -> str:
@@ -36,6 +40,36 @@ class Timeouts:
 
 
 @dataclass(frozen=True, slots=True)
+class Priors:
+    """What the router assumes about a deployment before it has measured it (cold start)."""
+
+    ttft_ms: float = 500.0
+    tokens_per_s: float = 100.0
+    concurrency: int = 8  # requests it serves in parallel before queueing adds latency
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerSettings:
+    """Circuit breaker: open after `failures` consecutive failures, probe again after `cooldown_s`."""
+
+    failures: int = 5
+    cooldown_s: float = 30.0
+    half_open_probes: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Rate limits of one scope (a deployment: what the provider grants us; a key: what we grant it)."""
+
+    rpm: int | None = None  # requests per minute (sliding window)
+    tpm: int | None = None  # tokens per minute (input + output)
+    rpd: int | None = None  # requests per day
+    tpd: int | None = None  # tokens per day
+    concurrency: int | None = None  # requests in flight
+    reserve_output_tokens: int = 1024  # reserved for a request that names no max output tokens
+
+
+@dataclass(frozen=True, slots=True)
 class Deployment:
     name: str
     provider: str  # one of OPENAI_COMPATIBLE | LITELLM_PROVIDERS
@@ -46,6 +80,11 @@ class Deployment:
     api_key: str | None = field(default=None, repr=False)  # resolved at load time; never printed
     timeouts: Timeouts = Timeouts()
     headers: Mapping[str, str] = field(default_factory=dict)  # extra upstream headers, already interpolated
+    priors: Priors = Priors()
+    breaker: BreakerSettings = BreakerSettings()
+    websocket: bool = False  # the provider speaks Responses WebSocket mode: run turns over pooled sockets
+    websocket_max_connections: int = 8  # sockets Laneway may hold open to it (the provider's cap)
+    limits: Limits | None = None
 
     @property
     def openai_compatible(self) -> bool:
@@ -54,10 +93,43 @@ class Deployment:
 
 
 @dataclass(frozen=True, slots=True)
+class Slo:
+    """A route's latency objective; the router prefers candidates predicted to meet it at `percentile`."""
+
+    ttft_ms: float | None = None
+    tokens_per_s: float | None = None
+    total_ms: float | None = None
+    percentile: float = 95.0
+
+
+@dataclass(frozen=True, slots=True)
+class Hedge:
+    """No first token from the chosen candidate after `after_ms`: start the next one too."""
+
+    after_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class Spill:
+    """Move a candidate behind the others while its provider-reported quota is this close to empty."""
+
+    min_requests: int = 1  # spill when fewer requests than this remain in the provider's window
+    min_tokens: int = 0    # ... or fewer tokens than this request's estimate plus this margin
+    # Below this share of the provider's window left, keep the rest for requests that gain at
+    # least reserve_min_gain_ms by using this lane rather than the next (0 = never reserve).
+    reserve_fraction: float = 0.0
+    reserve_min_gain_ms: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     name: str
     candidates: tuple[str, ...]  # deployment names, in preference order
     strategy: str = "fallback"  # one of STRATEGIES
+    slo: Slo | None = None
+    weights: Mapping[str, float] = field(default_factory=dict)  # `weighted`: deployment -> share
+    hedge: Hedge | None = None
+    spill: Spill = Spill()
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +137,9 @@ class ApiKey:
     name: str  # label used in logs/metrics (never the key)
     sha256: str  # lowercase hex sha256 of the full key string, see hash_key()
     team: str | None = None
+    admin: bool = False  # may read GET /admin/cost
+    budget: "Budget | None" = None
+    limits: Limits | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,8 +155,69 @@ class Simulator:
 
 
 @dataclass(frozen=True, slots=True)
+class WebSocketSettings:
+    """Client-facing Responses WebSocket mode on GET /v1/responses."""
+
+    enabled: bool = True  # false: the upgrade gets 426 and clients fall back to HTTP
+    max_connection_minutes: float = 60.0  # then `websocket_connection_limit_reached`; clients reconnect
+    idle_timeout_s: float = 600.0  # close a socket with no turn in flight for this long
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSettings:
+    """Where rate-limit state lives: Redis shared by every replica, or in-process when no URL is set."""
+
+    redis_url: str | None = field(default=None, repr=False)  # may hold a password
+    topology: str = "standalone"  # one of STORE_TOPOLOGIES
+    on_store_error: str = "fail_open"  # one of STORE_ERROR_MODES
+    replicas: int = 1  # fail-open divides every limit by this many replicas
+    timeout_ms: int = 50  # bound on one Redis call, connect included
+    lease_s: float = 30.0  # a concurrency slot of a crashed replica frees after this long
+
+
+@dataclass(frozen=True, slots=True)
 class ServerSettings:
     max_body_bytes: int = 10 * 1024 * 1024
+    websocket: WebSocketSettings = WebSocketSettings()
+
+
+PRICE_STATUSES = frozenset({"announced", "provisional", "free_preview"})
+
+
+@dataclass(frozen=True, slots=True)
+class PricePoint:
+    """One entry of a model's price schedule: USD per million tokens from ``effective_from`` (UTC) on.
+
+    Decimal, not float: re-pricing history must agree with an invoice to the cent.
+    """
+
+    effective_from: datetime  # timezone-aware, UTC
+    input_per_mtok: Decimal
+    output_per_mtok: Decimal
+    cached_input_per_mtok: Decimal | None = None  # None: cached input tokens cost the input price
+    reasoning_per_mtok: Decimal | None = None  # None: reasoning tokens cost the output price
+    status: str = "announced"  # one of PRICE_STATUSES
+    source: str = ""  # where the number comes from (price page, email, "guess from GPU lane")
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """USD spend limits for a key or a team: soft prefers cheaper candidates, hard refuses with 429."""
+
+    daily_soft_usd: Decimal | None = None
+    daily_hard_usd: Decimal | None = None
+    monthly_soft_usd: Decimal | None = None
+    monthly_hard_usd: Decimal | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerSettings:
+    """Where token usage is recorded: Redis when a URL is set (shared by replicas), else in memory."""
+
+    redis_url: str | None = None  # None: the `store:` section's redis_url if any, else in-process
+    flush_interval_s: float = 1.0  # usage is written in one pipelined batch this often
+    max_buffered: int = 100_000  # distinct (hour, deployment, model, key, team) rows held while Redis is down
+    retention_days: int = 400
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,3 +231,7 @@ class Policy:
     routes: Mapping[str, Route]  # by name, in file order
     simulators: tuple[Simulator, ...] = ()
     warnings: tuple[FieldError, ...] = ()
+    prices: Mapping[str, tuple[PricePoint, ...]] = field(default_factory=dict)  # model -> schedule, oldest first
+    team_budgets: Mapping[str, Budget] = field(default_factory=dict)
+    ledger: LedgerSettings = LedgerSettings()
+    store: StoreSettings = StoreSettings()
