@@ -1,0 +1,495 @@
+"""The limiter: one admission round trip per candidate, reservations reconciled afterwards.
+
+A request gets a Ticket. ``admit(ticket, deployment)`` checks and reserves the client's
+buckets (first time only) and the deployment's (configured windows + the provider's last
+word) in one store call; a deployment that refuses is skipped by routing, a client that
+refuses gets 429. ``finish`` replaces the token reservation with the real usage and frees
+concurrency slots; leases of live requests are renewed in the background so a crashed
+replica's slots expire on their own. Store trouble follows ``store.on_store_error``.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import math
+import os
+import time
+from collections import Counter
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+
+from proxy.config.schema import Policy, StoreSettings
+from proxy.errors import ProxyError
+from proxy.limits.buckets import limit_buckets, provider_bucket
+from proxy.limits.provider_headers import ProviderReport, parse_headers
+from proxy.store.base import CONCURRENCY, AdmitResult, Bucket, ProviderWindowState, Store, StoreError, bucket_amounts
+from proxy.store.memory import MemoryStore
+from proxy.upstream.http_pool import UpstreamError
+
+log = logging.getLogger("laneway.limits")
+
+_RETRY_STORE_S = 1.0  # after a store error, fail-open serves locally this long before trying Redis again
+
+
+# The ticket of the request being routed; set by the API layer, read by the router's attempts
+# (hedged attempts run in tasks that inherit it).
+CURRENT_TICKET: ContextVar["Ticket | None"] = ContextVar("laneway_ticket", default=None)
+
+
+class DeploymentLimited(UpstreamError):
+    """A deployment's own limits (or the provider's word) refused the request: routing skips it
+    like an unreachable upstream (``kind`` shows in the route reason as ``name=limited``)."""
+
+    kind = "limited"
+
+    def __init__(self, deployment: str, retry_ms: int) -> None:
+        super().__init__(f"{deployment} is at its rate limit")
+        self.deployment = deployment
+        self.retry_ms = retry_ms
+
+    def refusal(self, failures: list[str]) -> ProxyError:
+        """429 for a request no candidate could take: the shortest wait any of them named."""
+        wait_ms = self.retry_ms if self.retry_ms > 0 else 1000
+        seconds = max(1, math.ceil(wait_ms / 1000))
+        return ProxyError(
+            429,
+            f"Every deployment that serves this model is at its rate limit (tried: {', '.join(failures)}). "
+            f"Retry after {seconds}s.",
+            code="rate_limit_exceeded",
+            headers={"retry-after": str(seconds), "retry-after-ms": str(wait_ms)},
+        )
+
+
+@dataclass(slots=True)
+class Ticket:
+    """One request's reservations: ``held`` maps "" (the client) and deployment names to buckets in ``store``."""
+
+    limiter: "Limiter"
+    rid: str
+    client: str
+    input_tokens: int
+    max_output: int | None
+    tokens: int = 0                  # reserved per token bucket
+    client_held: bool = False
+    held: dict[str, tuple[Bucket, ...]] = field(default_factory=dict)
+    store: Store | None = None
+    deployment: str | None = None    # the last deployment admitted
+    retry_ms: int = 0                # shortest wait a refusing deployment named
+    spilled: bool = False
+    client_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    finished: bool = False
+
+    async def admit(self, deployment: str) -> None:
+        """Reserve for ``deployment``; raises DeploymentLimited (skip it) or ProxyError (the client's limit)."""
+        if not await self.limiter.admit(self, deployment):
+            raise DeploymentLimited(deployment, self.retry_ms)
+
+    def release(self, deployment: str) -> None:
+        self.limiter.release(self, deployment)
+
+    def observe(self, deployment: str, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self.limiter.observe(deployment, status, headers)
+
+
+@dataclass(slots=True)
+class Headroom:
+    """Quota left on one deployment, ours and the provider's; times are ``time.monotonic()``.
+
+    Field-compatible with ``proxy.routing.headroom.Headroom`` so the router can use either.
+    """
+
+    requests: float | None = None
+    tokens: float | None = None
+    requests_limit: float | None = None
+    tokens_limit: float | None = None
+    requests_reset_at: float = 0.0
+    tokens_reset_at: float = 0.0
+    exhausted_until: float = 0.0     # an upstream 429 said so
+
+    def fraction_left(self, now: float) -> float:
+        if now < self.exhausted_until:
+            return 0.0
+        share = 1.0
+        if self.requests is not None and self.requests_limit and now < self.requests_reset_at:
+            share = min(share, self.requests / self.requests_limit)
+        if self.tokens is not None and self.tokens_limit and now < self.tokens_reset_at:
+            share = min(share, self.tokens / self.tokens_limit)
+        return max(0.0, share)
+
+    def short(self, need_tokens: int, min_requests: int, min_tokens: int, now: float) -> str | None:
+        if now < self.exhausted_until:
+            return "requests"
+        if self.requests is not None and now < self.requests_reset_at and self.requests < min_requests:
+            return "requests"
+        if self.tokens is not None and now < self.tokens_reset_at and self.tokens < need_tokens + min_tokens:
+            return "tokens"
+        return None
+
+
+@dataclass(slots=True)
+class LimitStats:
+    """Plain counters for metrics exporters; read them, never reset them.
+
+    ``remaining`` / ``provider``: (deployment, window) -> (remaining, limit, reset at epoch s),
+    ours from the last admission, the provider's from its last headers.
+    ``reservation_error``: deployment -> [sum of estimated - actual tokens, requests].
+    """
+
+    rejections: Counter = field(default_factory=Counter)       # (scope, name) -> refusals
+    spills: Counter = field(default_factory=Counter)           # deployment -> requests it took because an earlier candidate was at its limit
+    remaining: dict = field(default_factory=dict)
+    provider: dict = field(default_factory=dict)
+    reservation_error: dict = field(default_factory=dict)
+    store_errors: int = 0
+    local_admissions: int = 0                                  # admitted by the fail-open fallback
+
+
+class Limiter:
+    """One per process; ``load(policy)`` again on reload (state and counters carry over)."""
+
+    def __init__(self, settings: StoreSettings, store: Store | None = None) -> None:
+        self.settings = settings
+        self.shared = store is not None
+        self.store: Store = store if store is not None else MemoryStore()
+        self.fallback = MemoryStore()
+        self.stats = LimitStats()
+        self._ids = itertools.count()
+        self._prefix = f"{os.getpid():x}.{os.urandom(4).hex()}."
+        self._down_until = 0.0           # monotonic; fail-open serves locally until then
+        self._incident = False
+        self._live: dict[str, Ticket] = {}
+        self._renewer: asyncio.Task | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._headroom: dict[str, Headroom] = {}
+        self._learning: dict[str, tuple[list[ProviderWindowState], int]] = {}
+        self._speaks: set[str] = set()   # deployments whose responses carry rate-limit headers
+        self._clients: dict[str, tuple[tuple[Bucket, ...], tuple[Bucket, ...]]] = {}
+        self._deployments: dict[str, tuple[tuple[Bucket, ...], tuple[Bucket, ...]]] = {}
+        self._reserve: dict[str, int] = {}
+        self._by_outcome: dict[int, Ticket] = {}
+        self._provider_buckets: dict[str, Bucket] = {}
+
+    @classmethod
+    def from_policy(cls, policy: Policy) -> "Limiter":
+        settings = policy.store
+        store = None
+        if settings.redis_url:
+            from proxy.store.redis_store import RedisStore
+
+            store = RedisStore(settings.redis_url, timeout_ms=settings.timeout_ms, cluster=settings.topology == "cluster")
+        limiter = cls(settings, store)
+        limiter.load(policy)
+        return limiter
+
+    def load(self, policy: Policy) -> None:
+        lease_ms = int(self.settings.lease_s * 1000)
+        replicas = self.settings.replicas
+        self._clients = {
+            key.name: (limit_buckets("client", key.name, key.limits, lease_ms), limit_buckets("client", key.name, key.limits, lease_ms, replicas))
+            for key in policy.keys if key.limits is not None
+        }
+        self._deployments = {
+            name: (limit_buckets("deployment", name, dep.limits, lease_ms), limit_buckets("deployment", name, dep.limits, lease_ms, replicas))
+            for name, dep in policy.deployments.items() if dep.limits is not None
+        }
+        self._reserve = {name: dep.limits.reserve_output_tokens for name, dep in policy.deployments.items() if dep.limits is not None}
+
+    # --- admission -----------------------------------------------------------------
+
+    @property
+    def active(self) -> bool:
+        """False when the policy sets no limits at all: requests then skip the limiter entirely."""
+        return bool(self._clients or self._deployments)
+
+    def ticket(self, client: str, input_tokens: int, max_output: int | None) -> Ticket | None:
+        if not self.active:
+            return None
+        return Ticket(self, self._prefix + str(next(self._ids)), client, input_tokens, max_output)
+
+    def bind(self, outcome: object, ticket: Ticket) -> None:
+        """Tie a ticket to the request's Outcome so ``finish_outcome`` can settle it, whatever the transport."""
+        self._by_outcome[id(outcome)] = ticket
+
+    def response_headers(self, outcome: object) -> list[tuple[bytes, bytes]]:
+        """The client's own x-ratelimit-* headers for a response (empty when its key has no limits)."""
+        ticket = self._by_outcome.get(id(outcome))
+        return ticket.client_headers if ticket is not None else []
+
+    def finish_outcome(self, outcome) -> None:
+        """The request is over (answered, refused, cut off, or abandoned): settle what it used."""
+        ticket = self._by_outcome.pop(id(outcome), None)
+        if ticket is not None:
+            self.finish(ticket, outcome.input_tokens + outcome.output_tokens)
+
+    async def admit(self, ticket: Ticket, deployment: str) -> bool:
+        """Reserve for ``deployment``: True if admitted, False if its limits refuse (try the next one).
+
+        Raises ProxyError 429 when the client's own limits refuse (no candidate would help),
+        and 503 under fail_closed when the store cannot answer.
+        """
+        local = self._degraded()
+        pick = 1 if local else 0
+        client = () if ticket.client_held else self._clients.get(ticket.client, ((), ()))[pick]
+        own = self._deployments.get(deployment, ((), ()))[pick]
+        if own or deployment in self._speaks:
+            prov = self._provider_buckets.get(deployment)
+            if prov is None:
+                prov = self._provider_buckets[deployment] = provider_bucket(deployment)
+            own = (*own, prov)
+        buckets = (*client, *own)
+        if not buckets:
+            ticket.deployment = deployment
+            if ticket.spilled:
+                self.stats.spills[deployment] += 1
+            return True
+        if not ticket.client_held:
+            ticket.tokens = ticket.input_tokens + (ticket.max_output or self._reserve.get(deployment, 1024))
+        amounts = bucket_amounts(buckets, ticket.tokens)
+        store = self.fallback if local else self.store
+        if ticket.store is not None and ticket.store is not store and ticket.held:
+            store = ticket.store  # one request keeps one home for all its reservations
+        try:
+            result = await store.admit(ticket.rid, buckets, amounts)
+        except StoreError as exc:
+            store = self._store_failed(exc)
+            if ticket.held:  # what it holds is in the failed store: settling there may fail too; let it expire
+                ticket.held = {}
+                buckets = own
+                amounts = bucket_amounts(buckets, ticket.tokens)
+            result = await store.admit(ticket.rid, buckets, amounts)
+        if store is self.fallback and self.shared:
+            self.stats.local_admissions += 1
+        elif self._incident:
+            self.store_recovered()
+        if not result.admitted:
+            return self._refused(ticket, deployment, buckets[result.refused], result.retry_ms)
+        ticket.store = store
+        ticket.deployment = deployment
+        if client:
+            ticket.client_held = True
+            ticket.held[""] = client
+            ticket.client_headers = _client_headers(client, result, len(client))
+        if own:
+            ticket.held[deployment] = own
+        self._note_remaining(buckets, result)
+        if ticket.spilled:
+            self.stats.spills[deployment] += 1
+        if any(b.kind == CONCURRENCY for b in buckets):
+            self._live[ticket.rid] = ticket
+            if self._renewer is None or self._renewer.done():
+                self._renewer = asyncio.get_running_loop().create_task(self._renew_leases())
+        return True
+
+    def _refused(self, ticket: Ticket, deployment: str, bucket: Bucket, retry_ms: int) -> bool:
+        self.stats.rejections[(bucket.scope, bucket.owner)] += 1
+        if bucket.scope == "client":
+            raise _client_refusal(bucket, retry_ms)
+        ticket.spilled = True
+        if retry_ms > 0 and (ticket.retry_ms <= 0 or retry_ms < ticket.retry_ms):
+            ticket.retry_ms = retry_ms
+        return False
+
+    def release(self, ticket: Ticket, deployment: str) -> None:
+        """``deployment`` failed before answering (or lost a hedge): give back its part of the reservation."""
+        own = ticket.held.pop(deployment, None)
+        if own and ticket.store is not None:
+            self._spawn(ticket.store.settle(ticket.rid, own, None))
+
+    def finish(self, ticket: Ticket, used_tokens: int) -> None:
+        """Replace the token reservation with ``used_tokens`` and free concurrency slots."""
+        if ticket.finished:
+            return
+        ticket.finished = True
+        self._live.pop(ticket.rid, None)
+        if not ticket.held or ticket.store is None:
+            return
+        if ticket.deployment in ticket.held:
+            row = self.stats.reservation_error.setdefault(ticket.deployment, [0, 0])
+            row[0] += ticket.tokens - used_tokens
+            row[1] += 1
+        buckets = [b for group in ticket.held.values() for b in group]
+        ticket.held = {}
+        self._spawn(ticket.store.settle(ticket.rid, buckets, used_tokens))
+
+    # --- provider headers --------------------------------------------------------------
+
+    def observe(self, deployment: str, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        """Learn from an upstream response's rate-limit headers (and its 429)."""
+        now = time.time()
+        report = parse_headers(headers, now)
+        if not report and status != 429:
+            return
+        self._speaks.add(deployment)
+        windows = self._note_provider(deployment, report, now)
+        exhausted_ms = 0
+        if status == 429:
+            wait = report.retry_after_s
+            if wait is None:
+                wait = max((w.reset_ms for w in windows if w.remaining <= 0), default=1000) / 1000
+            exhausted_ms = max(1, int(wait * 1000))
+            room = self._headroom.setdefault(deployment, Headroom())
+            room.exhausted_until = max(room.exhausted_until, time.monotonic() + wait)
+        pending = self._learning.get(deployment)
+        self._learning[deployment] = (windows, max(exhausted_ms, pending[1] if pending else 0))
+        if pending is None:
+            self._spawn(self._flush_learning(deployment))
+
+    async def _flush_learning(self, deployment: str) -> None:
+        """Write the newest report for ``deployment``; reports arriving meanwhile replace it."""
+        await asyncio.sleep(0)
+        windows, exhausted_ms = self._learning.pop(deployment)
+        store = self.fallback if self._degraded() else self.store
+        await store.learn(self._provider_buckets.get(deployment) or provider_bucket(deployment), windows, exhausted_ms)
+
+    def _note_provider(self, deployment: str, report: ProviderReport, now: float) -> list[ProviderWindowState]:
+        mono = time.monotonic()
+        room = self._headroom.setdefault(deployment, Headroom())
+        windows = []
+        for w in report.windows:
+            if w.remaining is None or w.reset_s is None:
+                continue
+            windows.append(ProviderWindowState(w.window, w.kind, w.remaining, int(w.reset_s * 1000)))
+            self.stats.provider[(deployment, w.window)] = (w.remaining, w.limit, now + w.reset_s)
+            if w.kind == "requests" and (room.requests is None or mono >= room.requests_reset_at or w.remaining <= room.requests):
+                room.requests, room.requests_limit, room.requests_reset_at = w.remaining, w.limit, mono + w.reset_s
+            elif w.kind == "tokens" and (room.tokens is None or mono >= room.tokens_reset_at or w.remaining <= room.tokens):
+                room.tokens, room.tokens_limit, room.tokens_reset_at = w.remaining, w.limit, mono + w.reset_s
+        return windows
+
+    def _note_remaining(self, buckets: tuple[Bucket, ...], result: AdmitResult) -> None:
+        now = time.time()
+        mono = time.monotonic()
+        for bucket, left, reset in zip(buckets, result.remaining, result.reset_ms):
+            if bucket.scope != "deployment" or left < 0:
+                continue
+            self.stats.remaining[(bucket.owner, bucket.window)] = (left, bucket.limit, now + reset / 1000)
+            if bucket.window in ("rpm", "tpm"):
+                room = self._headroom.setdefault(bucket.owner, Headroom())
+                if bucket.window == "rpm":
+                    room.requests, room.requests_limit, room.requests_reset_at = left, bucket.limit, mono + reset / 1000
+                else:
+                    room.tokens, room.tokens_limit, room.tokens_reset_at = left, bucket.limit, mono + reset / 1000
+
+    def headroom(self, deployment: str) -> Headroom | None:
+        """In-process view (no store call): the tighter of our last admission and the provider's last word."""
+        return self._headroom.get(deployment)
+
+    # --- store trouble, leases, background work ---------------------------------------
+
+    def _degraded(self) -> bool:
+        if not self._incident:
+            return False
+        if time.monotonic() < self._down_until:
+            return True
+        self._down_until = time.monotonic() + _RETRY_STORE_S  # one request probes the store; others stay local
+        return False
+
+    def _store_failed(self, exc: StoreError) -> Store:
+        self.stats.store_errors += 1
+        if self.settings.on_store_error == "fail_closed":
+            self._note_incident(exc)
+            raise ProxyError(
+                503,
+                "Rate limits cannot be checked right now (the limit store is unreachable) and this proxy "
+                "is configured to refuse rather than guess. Retry in a few seconds.",
+                code="rate_limit_store_unavailable",
+                headers={"retry-after": "1", "retry-after-ms": "1000"},
+            )
+        self._note_incident(exc)
+        self._down_until = time.monotonic() + _RETRY_STORE_S
+        return self.fallback
+
+    def _note_incident(self, exc: StoreError) -> None:
+        if not self._incident:
+            self._incident = True
+            mode = "serving with per-replica limits" if self.settings.on_store_error == "fail_open" else "refusing requests"
+            log.warning("rate-limit store unreachable (%s); %s until it is back", exc, mode)
+
+    def store_recovered(self) -> None:
+        if self._incident:
+            self._incident = False
+            log.warning("rate-limit store is reachable again; shared limits resume")
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(self._guard(coro))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _guard(self, coro) -> None:
+        try:
+            await coro
+        except StoreError as exc:
+            self.stats.store_errors += 1
+            self._note_incident(exc)
+
+    async def _renew_leases(self) -> None:
+        """Keep live requests' concurrency leases from expiring; stops when none are left."""
+        interval = self.settings.lease_s / 3
+        while self._live:
+            await asyncio.sleep(interval)
+            for ticket in list(self._live.values()):
+                if ticket.store is not None:
+                    leases = [b for group in ticket.held.values() for b in group if b.kind == CONCURRENCY]
+                    self._spawn(ticket.store.renew(ticket.rid, leases))
+
+    async def aclose(self) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=2)
+        await self.store.aclose()
+
+
+def _client_headers(buckets: tuple[Bucket, ...], result: AdmitResult, count: int) -> list[tuple[bytes, bytes]]:
+    """OpenAI-style x-ratelimit-* for the client's own request and token windows (minute ones first)."""
+    out: list[tuple[bytes, bytes]] = []
+    done: set[str] = set()
+    for bucket, left, reset in sorted(zip(buckets, result.remaining[:count], result.reset_ms[:count]), key=lambda r: r[0].span_ms):
+        what = {"rpm": "requests", "rpd": "requests", "tpm": "tokens", "tpd": "tokens"}.get(bucket.window)
+        if what is None or what in done:
+            continue
+        done.add(what)
+        out += [
+            (b"x-ratelimit-limit-" + what.encode(), b"%d" % bucket.limit),
+            (b"x-ratelimit-remaining-" + what.encode(), b"%d" % max(0, left)),
+            (b"x-ratelimit-reset-" + what.encode(), go_duration(reset / 1000).encode()),
+        ]
+    return out
+
+
+def _client_refusal(bucket: Bucket, retry_ms: int) -> ProxyError:
+    what = "tokens" if bucket.kind == "t" else "requests"
+    if retry_ms < 0:
+        return ProxyError(
+            429,
+            f"This request needs more tokens than key '{bucket.owner}' may use per {bucket.window} "
+            f"({bucket.limit}); lower max_tokens or shorten the prompt.",
+            code="rate_limit_exceeded",
+            headers={f"x-ratelimit-limit-{what}": str(bucket.limit)},
+        )
+    seconds = max(1, math.ceil(retry_ms / 1000))
+    headers = {"retry-after": str(seconds), "retry-after-ms": str(retry_ms)}
+    if bucket.window != "concurrency":
+        headers |= {
+            f"x-ratelimit-limit-{what}": str(bucket.limit),
+            f"x-ratelimit-remaining-{what}": "0",
+            f"x-ratelimit-reset-{what}": go_duration(retry_ms / 1000),
+        }
+    limit = f"{bucket.limit} concurrent requests" if bucket.window == "concurrency" else f"{bucket.limit} {what} per {bucket.window}"
+    return ProxyError(
+        429,
+        f"Rate limit reached for key '{bucket.owner}': {limit}. Retry after {seconds}s.",
+        code="rate_limit_exceeded",
+        headers=headers,
+    )
+
+
+def go_duration(seconds: float) -> str:
+    """Like OpenAI's reset headers: ``12ms``, ``1.5s``, ``6m0s``."""
+    ms = round(seconds * 1000)
+    if ms < 1000:
+        return f"{max(ms, 0)}ms"
+    minutes, rem = divmod(ms, 60_000)
+    secs = f"{rem / 1000:.3f}".rstrip("0").rstrip(".")
+    return f"{minutes}m{secs}s" if minutes else f"{secs}s"

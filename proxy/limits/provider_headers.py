@@ -1,0 +1,115 @@
+"""Read a provider's rate-limit headers, whatever dialect it speaks.
+
+OpenAI / Groq: ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}``, resets as Go
+durations (``6m0s``, ``12ms``, ``2m59.56s``). Cerebras: the same prefix with a window suffix
+(``-requests-day``, ``-tokens-minute``) and resets in float seconds (``33011.38``).
+Anthropic: ``anthropic-ratelimit-{requests,tokens,input-tokens,output-tokens}-{limit,remaining,reset}``
+with RFC 3339 reset times. ``retry-after`` (seconds or an HTTP date) and ``retry-after-ms``.
+Each window becomes one ProviderWindow whose reset is in seconds from now.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from email.utils import parsedate_to_datetime
+
+_GO_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)(h|ms|us|µs|ns|m|s))")
+_OPENAI = b"x-ratelimit-"
+_ANTHROPIC = b"anthropic-ratelimit-"
+_FIELDS = ("limit", "remaining", "reset")
+
+
+@dataclass(slots=True)
+class ProviderWindow:
+    window: str              # the provider's own name: "requests", "tokens-minute", "input-tokens"
+    kind: str                # "requests" | "tokens" (input/output token windows count as tokens)
+    limit: int | None = None
+    remaining: int | None = None
+    reset_s: float | None = None
+
+
+@dataclass(slots=True)
+class ProviderReport:
+    windows: list[ProviderWindow]
+    retry_after_s: float | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.windows) or self.retry_after_s is not None
+
+
+def parse_reset(value: str, now: float) -> float | None:
+    """Seconds from ``now`` (epoch seconds) until a reset written in any dialect; None if unreadable."""
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    parts = _GO_DURATION.findall(value)
+    if parts and "".join(n + u for n, u in parts) == value:
+        scale = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+        return sum(float(n) * scale[u] for n, u in parts)
+    try:
+        return max(0.0, datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() - now)
+    except ValueError:
+        return None
+
+
+def parse_retry_after(value: str, now: float) -> float | None:
+    """``Retry-After``: delay-seconds or an HTTP date."""
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - now)
+    except (TypeError, ValueError):
+        return None
+
+
+def _kind(window: str) -> str | None:
+    if "token" in window:
+        return "tokens"
+    if "request" in window:
+        return "requests"
+    return None
+
+
+def parse_headers(headers: list[tuple[bytes, bytes]], now: float) -> ProviderReport:
+    """Every rate-limit window the headers describe; names must be lower-case bytes (as ASGI/h11 give them)."""
+    windows: dict[str, ProviderWindow] = {}
+    retry_after = retry_after_ms = None
+    for name, raw in headers:
+        if name.startswith(_OPENAI):
+            field, _, window = name[len(_OPENAI):].decode("latin-1").partition("-")
+        elif name.startswith(_ANTHROPIC):
+            window, _, field = name[len(_ANTHROPIC):].decode("latin-1").rpartition("-")
+        elif name == b"retry-after-ms":
+            try:
+                retry_after_ms = max(0.0, float(raw) / 1000)
+            except ValueError:
+                pass
+            continue
+        elif name == b"retry-after":
+            retry_after = parse_retry_after(raw.decode("latin-1"), now)
+            continue
+        else:
+            continue
+        kind = _kind(window)
+        if field not in _FIELDS or kind is None:
+            continue
+        entry = windows.get(window)
+        if entry is None:
+            entry = windows[window] = ProviderWindow(window, kind)
+        value = raw.decode("latin-1")
+        if field == "reset":
+            entry.reset_s = parse_reset(value, now)
+        else:
+            try:
+                setattr(entry, field, int(float(value)))
+            except ValueError:
+                pass
+    return ProviderReport(list(windows.values()), retry_after_ms if retry_after_ms is not None else retry_after)

@@ -1,0 +1,95 @@
+"""The store interface the limiter talks to: a few atomic operations on named buckets.
+
+Both stores implement the same algorithm (see docs/limits.md): a sliding-window log per
+request/token window, a lease set per concurrency limit, and a small hash of what the
+provider last said it had left. Every operation is atomic per hash tag, and one call per
+Redis node checks-and-reserves every bucket of a request.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+# Bucket kinds.
+REQUESTS = "n"      # sliding-window log, one entry per request
+TOKENS = "t"        # sliding-window log, one entry per request carrying its token amount
+CONCURRENCY = "c"   # lease set: one entry per in-flight request, scored by its expiry
+PROVIDER = "p"      # what the provider said it has left, per window, until its reset
+
+
+class StoreError(Exception):
+    """The store could not answer in time (or at all); the limiter applies on_store_error."""
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    """One limit on one scope: ``key`` carries a ``{hash tag}`` shared by all of a scope's buckets."""
+
+    key: str
+    kind: str
+    limit: int      # 0 for PROVIDER buckets
+    span_ms: int    # window length; lease time-to-live for CONCURRENCY
+    scope: str      # "client" | "deployment"
+    owner: str      # key name or deployment name
+    window: str     # "rpm", "tpm", "rpd", "tpd", "concurrency", "provider"
+
+    @property
+    def tag(self) -> str:
+        """The hash tag: buckets sharing it live on one Redis Cluster node."""
+        return self.key[self.key.index("{") : self.key.index("}") + 1]
+
+    @property
+    def amounts_key(self) -> str:
+        """Token windows keep each entry's amount (and the running total) in a hash beside the log."""
+        return self.key + ":a"
+
+
+@dataclass(slots=True)
+class AdmitResult:
+    """``refused`` is the index of the first bucket that said no (-1: admitted).
+
+    ``retry_ms`` is how long until that bucket could take the request (-1: never, the
+    request alone exceeds the limit). ``remaining`` / ``reset_ms`` are per bucket, after
+    this request (PROVIDER buckets report -1).
+    """
+
+    refused: int
+    retry_ms: int
+    remaining: list[int]
+    reset_ms: list[int]
+
+    @property
+    def admitted(self) -> bool:
+        return self.refused < 0
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderWindowState:
+    """One window as the provider reported it: ``kind`` is "requests" or "tokens"."""
+
+    window: str
+    kind: str
+    remaining: int
+    reset_ms: int   # from now
+
+
+class Store(Protocol):
+    async def admit(self, rid: str, buckets: Sequence[Bucket], amounts: Sequence[int]) -> AdmitResult:
+        """Check every bucket; reserve ``amounts`` in all of them only if all have room."""
+
+    async def settle(self, rid: str, buckets: Sequence[Bucket], tokens: int | None) -> None:
+        """End a reservation: token entries become ``tokens`` (None: undo it entirely), leases go."""
+
+    async def renew(self, rid: str, buckets: Sequence[Bucket]) -> None:
+        """Push the expiry of ``rid``'s concurrency leases one time-to-live into the future."""
+
+    async def learn(self, bucket: Bucket, windows: Sequence[ProviderWindowState], exhausted_ms: int) -> None:
+        """Record the provider's word; ``exhausted_ms`` > 0 refuses the deployment for that long."""
+
+    async def aclose(self) -> None: ...
+
+
+def bucket_amounts(buckets: Sequence[Bucket], tokens: int) -> list[int]:
+    """What a request of ``tokens`` takes from each bucket."""
+    return [tokens if b.kind in (TOKENS, PROVIDER) else 1 for b in buckets]

@@ -1,0 +1,150 @@
+"""The in-memory twin of the Lua scripts: the embedded default and the fail-open fallback.
+
+Same algorithm, same answers, for one process: a sliding-window log per window (kept in
+admission order, so expiry pops from the left), a lease dict per concurrency limit, and the
+provider's last word per deployment. No awaits inside an operation, so each is atomic on the
+event loop exactly as a script is atomic in Redis.
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from proxy.store.base import CONCURRENCY, PROVIDER, REQUESTS, TOKENS, AdmitResult, Bucket, ProviderWindowState
+
+
+@dataclass(slots=True)
+class _Log:
+    entries: deque = field(default_factory=deque)   # (admitted at ms, rid), oldest first
+    amounts: dict = field(default_factory=dict)     # rid -> amount still counted
+    total: int = 0
+
+
+@dataclass(slots=True)
+class _Provider:
+    windows: dict = field(default_factory=dict)     # window -> [kind, remaining, reset at ms]
+    exhausted_until: int = 0
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class MemoryStore:
+    """Per-process buckets; ``clock`` (ms) is injectable so tests can move time."""
+
+    def __init__(self, clock=_now_ms) -> None:
+        self._clock = clock
+        self._logs: dict[str, _Log] = {}
+        self._leases: dict[str, dict[str, int]] = {}
+        self._providers: dict[str, _Provider] = {}
+
+    def _used(self, bucket: Bucket, now: int) -> int:
+        if bucket.kind == CONCURRENCY:
+            leases = self._leases.setdefault(bucket.key, {})
+            for rid in [rid for rid, expiry in leases.items() if expiry <= now]:
+                del leases[rid]
+            return len(leases)
+        log = self._logs.setdefault(bucket.key, _Log())
+        cutoff = now - bucket.span_ms
+        while log.entries and log.entries[0][0] <= cutoff:
+            _, rid = log.entries.popleft()
+            log.total -= log.amounts.pop(rid, 0)
+        return log.total
+
+    def _wait(self, bucket: Bucket, used: int, amount: int, now: int) -> int:
+        if amount > bucket.limit:
+            return -1
+        if bucket.kind == CONCURRENCY:
+            return max(1, min(1000, min(self._leases[bucket.key].values()) - now))
+        log = self._logs[bucket.key]
+        for stamp, rid in log.entries:
+            used -= log.amounts.get(rid, 0)
+            if used + amount <= bucket.limit:
+                return max(1, stamp + bucket.span_ms - now)
+        return bucket.span_ms
+
+    def _provider_wait(self, bucket: Bucket, tokens: int, now: int) -> int:
+        state = self._providers.get(bucket.key)
+        if state is None:
+            return 0
+        wait = max(0, state.exhausted_until - now)
+        for kind, remaining, reset in state.windows.values():
+            need = 1 if kind == "requests" else tokens
+            if reset > now and remaining < need:
+                wait = max(wait, reset - now)
+        return wait
+
+    async def admit(self, rid: str, buckets: Sequence[Bucket], amounts: Sequence[int]) -> AdmitResult:
+        now = self._clock()
+        used: list[int] = []
+        for index, (bucket, amount) in enumerate(zip(buckets, amounts)):
+            if bucket.kind == PROVIDER:
+                wait = self._provider_wait(bucket, amount, now)
+                if wait > 0:
+                    return AdmitResult(index, wait, [], [])
+                used.append(0)
+                continue
+            in_use = self._used(bucket, now)
+            used.append(in_use)
+            if in_use + amount > bucket.limit:
+                return AdmitResult(index, self._wait(bucket, in_use, amount, now), [], [])
+        remaining, resets = [], []
+        for bucket, amount, in_use in zip(buckets, amounts, used):
+            if bucket.kind == PROVIDER:
+                state = self._providers.get(bucket.key)
+                for window in state.windows.values() if state else ():
+                    if window[2] > now:
+                        window[1] -= 1 if window[0] == "requests" else amount
+                remaining.append(-1)
+                resets.append(-1)
+            elif bucket.kind == CONCURRENCY:
+                self._leases[bucket.key][rid] = now + bucket.span_ms
+                remaining.append(bucket.limit - in_use - amount)
+                resets.append(0)
+            else:
+                log = self._logs[bucket.key]
+                log.entries.append((now, rid))
+                log.amounts[rid] = amount
+                log.total += amount
+                remaining.append(bucket.limit - in_use - amount)
+                resets.append(max(0, log.entries[0][0] + bucket.span_ms - now))
+        return AdmitResult(-1, 0, remaining, resets)
+
+    async def settle(self, rid: str, buckets: Sequence[Bucket], tokens: int | None) -> None:
+        for bucket in buckets:
+            if bucket.kind == CONCURRENCY:
+                self._leases.get(bucket.key, {}).pop(rid, None)
+            elif bucket.kind == TOKENS or (bucket.kind == REQUESTS and tokens is None):
+                log = self._logs.get(bucket.key)
+                if log is None or rid not in log.amounts:
+                    continue
+                old = log.amounts[rid]
+                if tokens is None:
+                    del log.amounts[rid]  # its deque entry is skipped (amount 0) when it expires
+                    log.total -= old
+                else:
+                    log.amounts[rid] = tokens
+                    log.total += tokens - old
+
+    async def renew(self, rid: str, buckets: Sequence[Bucket]) -> None:
+        now = self._clock()
+        for bucket in buckets:
+            leases = self._leases.get(bucket.key)
+            if bucket.kind == CONCURRENCY and leases and rid in leases:
+                leases[rid] = now + bucket.span_ms
+
+    async def learn(self, bucket: Bucket, windows: Sequence[ProviderWindowState], exhausted_ms: int) -> None:
+        now = self._clock()
+        state = self._providers.setdefault(bucket.key, _Provider())
+        if exhausted_ms > 0:
+            state.exhausted_until = max(state.exhausted_until, now + exhausted_ms)
+        for w in windows:
+            state.windows[w.window] = [w.kind, w.remaining, now + w.reset_ms]
+
+    async def aclose(self) -> None:
+        self._logs.clear()
+        self._leases.clear()
+        self._providers.clear()

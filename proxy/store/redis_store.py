@@ -1,0 +1,231 @@
+"""RedisStore: the Lua scripts over redis-py's asyncio client, standalone or Cluster.
+
+Scripts are loaded once (SCRIPT LOAD, on every master of a Cluster), then sent by SHA
+(EVALSHA); a NOSCRIPT answer (after SCRIPT FLUSH or a restart) loads them again, once,
+however many requests saw it at the same time.
+On a standalone server one call covers every bucket of a request. On a Cluster, buckets
+are grouped by hash tag (one group per scope: a client, a deployment), the groups are sent
+concurrently, and a group that admitted is undone when another refused, so no bucket ever
+holds a reservation for a request that was turned away.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Sequence
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError, RedisError
+
+from proxy.store import scripts
+from proxy.store.base import PROVIDER, TOKENS, AdmitResult, Bucket, ProviderWindowState, StoreError
+
+
+SETTLE_DELAY_S = 0.02
+
+
+def _call_args(rid: str, buckets: Sequence[Bucket], tokens: int | str) -> tuple[list[str], list]:
+    keys: list[str] = []
+    for bucket in buckets:
+        keys.append(bucket.key)
+        if bucket.kind == TOKENS:
+            keys.append(bucket.amounts_key)
+    return keys, [rid, "|".join([f"{b.kind}:{b.limit}:{b.span_ms}" for b in buckets]), tokens]
+
+
+def _tokens(buckets: Sequence[Bucket], amounts: Sequence[int]) -> int:
+    """The request's token amount (what token and provider buckets take; the others take 1)."""
+    return next((a for b, a in zip(buckets, amounts) if b.kind in (TOKENS, PROVIDER)), 0)
+
+
+class RedisStore:
+    """``timeout_ms`` bounds every call (connect and read); errors surface as StoreError.
+
+    ``amounts`` must be what ``bucket_amounts`` gives (the request's tokens for token and
+    provider buckets, 1 for the rest): only the token figure is sent, the script derives the rest.
+    """
+
+    def __init__(self, url: str, *, timeout_ms: int = 50, cluster: bool = False) -> None:
+        timeout = timeout_ms / 1000
+        options = dict(socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 1))
+        if cluster:
+            self.client = RedisCluster.from_url(url, **options)
+        else:
+            self.client = aioredis.Redis.from_url(url, **options)
+        self.cluster = cluster
+        self._admit = _Script(scripts.ADMIT)
+        self._settle = _Script(scripts.SETTLE)
+        self._renew = _Script(scripts.RENEW)
+        self._learn = _Script(scripts.LEARN)
+        self._pending: list[tuple[list[str], list]] = []  # settles waiting to ride with the next admission
+        self._flush: asyncio.TimerHandle | None = None
+        self._flushing: set[asyncio.Task] = set()
+        self.dropped_settles = 0
+        self._generation = 0  # completed loads; 0: not loaded yet
+        self._loading: asyncio.Lock | None = None
+
+    async def _eval(self, script: "_Script", keys: list[str], args: list):
+        generation = self._generation
+        if generation == 0:
+            await self._load(generation)
+        try:
+            return await self.client.evalsha(script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await self._load(generation)
+            return await self.client.evalsha(script.sha, len(keys), *keys, *args)
+
+    async def _load(self, seen: int) -> None:
+        """SCRIPT LOAD every script, unless another caller already did since generation ``seen``."""
+        if self._loading is None:
+            self._loading = asyncio.Lock()
+        async with self._loading:
+            if self._generation > seen:
+                return
+            for script in (self._admit, self._settle, self._renew, self._learn):
+                await self.client.script_load(script.source)
+            self._generation += 1
+
+    async def admit(self, rid: str, buckets: Sequence[Bucket], amounts: Sequence[int]) -> AdmitResult:
+        if not self.cluster:
+            return await self._admit_one(rid, buckets, amounts)
+        groups = _by_tag(buckets)
+        if len(groups) == 1:
+            return await self._admit_one(rid, buckets, amounts)
+        results = await asyncio.gather(
+            *(self._admit_one(rid, [buckets[i] for i in idx], [amounts[i] for i in idx]) for idx in groups),
+            return_exceptions=True,
+        )
+        failed = next((r for r in results if isinstance(r, BaseException)), None)
+        refused = next(((idx, r) for idx, r in zip(groups, results) if isinstance(r, AdmitResult) and not r.admitted), None)
+        if failed is not None or refused is not None:
+            undo = [buckets[i] for idx, r in zip(groups, results) if isinstance(r, AdmitResult) and r.admitted for i in idx]
+            if undo:
+                await self.settle(rid, undo, None)
+            if failed is not None:
+                raise failed if isinstance(failed, StoreError) else StoreError(str(failed))
+            idx, result = refused
+            return AdmitResult(idx[result.refused], result.retry_ms, [], [])
+        remaining = [0] * len(buckets)
+        resets = [0] * len(buckets)
+        for idx, result in zip(groups, results):
+            for local, i in enumerate(idx):
+                remaining[i], resets[i] = result.remaining[local], result.reset_ms[local]
+        return AdmitResult(-1, 0, remaining, resets)
+
+    async def _admit_one(self, rid: str, buckets: Sequence[Bucket], amounts: Sequence[int]) -> AdmitResult:
+        keys, args = _call_args(rid, buckets, _tokens(buckets, amounts))
+        try:
+            if self._pending:
+                out = await self._with_pending(keys, args)
+            else:
+                out = await self._eval(self._admit, keys, args)
+        except RedisError as exc:
+            raise StoreError(f"{type(exc).__name__}: {exc}") from None
+        return AdmitResult(int(out[0]), int(out[1]), [int(v) for v in out[2::2]], [int(v) for v in out[3::2]])
+
+    async def settle(self, rid: str, buckets: Sequence[Bucket], tokens: int | None) -> None:
+        """On a standalone server settles ride along with the next admission (or go out within
+        ``SETTLE_DELAY_S``), so a request costs one round trip, not two."""
+        extra = "-" if tokens is None else tokens
+        if self.cluster:
+            await self._each_group(self._settle, rid, buckets, extra)
+            return
+        self._pending.append(_call_args(rid, buckets, extra))
+        if self._flush is None:
+            self._flush = asyncio.get_running_loop().call_later(SETTLE_DELAY_S, self._flush_soon)
+
+    def _flush_soon(self) -> None:
+        self._flush = None
+        if self._pending:
+            task = asyncio.get_running_loop().create_task(self.flush())
+            self._flushing.add(task)
+            task.add_done_callback(self._flushing.discard)
+
+    async def flush(self) -> None:
+        """Send queued settles now; lost ones (Redis gone) leave reservations to expire with their windows."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for keys, args in pending:
+                pipe.evalsha(self._settle.sha, len(keys), *keys, *args)
+            results = await pipe.execute(raise_on_error=False)
+            await self._retry_noscript(pending, results)
+        except RedisError:
+            self.dropped_settles += len(pending)
+
+    async def _with_pending(self, keys: list[str], args: list):
+        """Queued settles first, then this admission, in one pipeline (one round trip)."""
+        pending, self._pending = self._pending, []
+        generation = self._generation
+        pipe = self.client.pipeline(transaction=False)
+        for settle_keys, settle_args in pending:
+            pipe.evalsha(self._settle.sha, len(settle_keys), *settle_keys, *settle_args)
+        pipe.evalsha(self._admit.sha, len(keys), *keys, *args)
+        results = await pipe.execute(raise_on_error=False)
+        if isinstance(results[-1], NoScriptError):
+            await self._load(generation)
+            await self._retry_noscript(pending, results)
+            return await self._eval(self._admit, keys, args)
+        if isinstance(results[-1], Exception):
+            raise results[-1]
+        await self._retry_noscript(pending, results)
+        return results[-1]
+
+    async def _retry_noscript(self, pending: list, results: list) -> None:
+        for (keys, args), result in zip(pending, results):
+            if isinstance(result, NoScriptError):
+                await self._eval(self._settle, keys, args)
+            elif isinstance(result, Exception):
+                self.dropped_settles += 1
+
+    async def renew(self, rid: str, buckets: Sequence[Bucket]) -> None:
+        await self._each_group(self._renew, rid, buckets, None)
+
+    async def _each_group(self, script, rid: str, buckets: Sequence[Bucket], extra) -> None:
+        groups = _by_tag(buckets) if self.cluster else [range(len(buckets))]
+        calls = []
+        for idx in groups:
+            group = [buckets[i] for i in idx]
+            keys, args = _call_args(rid, group, 0 if extra is None else extra)
+            calls.append(self._eval(script, keys, args))
+        try:
+            await asyncio.gather(*calls)
+        except RedisError as exc:
+            raise StoreError(f"{type(exc).__name__}: {exc}") from None
+
+    async def learn(self, bucket: Bucket, windows: Sequence[ProviderWindowState], exhausted_ms: int) -> None:
+        args: list = [exhausted_ms]
+        for w in windows:
+            args += (w.window, w.kind, w.remaining, w.reset_ms)
+        try:
+            await self._eval(self._learn, [bucket.key], args)
+        except RedisError as exc:
+            raise StoreError(f"{type(exc).__name__}: {exc}") from None
+
+    async def aclose(self) -> None:
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
+        await self.flush()
+        await self.client.aclose()
+
+
+class _Script:
+    __slots__ = ("source", "sha")
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+
+def _by_tag(buckets: Sequence[Bucket]) -> list[list[int]]:
+    """Bucket indexes grouped by hash tag, in first-seen order."""
+    groups: dict[str, list[int]] = {}
+    for i, bucket in enumerate(buckets):
+        groups.setdefault(bucket.tag, []).append(i)
+    return list(groups.values())

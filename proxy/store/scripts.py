@@ -1,0 +1,191 @@
+"""Lua scripts run by RedisStore; the in-memory store (memory.py) mirrors them line for line.
+
+Time comes from the Redis server (TIME), so replicas with skewed clocks share one timeline.
+Buckets are passed as KEYS (token windows take two: the log and its amounts hash); ARGV is
+``rid``, the bucket specs as one string ``kind:limit:span_ms|...`` (few arguments are cheap to
+send) and the request's tokens: token and provider buckets take that many, the rest take 1.
+"""
+
+_PRELUDE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local rid = ARGV[1]
+local tokens_arg = ARGV[3]
+local tokens = tonumber(tokens_arg) or 0
+local kinds, limits, spans, amounts, logs, hashes = {}, {}, {}, {}, {}, {}
+local n, ki = 0, 1
+for kind, limit, span in string.gmatch(ARGV[2], '(%a):(%d+):(%d+)') do
+  n = n + 1
+  kinds[n] = kind; limits[n] = tonumber(limit); spans[n] = tonumber(span)
+  if kind == 't' or kind == 'p' then amounts[n] = tokens else amounts[n] = 1 end
+  logs[n] = KEYS[ki]; ki = ki + 1
+  if kind == 't' then hashes[n] = KEYS[ki]; ki = ki + 1 end
+end
+"""
+
+ADMIT = _PRELUDE + """
+-- Drop entries older than the window; return what is left in use.
+local function used_in(i)
+  local kind, key = kinds[i], logs[i]
+  if kind == 'n' then
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now - spans[i])
+    return redis.call('ZCARD', key)
+  elseif kind == 'c' then
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+    return redis.call('ZCARD', key)
+  end
+  local freed = 0
+  while true do
+    local old = redis.call('ZRANGEBYSCORE', key, '-inf', now - spans[i], 'LIMIT', 0, 256)
+    if #old == 0 then break end
+    local amts = redis.call('HMGET', hashes[i], unpack(old))
+    for j = 1, #old do freed = freed + (tonumber(amts[j]) or 0) end
+    redis.call('HDEL', hashes[i], unpack(old))
+    redis.call('ZREM', key, unpack(old))
+  end
+  if freed > 0 then return redis.call('HINCRBY', hashes[i], '_t', -freed) end
+  return tonumber(redis.call('HGET', hashes[i], '_t') or '0')
+end
+
+-- Milliseconds until enough old entries leave the window for amount to fit.
+local function wait_for(i, used)
+  local kind, key, amount, limit = kinds[i], logs[i], amounts[i], limits[i]
+  if amount > limit then return -1 end
+  if kind == 'c' then
+    local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+    return math.max(1, math.min(1000, tonumber(first[2]) - now))
+  elseif kind == 'n' then
+    local entry = redis.call('ZRANGE', key, used - limit, used - limit, 'WITHSCORES')
+    return math.max(1, tonumber(entry[2]) + spans[i] - now)
+  end
+  local start = 0
+  while true do
+    local entries = redis.call('ZRANGE', key, start, start + 255, 'WITHSCORES')
+    if #entries == 0 then return spans[i] end
+    local ids = {}
+    for j = 1, #entries, 2 do ids[#ids + 1] = entries[j] end
+    local amts = redis.call('HMGET', hashes[i], unpack(ids))
+    for j = 1, #ids do
+      used = used - (tonumber(amts[j]) or 0)
+      if used + amount <= limit then return math.max(1, tonumber(entries[2 * j]) + spans[i] - now) end
+    end
+    start = start + 256
+  end
+end
+
+-- Provider word: every window still before its reset must have room; 'x' is exhausted-until.
+local function provider_wait(i)
+  local fields = redis.call('HGETALL', logs[i])
+  local state = {}
+  for j = 1, #fields, 2 do state[fields[j]] = fields[j + 1] end
+  local wait = 0
+  local x = tonumber(state['x'] or '0')
+  if x > now then wait = x - now end
+  for field, value in pairs(state) do
+    if string.sub(field, -2) == ':e' then
+      local w = string.sub(field, 1, -3)
+      local reset = tonumber(value)
+      if reset > now then
+        local need = (state[w .. ':k'] == 'requests') and 1 or amounts[i]
+        if tonumber(state[w .. ':r'] or '0') < need then wait = math.max(wait, reset - now) end
+      end
+    end
+  end
+  return wait, state
+end
+
+local used, provider = {}, {}
+for i = 1, n do
+  if kinds[i] == 'p' then
+    local wait, state = provider_wait(i)
+    if wait > 0 then return {i - 1, wait} end
+    provider[i] = state
+  else
+    used[i] = used_in(i)
+    if used[i] + amounts[i] > limits[i] then return {i - 1, wait_for(i, used[i])} end
+  end
+end
+
+local out = {-1, 0}
+for i = 1, n do
+  local kind, key = kinds[i], logs[i]
+  if kind == 'p' then
+    for field, value in pairs(provider[i]) do
+      if string.sub(field, -2) == ':e' and tonumber(value) > now then
+        local w = string.sub(field, 1, -3)
+        local need = (provider[i][w .. ':k'] == 'requests') and 1 or amounts[i]
+        redis.call('HINCRBY', key, w .. ':r', -need)
+      end
+    end
+    out[#out + 1] = -1; out[#out + 1] = -1
+  else
+    local score = now
+    if kind == 'c' then score = now + spans[i] end
+    redis.call('ZADD', key, score, rid)
+    redis.call('PEXPIRE', key, spans[i] + 1000)
+    if kind == 't' then
+      redis.call('HSET', hashes[i], rid, amounts[i])
+      redis.call('HINCRBY', hashes[i], '_t', amounts[i])
+      redis.call('PEXPIRE', hashes[i], spans[i] + 1000)
+    end
+    local reset = 0
+    if kind ~= 'c' then
+      local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+      reset = math.max(0, tonumber(first[2]) + spans[i] - now)
+    end
+    out[#out + 1] = limits[i] - used[i] - amounts[i]; out[#out + 1] = reset
+  end
+end
+return out
+"""
+
+# ARGV[3] is the real token count, or '-' to undo the reservation entirely.
+SETTLE = _PRELUDE + """
+local undo = tokens_arg == '-'
+for i = 1, n do
+  local kind, key = kinds[i], logs[i]
+  if kind == 't' then
+    local old = redis.call('HGET', hashes[i], rid)
+    if old then
+      if undo then
+        redis.call('HDEL', hashes[i], rid)
+        redis.call('ZREM', key, rid)
+        redis.call('HINCRBY', hashes[i], '_t', -tonumber(old))
+      else
+        redis.call('HSET', hashes[i], rid, tokens)
+        redis.call('HINCRBY', hashes[i], '_t', tonumber(tokens) - tonumber(old))
+      end
+    end
+  elseif kind == 'c' or (kind == 'n' and undo) then
+    redis.call('ZREM', key, rid)
+  end
+end
+return 0
+"""
+
+RENEW = _PRELUDE + """
+for i = 1, n do
+  if kinds[i] == 'c' then redis.call('ZADD', logs[i], 'XX', now + spans[i], rid) end
+end
+return 0
+"""
+
+# KEYS[1]: the provider hash. ARGV: exhausted_ms, then triples window, kind, remaining, reset_ms.
+LEARN = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local key = KEYS[1]
+local longest = tonumber(ARGV[1])
+if longest > 0 then
+  local x = tonumber(redis.call('HGET', key, 'x') or '0')
+  redis.call('HSET', key, 'x', math.max(x, now + longest))
+end
+for j = 2, #ARGV, 4 do
+  local w, reset = ARGV[j], tonumber(ARGV[j + 3])
+  redis.call('HSET', key, w .. ':k', ARGV[j + 1], w .. ':r', ARGV[j + 2], w .. ':e', now + reset)
+  if reset > longest then longest = reset end
+end
+local ttl = redis.call('PTTL', key)
+if longest + 1000 > ttl then redis.call('PEXPIRE', key, longest + 1000) end
+return 0
+"""

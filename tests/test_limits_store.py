@@ -1,0 +1,256 @@
+"""The limiter's store semantics, one suite run against the in-memory store and a real Redis.
+
+Short windows (hundreds of ms) keep the suite fast; every test uses fresh key names.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import pytest
+
+from proxy.store.base import CONCURRENCY, PROVIDER, REQUESTS, TOKENS, Bucket, ProviderWindowState, bucket_amounts
+from proxy.store.memory import MemoryStore
+from proxy.store.redis_store import RedisStore
+from tests.redis_support import redis_cluster, redis_server  # noqa: F401  (fixtures)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+@pytest.fixture(params=["memory", "redis", "cluster"])
+def make_store(request):
+    """A factory: each call returns a fresh store of the parametrised kind (closed by the test's loop)."""
+    if request.param == "memory":
+        shared = MemoryStore()
+        return lambda: shared
+    if request.param == "redis":
+        server = request.getfixturevalue("redis_server")
+        return lambda: RedisStore(server.url, timeout_ms=500)
+    cluster = request.getfixturevalue("redis_cluster")
+    return lambda: RedisStore(cluster.url, timeout_ms=500, cluster=True)
+
+
+def scope(kind_limit_span: list[tuple[str, int, int]], owner: str | None = None, scope_name: str = "client") -> list[Bucket]:
+    owner = owner or uuid.uuid4().hex[:8]
+    tag = f"lw:{{t:{owner}}}"
+    return [Bucket(f"{tag}:{i}", kind, limit, span, scope_name, owner, f"w{i}") for i, (kind, limit, span) in enumerate(kind_limit_span)]
+
+
+def test_request_window_admits_exactly_the_limit_then_frees_after_the_window(make_store):
+    async def main():
+        store = make_store()
+        buckets = scope([(REQUESTS, 5, 400)])
+        results = [await store.admit(f"r{i}", buckets, [1]) for i in range(8)]
+        assert [r.admitted for r in results] == [True] * 5 + [False] * 3
+        assert [r.remaining[0] for r in results[:5]] == [4, 3, 2, 1, 0]
+        assert 0 < results[5].retry_ms <= 400
+        await asyncio.sleep(results[5].retry_ms / 1000 + 0.05)
+        assert (await store.admit("late", buckets, [1])).admitted
+        await store.aclose()
+
+    run(main())
+
+
+def test_sliding_window_never_admits_more_than_the_limit_in_any_window(make_store):
+    """The fixed-window flaw (2x at a boundary) cannot happen: admissions are logged with their time."""
+
+    async def main():
+        store = make_store()
+        buckets = scope([(REQUESTS, 4, 300)])
+        stamps = []
+        deadline = time.monotonic() + 0.9
+        i = 0
+        while time.monotonic() < deadline:
+            if (await store.admit(f"r{i}", buckets, [1])).admitted:
+                stamps.append(time.monotonic())
+            i += 1
+            await asyncio.sleep(0.005)
+        for first in stamps:  # any 300 ms span holds at most 4 (5 ms slack for client-vs-server clocks)
+            assert sum(1 for s in stamps if first <= s < first + 0.295) <= 4
+        assert len(stamps) >= 8  # and it keeps admitting as the window slides
+        await store.aclose()
+
+    run(main())
+
+
+def test_concurrent_admissions_never_over_admit(make_store):
+    async def main():
+        store = make_store()
+        buckets = scope([(REQUESTS, 20, 60_000), (TOKENS, 1000, 60_000)])
+        results = await asyncio.gather(*(store.admit(f"r{i}", buckets, bucket_amounts(buckets, 30)) for i in range(60)))
+        admitted = sum(r.admitted for r in results)
+        assert admitted == 20
+        results = await asyncio.gather(*(store.admit(f"s{i}", buckets, bucket_amounts(buckets, 30)) for i in range(10)))
+        assert not any(r.admitted for r in results)
+        await store.aclose()
+
+    run(main())
+
+
+def test_tokens_are_reserved_then_reconciled(make_store):
+    async def main():
+        store = make_store()
+        buckets = scope([(TOKENS, 100, 60_000)])
+        assert (await store.admit("a", buckets, [60])).remaining == [40]
+        assert not (await store.admit("b", buckets, [60])).admitted  # 120 > 100 while a is reserved
+        await store.settle("a", buckets, 15)  # a used only 15: 45 refunded
+        assert (await store.admit("b", buckets, [60])).remaining == [25]
+        await store.settle("b", buckets, 80)  # b used more than reserved: charged the difference
+        result = await store.admit("c", buckets, [10])
+        assert not result.admitted and result.retry_ms > 0
+        await store.settle("a", buckets, None)  # undo a entirely
+        assert (await store.admit("c", buckets, [5])).remaining == [15]  # 100 - 80 (b) - 5
+        await store.aclose()
+
+    run(main())
+
+
+def test_a_request_larger_than_the_limit_is_never_admitted(make_store):
+    async def main():
+        store = make_store()
+        buckets = scope([(TOKENS, 100, 60_000)])
+        result = await store.admit("huge", buckets, [101])
+        assert not result.admitted and result.retry_ms == -1
+        await store.aclose()
+
+    run(main())
+
+
+def test_refusal_reserves_nothing_in_any_bucket(make_store):
+    async def main():
+        store = make_store()
+        client = scope([(REQUESTS, 10, 60_000), (TOKENS, 100, 60_000)])
+        deployment = scope([(REQUESTS, 1, 60_000)], scope_name="deployment")
+        both = client + deployment
+        assert (await store.admit("a", both, bucket_amounts(both, 10))).admitted
+        refused = await store.admit("b", both, bucket_amounts(both, 10))
+        assert not refused.admitted and refused.refused == 2  # index of the deployment bucket
+        result = await store.admit("c", client, bucket_amounts(client, 10))
+        assert result.remaining == [8, 80]  # b left no trace in the client buckets
+        await store.aclose()
+
+    run(main())
+
+
+def test_concurrency_leases_release_renew_and_expire(make_store):
+    async def main():
+        store = make_store()
+        buckets = scope([(CONCURRENCY, 2, 400)])
+        assert (await store.admit("a", buckets, [1])).admitted
+        assert (await store.admit("b", buckets, [1])).admitted
+        assert not (await store.admit("c", buckets, [1])).admitted
+        await store.settle("a", buckets, 10)  # a finished: its slot is free at once
+        assert (await store.admit("c", buckets, [1])).admitted
+        await asyncio.sleep(0.25)
+        await store.renew("c", buckets)  # c is alive and renews; b's holder died and does not
+        await asyncio.sleep(0.25)
+        assert (await store.admit("d", buckets, [1])).admitted  # b's lease expired
+        assert not (await store.admit("e", buckets, [1])).admitted  # c's renewed lease still holds
+        await store.aclose()
+
+    run(main())
+
+
+def test_provider_word_refuses_until_its_reset_and_is_debited_between_reports(make_store):
+    async def main():
+        store = make_store()
+        owner = uuid.uuid4().hex[:8]
+        prov = Bucket(f"lw:{{d:{owner}}}:prov", PROVIDER, 0, 0, "deployment", owner, "provider")
+        windows = [ProviderWindowState("requests", "requests", 2, 400), ProviderWindowState("tokens-minute", "tokens", 1000, 400)]
+        await store.learn(prov, windows, 0)
+        assert (await store.admit("a", [prov], [100])).admitted
+        assert (await store.admit("b", [prov], [100])).admitted
+        refused = await store.admit("c", [prov], [100])  # provider said 2 requests left; both used
+        assert not refused.admitted and 0 < refused.retry_ms <= 400
+        await asyncio.sleep(0.45)
+        assert (await store.admit("d", [prov], [100])).admitted  # its window reset
+        await store.learn(prov, [ProviderWindowState("tokens-minute", "tokens", 50, 5000)], 0)
+        assert not (await store.admit("e", [prov], [100])).admitted  # 50 tokens left < 100
+        await store.aclose()
+
+    run(main())
+
+
+def test_upstream_429_marks_the_deployment_exhausted(make_store):
+    async def main():
+        store = make_store()
+        owner = uuid.uuid4().hex[:8]
+        prov = Bucket(f"lw:{{d:{owner}}}:prov", PROVIDER, 0, 0, "deployment", owner, "provider")
+        await store.learn(prov, [], 300)
+        result = await store.admit("a", [prov], [1])
+        assert not result.admitted and 200 < result.retry_ms <= 300
+        await asyncio.sleep(0.35)
+        assert (await store.admit("b", [prov], [1])).admitted
+        await store.aclose()
+
+    run(main())
+
+
+def test_evalsha_reloads_the_script_after_script_flush(redis_server):
+    async def main():
+        store = RedisStore(redis_server.url, timeout_ms=500)
+        buckets = scope([(REQUESTS, 3, 60_000)])
+        assert (await store.admit("a", buckets, [1])).admitted
+        redis_server.cli("SCRIPT", "FLUSH")
+        assert redis_server.cli("SCRIPT", "EXISTS", store._admit.sha) == "0"
+        assert (await store.admit("b", buckets, [1])).remaining == [1]  # NOSCRIPT -> loaded again, same state
+        assert redis_server.cli("SCRIPT", "EXISTS", store._admit.sha) == "1"
+        await store.aclose()
+
+    run(main())
+
+
+def test_cluster_scopes_on_different_nodes_undo_a_partial_admission(redis_cluster):
+    """Client and deployment buckets hash to different masters; a refusal on one undoes the other."""
+
+    async def main():
+        store = RedisStore(redis_cluster.url, timeout_ms=500, cluster=True)
+        await store.client.initialize()
+        nodes = set()
+        for _ in range(20):  # find two owners whose hash tags live on different masters
+            client = scope([(REQUESTS, 5, 60_000)])
+            deployment = scope([(REQUESTS, 1, 60_000)], scope_name="deployment")
+            nodes = {store.client.get_node_from_key(client[0].key).name, store.client.get_node_from_key(deployment[0].key).name}
+            if len(nodes) == 2:
+                break
+        assert len(nodes) == 2
+        both = client + deployment
+        assert (await store.admit("a", both, [1, 1])).admitted
+        refused = await store.admit("b", both, [1, 1])
+        assert not refused.admitted and refused.refused == 1
+        assert (await store.admit("c", client, [1])).remaining == [3]  # b's client part was undone
+        await store.aclose()
+
+    run(main())
+
+
+def test_noscript_is_handled_when_queued_settles_ride_with_an_admission(redis_server):
+    """Settles wait for the next admission's pipeline; a SCRIPT FLUSH in between loses neither."""
+
+    async def main():
+        store = RedisStore(redis_server.url, timeout_ms=500)
+        buckets = scope([(TOKENS, 100, 60_000)])
+        assert (await store.admit("a", buckets, [60])).admitted
+        await store.settle("a", buckets, 10)  # queued, not yet sent
+        redis_server.cli("SCRIPT", "FLUSH")
+        result = await store.admit("b", buckets, [80])  # fits only once a's settle has landed
+        assert result.admitted and result.remaining == [10]
+        await store.aclose()
+
+    run(main())
+
+
+def test_queued_settles_go_out_on_their_own_without_another_admission(redis_server):
+    async def main():
+        store = RedisStore(redis_server.url, timeout_ms=500)
+        buckets = scope([(CONCURRENCY, 1, 60_000)])
+        assert (await store.admit("a", buckets, [1])).admitted
+        await store.settle("a", buckets, 0)
+        await asyncio.sleep(0.1)
+        assert redis_server.cli("ZCARD", buckets[0].key) == "0"
+        await store.aclose()
+
+    run(main())
