@@ -1,0 +1,77 @@
+"""Circuit breaker per deployment: stop sending to an upstream that keeps failing.
+
+closed -> (``failures`` consecutive failures) -> open -> (``cooldown_s``) -> half-open, where
+up to ``half_open_probes`` requests go through; a probe's success closes the breaker, its
+failure opens it for another cooldown. Only upstream failures count (429, 5xx, connect
+errors, timeouts); a client's own 4xx says nothing about the deployment's health.
+"""
+from __future__ import annotations
+
+from proxy.config.schema import BreakerSettings
+
+CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+
+
+class Breaker:
+    __slots__ = ("settings", "state", "failures", "opened_at", "probes", "opens")
+
+    def __init__(self, settings: BreakerSettings) -> None:
+        self.settings = settings
+        self.state = CLOSED
+        self.failures = 0       # consecutive
+        self.opened_at = 0.0
+        self.probes = 0         # half-open requests in flight
+        self.opens = 0          # times it opened (a plain counter for metrics)
+
+    def allows(self, now: float) -> bool:
+        """Whether a request may be sent now (does not reserve a probe: see ``begin``)."""
+        if self.state == CLOSED:
+            return True
+        if self.state == OPEN:
+            return now - self.opened_at >= self.settings.cooldown_s
+        return self.probes < self.settings.half_open_probes
+
+    def begin(self, now: float) -> None:
+        """A request is being sent; in open-after-cooldown or half-open it is a probe."""
+        if self.state == OPEN and now - self.opened_at >= self.settings.cooldown_s:
+            self.state = HALF_OPEN
+            self.probes = 0
+        if self.state == HALF_OPEN:
+            self.probes += 1
+
+    def abandon(self) -> None:
+        """A request was cancelled before it said anything: give back its half-open probe slot."""
+        if self.state == HALF_OPEN and self.probes > 0:
+            self.probes -= 1
+
+    def success(self) -> None:
+        self.state = CLOSED
+        self.failures = 0
+        self.probes = 0
+
+    def failure(self, now: float) -> None:
+        self.failures += 1
+        if self.state == HALF_OPEN or self.failures >= self.settings.failures:
+            if self.state != OPEN:
+                self.opens += 1
+            self.state = OPEN
+            self.opened_at = now
+            self.probes = 0
+
+
+class Breakers:
+    """One breaker per deployment name, kept across reloads; settings follow the live policy."""
+
+    def __init__(self) -> None:
+        self._by_name: dict[str, Breaker] = {}
+
+    def get(self, name: str, settings: BreakerSettings) -> Breaker:
+        breaker = self._by_name.get(name)
+        if breaker is None:
+            breaker = self._by_name[name] = Breaker(settings)
+        elif breaker.settings is not settings:
+            breaker.settings = settings
+        return breaker
+
+    def states(self) -> dict[str, str]:
+        return {name: b.state for name, b in self._by_name.items()}

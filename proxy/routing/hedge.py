@@ -1,0 +1,185 @@
+"""Hedged dispatch: when the chosen candidate has produced no first token after ``hedge.after_ms``,
+start the next candidate too; the first to produce a token wins and the other is cancelled.
+
+Nothing reaches the client until a winner is picked: each attempt's first chunks (up to and
+including the first token; the whole body when not streaming) are held and replayed to the
+client from the winner, so a candidate that fails before its first token still falls back
+like an unhedged request. At most one hedge per request; a failure after the hedge started
+falls back along the remaining candidates. A cancelled loser is accounted for what it
+consumed (prompt estimate plus the output events it had sent) as its own Outcome.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
+
+from proxy.config.schema import Deployment, Route
+from proxy.routing.failures import is_failure, no_upstream_error
+from proxy.upstream.http_pool import UpstreamError
+from proxy.upstream.request import ModelRequest, Outcome
+from proxy.upstream.scan import StreamScanner
+
+if TYPE_CHECKING:
+    from proxy.routing.router import Attempt, Router, UpstreamResponse
+
+
+@dataclass(slots=True)
+class Probe:
+    """One attempt while the race is on: its response and the chunks read so far."""
+
+    deployment: Deployment
+    sent_at: float
+    response: "UpstreamResponse | None" = None
+    chunks: list[bytes] = field(default_factory=list)
+    body: AsyncIterator[bytes] | None = None  # the rest of a stream, after the first token
+    scanner: StreamScanner | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Lost:
+    """A cancelled hedge attempt: what it consumed, for accounting and statistics."""
+
+    deployment: Deployment
+    sent_at: float
+    input_tokens: int
+    output_tokens: int
+    first_token_at: float | None
+
+    def outcome(self, winner: Outcome) -> Outcome:
+        """The loser's own Outcome, sharing the winner's request, key and route."""
+        dep = self.deployment
+        return replace(
+            winner, deployment=dep.name, hardware=dep.hardware, reason="hedge-lost", status=499,
+            error_code="hedge_lost", input_tokens=self.input_tokens, output_tokens=self.output_tokens,
+            cached_tokens=0, reasoning_tokens=0, usage_reported=False, upstream_started=self.sent_at,
+            first_token_at=self.first_token_at, finished=time.perf_counter(),
+        )
+
+
+class Replay:
+    """The winner's response: the held chunks first, then the rest of the upstream body."""
+
+    __slots__ = ("status", "headers", "_response", "_chunks", "_rest")
+
+    def __init__(self, probe: Probe) -> None:
+        self._response = probe.response
+        self.status = probe.response.status
+        self.headers = probe.response.headers
+        self._chunks = probe.chunks
+        self._rest = probe.body
+
+    async def iter_body(self) -> AsyncIterator[bytes]:
+        try:
+            for chunk in self._chunks:
+                yield chunk
+            if self._rest is not None:
+                async for chunk in self._rest:
+                    yield chunk
+        finally:
+            self._response.release()
+
+    async def read(self) -> bytes:
+        return b"".join([chunk async for chunk in self.iter_body()])
+
+    def release(self) -> None:
+        self._response.release()
+
+
+async def _until_first_token(router: "Router", probe: Probe, req: ModelRequest) -> Probe:
+    response = probe.response = await router.try_candidate(probe.deployment, req)
+    if response.status != 200:
+        return probe
+    try:
+        if not req.stream:
+            probe.chunks.append(await response.read())
+            return probe
+        body = probe.body = response.iter_body()
+        scanner = probe.scanner = StreamScanner(probe.sent_at)
+        while scanner.first_token_at is None:
+            try:
+                chunk = await body.__anext__()
+            except StopAsyncIteration:
+                probe.body = None
+                break
+            probe.chunks.append(chunk)
+            scanner.feed(chunk)
+    except UpstreamError:  # broke off before its first token: nothing was relayed, so it may fall back
+        router.live.stats.failed_before_response(probe.deployment.name)
+        raise
+    return probe
+
+
+async def _cancel(task: asyncio.Task, probe: Probe, req: ModelRequest) -> Lost:
+    task.cancel()
+    try:
+        await task
+    except BaseException:  # cancelled, or failed while being cancelled: either way it is over
+        pass
+    if probe.response is not None:
+        probe.response.release()  # aborts the upstream exchange: the provider stops generating
+    scanner = probe.scanner
+    return Lost(probe.deployment, probe.sent_at, req.input_estimate, scanner.deltas if scanner else 0,
+                scanner.first_token_at if scanner else None)
+
+
+async def hedged_dispatch(router: "Router", route: Route, req: ModelRequest, candidates: list[Deployment],
+                          chosen: str, after_s: float) -> "Attempt":
+    counters = router.live.counters
+    pending: dict[asyncio.Task, Probe] = {}
+    failures: list[str] = []
+    last_error: UpstreamError | None = None
+    next_index = 0
+    hedge_task: asyncio.Task | None = None
+
+    def launch() -> asyncio.Task:
+        nonlocal next_index
+        probe = Probe(candidates[next_index], time.perf_counter())
+        next_index += 1
+        task = asyncio.ensure_future(_until_first_token(router, probe, req))
+        pending[task] = probe
+        return task
+
+    launch()
+    try:
+        while pending:
+            can_hedge = hedge_task is None and next_index < len(candidates)
+            done, _ = await asyncio.wait(pending, timeout=after_s if can_hedge else None,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if not done:
+                counters.hedges_started += 1
+                hedge_task = launch()
+                continue
+            for task in done:
+                probe = pending.pop(task)
+                name = probe.deployment.name
+                try:
+                    task.result()
+                except UpstreamError as exc:
+                    failures.append(f"{name}={exc.kind}")
+                    last_error = exc
+                    continue
+                status = probe.response.status
+                if is_failure(status) and (pending or next_index < len(candidates)):
+                    await router.skip(probe.deployment, probe.response)
+                    failures.append(f"{name}={status}")
+                    continue
+                losers = tuple([await _cancel(other, pending[other], req) for other in list(pending)])
+                pending.clear()
+                if task is hedge_task:
+                    counters.hedges_won += 1
+                response = Replay(probe) if status == 200 else probe.response
+                attempt = router.attempt(probe.deployment, req, response, chosen, failures, probe.sent_at)
+                if hedge_task is not None and not failures:
+                    attempt.reason = chosen + (";hedge-won" if task is hedge_task else ";hedged")
+                attempt.losers = losers
+                return attempt
+            if not pending and next_index < len(candidates):
+                launch()
+    finally:
+        for task, probe in list(pending.items()):  # the client went away while we waited
+            await _cancel(task, probe, req)
+    assert last_error is not None
+    raise no_upstream_error(last_error, failures)

@@ -1,0 +1,41 @@
+"""Routing state that outlives a policy: statistics, quota views, breakers and counters.
+
+A reload builds a new Router from the new policy but hands it this same object, so a
+deployment keeps what was learnt about it (keyed by deployment name) across reloads.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, field
+
+from proxy.routing.breaker import Breakers
+from proxy.routing.headroom import HeadroomView, ProviderHeadroom
+from proxy.routing.stats import LatencyStats
+
+
+@dataclass(slots=True)
+class RoutingCounters:
+    """Plain counters for metrics exporters; this process only."""
+
+    spills: int = 0            # the preferred candidate was passed over for quota headroom
+    fallbacks: int = 0         # a request was served by a later candidate after a failure
+    breaker_skips: int = 0     # the preferred candidate was passed over because its breaker is open
+    hedges_started: int = 0    # a second attempt was started because the first was slow
+    hedges_won: int = 0        # ... and the second attempt delivered the first token
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass(slots=True)
+class RoutingState:
+    stats: LatencyStats = field(default_factory=LatencyStats)
+    provider_headroom: ProviderHeadroom = field(default_factory=ProviderHeadroom)
+    headroom: HeadroomView | None = None  # the limiter's view when one is plugged in; else provider_headroom
+    breakers: Breakers = field(default_factory=Breakers)
+    counters: RoutingCounters = field(default_factory=RoutingCounters)
+    rng: random.Random = field(default_factory=random.Random)
+
+    def __post_init__(self) -> None:
+        if self.headroom is None:
+            self.headroom = self.provider_headroom

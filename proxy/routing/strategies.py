@@ -1,0 +1,202 @@
+"""Order a route's candidates for one request: strategy, SLO, hints, quota headroom, breakers.
+
+``order_candidates`` is what ``Router.dispatch`` calls before trying candidates in turn.
+It returns every candidate (never drops one for being slow, short of quota or failing:
+those move to the back, so the request still has somewhere to go) except those a client's
+``x-laneway-max-cost-usd`` rules out, and a short machine-readable reason:
+
+    <strategy>[;hint:lane=<tag>][;slo-miss][;spill:<name>=requests|tokens|reserve][;breaker:<name>=open]
+
+where <strategy> is ``primary`` for the ordered ``fallback`` strategy.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+from proxy.config.schema import Deployment, Route
+from proxy.errors import ProxyError
+from proxy.pricing import price_of
+from proxy.routing.hints import Hints
+from proxy.routing.live import RoutingState
+from proxy.routing.stats import DEFAULT_OUTPUT_TOKENS
+from proxy.upstream.request import ModelRequest
+
+
+class Prediction:
+    """Predicted times (ms) and, when asked for, cost (USD; inf when the model has no known price)."""
+
+    __slots__ = ("total_ms", "slo_total_ms", "meets", "cost_usd")
+
+    def __init__(self, total_ms: float, slo_total_ms: float, meets: bool, cost_usd: float | None) -> None:
+        self.total_ms = total_ms
+        self.slo_total_ms = slo_total_ms
+        self.meets = meets
+        self.cost_usd = cost_usd
+
+
+def predict(dep: Deployment, route: Route, req: ModelRequest, hints: Hints, live: RoutingState,
+            with_cost: bool = False) -> Prediction:
+    """Completion time = TTFT + output tokens / decode rate + queueing, inflated by the error rate.
+
+    The expected EWMA figure ranks candidates; the route's SLO (and the client's max-latency
+    hint) is checked at the SLO's percentile, so a deployment with a long tail can miss it.
+    Cost comes from the price catalogue (policy `prices:` over litellm's), priced now.
+    """
+    stats = live.stats.get(dep.name)
+    tokens_in = req.input_estimate
+    out = _expected_output(req, stats.output_ewma)
+    mean = stats.estimate(dep.priors, tokens_in)
+    total = _completion_ms(mean.ttft_ms, mean.tokens_per_s, out, mean.in_flight, dep.priors.concurrency) * (1.0 + mean.error_rate)
+    meets = True
+    slo_total = total
+    slo = route.slo
+    if slo is not None or hints.max_latency_ms is not None:
+        tail = stats.estimate(dep.priors, tokens_in, slo.percentile if slo is not None else 95.0)
+        slo_total = _completion_ms(tail.ttft_ms, tail.tokens_per_s, out, tail.in_flight, dep.priors.concurrency)
+        if slo is not None:
+            meets = (
+                (slo.ttft_ms is None or tail.ttft_ms <= slo.ttft_ms)
+                and (slo.tokens_per_s is None or tail.tokens_per_s >= slo.tokens_per_s)
+                and (slo.total_ms is None or slo_total <= slo.total_ms)
+            )
+        if hints.max_latency_ms is not None and slo_total > hints.max_latency_ms:
+            meets = False
+    cost = None
+    if with_cost:
+        price = price_of(dep, tokens_in, int(out))
+        cost = math.inf if price is None else float(price)
+    return Prediction(total, slo_total, meets, cost)
+
+
+def _expected_output(req: ModelRequest, typical: float | None) -> float:
+    """The client's max tokens caps what this deployment usually writes; either alone when only one is known."""
+    cap = req.max_output_tokens
+    if typical is None:
+        return float(cap if cap is not None else DEFAULT_OUTPUT_TOKENS)
+    return min(float(cap), typical) if cap is not None else typical
+
+
+def _completion_ms(ttft_ms: float, tokens_per_s: float, out: float, in_flight: int, concurrency: int) -> float:
+    service = ttft_ms + out * 1000.0 / tokens_per_s
+    queued = in_flight + 1 - concurrency
+    return service if queued <= 0 else service * (1.0 + queued / concurrency)
+
+
+def order_candidates(
+    route: Route, deployments: Mapping[str, Deployment], req: ModelRequest, hints: Hints, live: RoutingState, now: float
+) -> tuple[list[Deployment], str]:
+    """Candidates in the order to try them, and the reason for the first one."""
+    order = [deployments[name] for name in route.candidates]
+    strategy = route.strategy
+    notes: list[str] = []
+    predictions: dict[str, Prediction] | None = None
+    needs_prediction = (
+        strategy in ("latency", "cost") or route.slo is not None or hints.max_latency_ms is not None
+        or hints.max_cost_usd is not None or route.spill.reserve_fraction > 0
+    )
+    if needs_prediction:
+        with_cost = strategy == "cost" or hints.max_cost_usd is not None
+        predictions = {dep.name: predict(dep, route, req, hints, live, with_cost) for dep in order}
+    if hints.max_cost_usd is not None:
+        order = _within_budget(order, predictions, hints.max_cost_usd, route)
+    if strategy == "latency":
+        order.sort(key=lambda d: predictions[d.name].total_ms)
+    elif strategy == "cost":
+        order.sort(key=lambda d: (predictions[d.name].cost_usd, predictions[d.name].total_ms))
+    elif strategy == "weighted":
+        order = _weighted(order, route.weights, live)
+    if predictions is not None:
+        meeting = [d for d in order if predictions[d.name].meets]
+        if len(meeting) < len(order):
+            if not meeting:
+                notes.append("slo-miss")
+                if strategy == "cost":  # nothing is fast enough: at least be as fast as possible
+                    order.sort(key=lambda d: predictions[d.name].total_ms)
+            else:
+                order = meeting + [d for d in order if not predictions[d.name].meets]
+    if hints.lane is not None:
+        preferred = [d for d in order if d.hardware == hints.lane]
+        if preferred:
+            order = preferred + [d for d in order if d.hardware != hints.lane]
+            notes.append(f"hint:lane={hints.lane}")
+    if len(order) > 1:
+        order = _spill(order, route, req, predictions, live, now, notes)
+        order = _skip_open_breakers(order, live, now, notes)
+    base = "primary" if strategy == "fallback" else strategy
+    return order, base if not notes else base + ";" + ";".join(notes)
+
+
+def _within_budget(order: list[Deployment], predictions, max_cost: float, route: Route) -> list[Deployment]:
+    """Candidates whose estimated cost fits; one with no known price cannot be shown to fit."""
+    kept = [d for d in order if predictions[d.name].cost_usd <= max_cost]
+    if not kept:
+        cheapest = min(predictions[d.name].cost_usd for d in order)
+        estimate = f"the cheapest is estimated at ${cheapest:.6f}" if math.isfinite(cheapest) else "none has a known price"
+        raise ProxyError(
+            400,
+            f"No deployment of '{route.name}' fits x-laneway-max-cost-usd={max_cost:g}; {estimate}. "
+            "Raise the limit, lower max_tokens, or shorten the prompt.",
+            code="max_cost_exceeded",
+            param="x-laneway-max-cost-usd",
+        )
+    return kept
+
+
+def _weighted(order: list[Deployment], weights: Mapping[str, float], live: RoutingState) -> list[Deployment]:
+    """Draw the first candidate by weight (unlisted candidates weigh 1); the rest keep their order."""
+    shares = [weights.get(d.name, 1.0) for d in order]
+    total = sum(shares)
+    if total <= 0:
+        return order
+    pick = live.rng.random() * total
+    for index, share in enumerate(shares):
+        pick -= share
+        if pick < 0 and share > 0:
+            return [order[index], *order[:index], *order[index + 1:]]
+    return order
+
+
+def _spill(order, route: Route, req: ModelRequest, predictions, live: RoutingState, now: float, notes: list[str]):
+    """Move candidates short of quota behind the others, before their provider answers 429."""
+    view = live.headroom
+    rule = route.spill
+    need = req.input_estimate + (req.max_output_tokens or 0)
+    ready: list[Deployment] = []
+    short: list[Deployment] = []
+    for dep in order:
+        room = view.headroom(dep.name)
+        why = None if room is None else room.short(need, rule.min_requests, rule.min_tokens, now)
+        if why is None and room is not None and rule.reserve_fraction > 0 and room.fraction_left(now) < rule.reserve_fraction:
+            why = _reserve(dep, order, predictions, rule.reserve_min_gain_ms)
+        if why is None:
+            ready.append(dep)
+        else:
+            short.append(dep)
+            notes.append(f"spill:{dep.name}={why}")
+    if not short or not ready:
+        if short:
+            notes[:] = [n for n in notes if not n.startswith("spill:")]
+        return order
+    if short[0] is order[0]:
+        live.counters.spills += 1
+    return ready + short
+
+
+def _reserve(dep: Deployment, order: list[Deployment], predictions, min_gain_ms: float) -> str | None:
+    """Scarce quota goes to the requests that gain most from it: spill this one if another lane is nearly as fast."""
+    mine = predictions[dep.name].total_ms
+    others = [predictions[d.name].total_ms for d in order if d is not dep]
+    return "reserve" if others and min(others) - mine < min_gain_ms else None
+
+
+def _skip_open_breakers(order: list[Deployment], live: RoutingState, now: float, notes: list[str]) -> list[Deployment]:
+    breakers = live.breakers
+    closed = [d for d in order if breakers.get(d.name, d.breaker).allows(now)]
+    if not closed or len(closed) == len(order):
+        return order
+    opened = [d for d in order if d not in closed]
+    if opened[0] is order[0]:
+        live.counters.breaker_skips += 1
+    notes.extend(f"breaker:{d.name}=open" for d in opened)
+    return closed + opened
