@@ -1,0 +1,252 @@
+"""The usage ledger against the simulated provider's own counters, through the real proxy and a real Redis."""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+
+import httpx
+import openai
+import pytest
+import redis
+
+from proxy.pricing.ledger import KEY_PREFIX, SEP, Ledger, MemoryUsageStore, RedisUsageStore
+from proxy.upstream.request import Outcome
+from tests.redis_support import RedisServer
+from tests.support import proxy_from_yaml, simulator
+
+MESSAGES = [{"role": "user", "content": "count the tokens of this request exactly please"}]
+ALICE, BOB, ADMIN = "lw-alice-ledger", "lw-bob-ledger", "lw-admin-ledger"
+
+POLICY = """\
+version: 1
+auth: keys
+keys:
+  - {{name: alice, sha256: {alice}, team: platform}}
+  - {{name: bob, sha256: {bob}}}
+  - {{name: ops, sha256: {admin}, admin: true}}
+deployments:
+  - name: gpu-vllm
+    provider: vllm
+    model: sim-codex
+    base_url: {sim}/v1
+  - name: gpu-openai
+    provider: openai
+    model: sim-spark
+    base_url: {sim}/v1
+  - name: slow-vllm
+    provider: vllm
+    model: sim-codex
+    base_url: {slow}/v1
+routes:
+  - name: codex
+    candidates: [gpu-vllm]
+ledger:
+  flush_interval_s: 0.05
+{redis}
+prices:
+  sim-codex:   # a preview: provisional price
+    - {{effective_from: 2020-01-01, input_per_mtok: 0.5, output_per_mtok: 2, status: provisional}}
+"""
+
+
+def sha(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def sim():
+    with simulator("gpu", ttft_ms=2, tokens_per_s=2000) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def slow_sim():
+    """One token per 100 ms, so a client cancelling between two tokens does so while nothing is in flight."""
+    with simulator("gpu", ttft_ms=2, tokens_per_s=10) as server:
+        yield server
+
+
+@pytest.fixture
+def sims(sim, slow_sim):
+    for server in (sim, slow_sim):
+        httpx.post(server.url + "/sim/reset").raise_for_status()
+    return sim, slow_sim
+
+
+@pytest.fixture
+def redis_server():
+    with RedisServer() as server:
+        yield server
+
+
+def make_proxy(tmp_path, sims, redis_url: str | None):
+    text = POLICY.format(alice=sha(ALICE), bob=sha(BOB), admin=sha(ADMIN), sim=sims[0].url, slow=sims[1].url,
+                         redis=f"  redis_url: {redis_url}" if redis_url else "")
+    return proxy_from_yaml(tmp_path, text)
+
+
+def sim_stats(sims) -> dict[str, int]:
+    """The providers' own counters, summed over the simulators."""
+    totals = {"requests": 0, "input_tokens": 0, "output_tokens": 0, "disconnects": 0}
+    for server in sims:
+        stats = httpx.get(server.url + "/sim/stats").json()
+        for name in totals:
+            totals[name] += stats[name]
+    return totals
+
+
+def wait_for(predicate, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+def redis_totals(url: str) -> dict[str, int]:
+    """Sum every ledger hash in the (test's own) Redis by token kind."""
+    client = redis.Redis.from_url(url)
+    totals: dict[str, int] = {}
+    for name in client.scan_iter(match=KEY_PREFIX + "*"):
+        for field, value in client.hgetall(name).items():
+            kind = field.decode().rsplit(SEP, 1)[1]
+            totals[kind] = totals.get(kind, 0) + int(value)
+    client.close()
+    return totals
+
+
+def drive_traffic(proxy, sims) -> None:
+    """Non-streamed and streamed calls on chat, completions and responses, plus one stream cancelled midway."""
+    alice = openai.OpenAI(base_url=proxy.url + "/v1", api_key=ALICE, max_retries=0)
+    bob = openai.OpenAI(base_url=proxy.url + "/v1", api_key=BOB, max_retries=0)
+    alice.chat.completions.create(model="codex", messages=MESSAGES, max_tokens=7)
+    list(alice.chat.completions.create(model="codex", messages=MESSAGES, max_tokens=9, stream=True))
+    list(bob.chat.completions.create(model="codex", messages=MESSAGES, max_tokens=5, stream=True,
+                                     stream_options={"include_usage": True}))
+    bob.completions.create(model="gpu-openai", prompt="one two three", max_tokens=4)
+    bob.responses.create(model="gpu-openai", input="hello there", max_output_tokens=6)
+    list(alice.responses.create(model="gpu-openai", input="stream me", max_output_tokens=8, stream=True))
+    bob.embeddings.create(model="gpu-openai", input="embed these four words")
+    with httpx.stream("POST", proxy.url + "/v1/chat/completions", headers={"authorization": f"Bearer {ALICE}"},
+                      json={"model": "slow-vllm", "messages": MESSAGES, "max_tokens": 2000, "stream": True}) as response:
+        for line in response.iter_lines():
+            if "tok4" in line:
+                break
+    wait_for(lambda: sim_stats(sims)["disconnects"] == 1)
+
+
+def test_ledger_in_redis_equals_simulator_counters(tmp_path, sims, redis_server):
+    with make_proxy(tmp_path, sims, redis_server.url) as proxy:
+        drive_traffic(proxy, sims)
+        stats = sim_stats(sims)
+        assert httpx.get(sims[1].url + "/sim/stats").json()["output_tokens"] < 20, "the cancelled stream stopped midway"
+        wait_for(lambda: redis_totals(redis_server.url).get("requests") == stats["requests"])
+        totals = redis_totals(redis_server.url)
+        assert totals["input"] == stats["input_tokens"]
+        assert totals["output"] == stats["output_tokens"]
+        assert totals["requests"] == stats["requests"] == 8
+        assert totals.get("estimated", 0) == 0, "every request, the cancelled one too, billed from provider-reported usage"
+
+
+def test_memory_ledger_and_admin_endpoint(tmp_path, sims):
+    with make_proxy(tmp_path, sims, None) as proxy:
+        drive_traffic(proxy, sims)
+        stats = sim_stats(sims)
+        assert httpx.get(proxy.url + "/admin/cost", headers={"authorization": f"Bearer {ALICE}"}).status_code == 403
+        assert httpx.get(proxy.url + "/admin/cost").status_code == 401
+        body = httpx.get(proxy.url + "/admin/cost?by=key", headers={"authorization": f"Bearer {ADMIN}"}).json()
+        totals = body["totals"]["tokens"]
+        assert (totals["input"], totals["output"], totals["requests"]) == (
+            stats["input_tokens"], stats["output_tokens"], stats["requests"])
+        by_key = {line["group"]: line for line in body["lines"]}
+        assert set(by_key) == {"alice", "bob"}
+        # sim-codex is provisionally priced; sim-spark has no price at all: flagged, never $0 "confirmed".
+        assert body["totals"]["unpriced_models"] == ["sim-spark"]
+        assert body["totals"]["usd"]["confirmed"] == "0.00"
+        codex = httpx.get(proxy.url + "/admin/cost?by=model", headers={"authorization": f"Bearer {ADMIN}"}).json()
+        line = next(line for line in codex["lines"] if line["group"] == "sim-codex")
+        expected = (line["tokens"]["input"] * 0.5 + line["tokens"]["output"] * 2) / 1e6
+        assert float(line["usd"]["exact_total"]) == pytest.approx(expected)
+        assert line["usd"]["provisional"] == line["usd"]["total"] and line["unpriced_tokens"]["input"] == 0
+        # Plain running totals for the metrics exporter (the admin call above flushed the ledger).
+        accounting = proxy.app.state.accounting
+        assert accounting.unpriced_tokens["sim-spark"] == body["totals"]["unpriced_tokens"]["input"] + \
+            body["totals"]["unpriced_tokens"]["output"]
+        assert str(accounting.spend_usd["provisional"]) == line["usd"]["exact_total"]
+        assert accounting.ledger.counters.recorded == stats["requests"] and accounting.ledger.counters.overflow_requests == 0
+        bad = httpx.get(proxy.url + "/admin/cost?by=colour", headers={"authorization": f"Bearer {ADMIN}"})
+        assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_grouping"
+
+
+def test_redis_outage_during_ledger_writes_loses_nothing(tmp_path, sims):
+    # appendfsync always: what Redis acknowledged survives its own kill -9, so any loss would be ours.
+    with RedisServer(extra=("--appendonly", "yes", "--appendfsync", "always")) as server, \
+            make_proxy(tmp_path, sims, server.url) as proxy:
+        client = openai.OpenAI(base_url=proxy.url + "/v1", api_key=ALICE, max_retries=0)
+        client.chat.completions.create(model="codex", messages=MESSAGES, max_tokens=3)
+        wait_for(lambda: redis_totals(server.url).get("requests") == 1)
+        server.stop()
+        for n in range(1, 6):  # the proxy keeps serving while its ledger cannot write
+            assert client.chat.completions.create(model="codex", messages=MESSAGES, max_tokens=n).usage.completion_tokens == n
+        list(client.chat.completions.create(model="codex", messages=MESSAGES, max_tokens=11, stream=True))
+        time.sleep(0.3)  # several flushes fail meanwhile
+        down = httpx.get(proxy.url + "/admin/cost", headers={"authorization": f"Bearer {ADMIN}"}, timeout=10)
+        assert down.status_code == 503 and down.json()["error"]["code"] == "ledger_unavailable"
+        assert proxy.app.state.accounting.ledger.counters.flush_errors >= 2
+        assert proxy.app.state.accounting.ledger.counters.buffered_rows == 1  # one (hour, deployment, key) row
+        server.start()
+        stats = sim_stats(sims)
+        wait_for(lambda: redis_totals(server.url).get("requests") == stats["requests"])
+        totals = redis_totals(server.url)
+        assert (totals["input"], totals["output"]) == (stats["input_tokens"], stats["output_tokens"])
+        assert stats["output_tokens"] == 3 + 1 + 2 + 3 + 4 + 5 + 11
+
+
+def outcome(deployment: str, inp: int, out: int, key: str = "k") -> Outcome:
+    return Outcome("r", "chat", "route", key, None, deployment=deployment, input_tokens=inp, output_tokens=out, status=200)
+
+
+def test_ledger_buffer_is_bounded_and_counts_overflow():
+    class DeadStore(MemoryUsageStore):
+        async def add(self, batch):
+            raise ConnectionError("down")
+
+    ledger = Ledger(DeadStore(), lambda name: name, max_buffered=2)
+    for name in ("a", "b", "c", "c"):
+        ledger.record(outcome(name, 10, 5))
+    assert asyncio.run(ledger.flush()) is False
+    assert ledger.counters.overflow_requests == 2 and ledger.counters.overflow_tokens == 30
+    assert ledger.counters.flush_errors == 1 and ledger.counters.recorded == 2
+
+
+def test_redis_store_round_trip(redis_server):
+    async def main():
+        store = RedisUsageStore(redis_server.url)
+        ledger = Ledger(store, {"dep": "model-x"}.get, clock=lambda: 3600 * 500_000 + 5)
+        ledger.record(outcome("dep", 100, 20, key="alice"))
+        ledger.record(Outcome("r2", "chat", "route", "alice", None, deployment="dep", input_tokens=50, cached_tokens=40,
+                              output_tokens=30, reasoning_tokens=10, status=200))
+        try:
+            return await ledger.read(500_000, 500_000)
+        finally:
+            await store.close()
+
+    rows = asyncio.run(main())
+    assert len(rows) == 1
+    row = rows[0]
+    assert (row.hour, row.deployment, row.model, row.key, row.team) == (500_000, "dep", "model-x", "alice", "")
+    assert row.tokens.as_dict() == {"input": 150, "cached": 40, "output": 50, "reasoning": 10, "requests": 2, "estimated": 2}
+
+
+def test_vllm_streams_ask_for_usage_in_every_chunk():
+    import orjson
+
+    from proxy.upstream.body import rewrite_body
+
+    raw = b'{"model":"codex","stream":true,"messages":[]}'
+    out = orjson.loads(rewrite_body(raw, orjson.loads(raw), "m", True, continuous_usage=True))
+    assert out["stream_options"] == {"include_usage": True, "continuous_usage_stats": True} and out["model"] == "m"
+    raw = b'{"model":"codex","stream":true,"stream_options":{"include_usage":true},"messages":[]}'
+    out = orjson.loads(rewrite_body(raw, orjson.loads(raw), "m", False, continuous_usage=True))
+    assert out["stream_options"] == {"include_usage": True, "continuous_usage_stats": True}
+    assert rewrite_body(raw, orjson.loads(raw), "codex", False) == raw  # other providers: bytes untouched
