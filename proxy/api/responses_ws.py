@@ -1,0 +1,410 @@
+"""Responses WebSocket mode on ``GET /v1/responses``: one socket, many turns.
+
+Each ``response.create`` becomes the HTTP request it stands for and takes the same path as
+``POST /v1/responses`` (``route_request``: routing, limits, accounting), so a turn is routed,
+rate-limited and billed like any request and may change lane between turns. The upstream's
+SSE events are relayed one text frame each. The connection keeps the last few responses'
+full input + output, so ``previous_response_id`` expands into a complete request that any
+upstream — HTTP-only, or another lane than the last turn's — can serve.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+
+import orjson
+
+from proxy.api.asgi import Receive, Scope, Send, header
+from proxy.api.openai_http import read_hints, route_request, take_usage
+from proxy.api.state import ProxyState
+from proxy.config.schema import ApiKey
+from proxy.errors import ProxyError
+from proxy.routing.hints import Hints
+from proxy.routing.router import Attempt
+from proxy.upstream.http_pool import UpstreamError
+from proxy.upstream.request import ModelRequest, Outcome
+from proxy.upstream.scan import StreamScanner
+
+log = logging.getLogger("laneway")
+
+# Client-event fields that describe the socket, not the model request.
+_CLIENT_ONLY = frozenset({"type", "stream", "stream_id", "client_metadata", "generate", "previous_response_id"})
+_HISTORY = 8  # responses per connection a turn may continue from (memory bound)
+_RELAYED_ERROR_HEADERS = (b"retry-after", b"retry-after-ms", b"x-should-retry")
+_CLOSE_NORMAL = 1000
+
+
+@dataclass(slots=True)
+class WebSocketStats:
+    """Plain counters for the metrics exporter: client sockets and the turns run over them."""
+
+    connections_total: int = 0
+    connections_open: int = 0
+    refused: int = 0           # upgrades answered 426 (disabled) or 401
+    turns: int = 0             # response.create with generate != false that reached routing
+    warmups: int = 0           # generate: false
+    errors: int = 0            # error events sent
+    client_drops: int = 0      # clients gone with a turn in flight
+    connection_limit: int = 0  # sockets closed at max_connection_minutes
+
+
+class SseFrames:
+    """Splits relayed SSE bytes into each event's JSON payload: one WebSocket frame per event."""
+
+    __slots__ = ("_rest",)
+
+    def __init__(self) -> None:
+        self._rest = b""
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        buf = self._rest + chunk if self._rest else chunk
+        out = []
+        start = 0
+        while True:
+            end = buf.find(b"\n\n", start)
+            if end < 0:
+                break
+            data = buf.find(b"data:", start, end)
+            if data >= 0:
+                out.append(buf[data + 5 : end].strip())
+            start = end + 2
+        self._rest = buf[start:]
+        return out
+
+
+def event_type(data: bytes) -> bytes:
+    """The ``type`` of a JSON event; OpenAI-style events put it first, so a find is enough."""
+    i = data.find(b'"type":"')
+    if i < 0:
+        return b""
+    return data[i + 8 : data.find(b'"', i + 8)]
+
+
+def error_event(error: ProxyError, stream_id: str | None = None, headers: dict[str, str] | None = None) -> dict:
+    """``{"type":"error","status":N,"error":{...}}`` — Codex ignores error events without ``status``.
+    ``code``/``message``/``param`` are repeated at the top level for openai-python's ResponseErrorEvent."""
+    payload = error.payload()
+    event = {"type": "error", "status": error.status, "error": payload, "sequence_number": 0,
+             "code": payload["code"], "message": payload["message"], "param": payload["param"]}
+    retry = headers if headers is not None else {k.lower(): v for k, v in error.headers.items()}
+    if retry:
+        event["headers"] = retry
+    if stream_id is not None:
+        event["stream_id"] = stream_id
+    return event
+
+
+class ResponsesSocket:
+    """ASGI handler for ``websocket`` scopes on /v1/responses; one instance per app."""
+
+    def __init__(self, state: ProxyState) -> None:
+        self.state = state
+        self.stats = WebSocketStats()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (await receive())["type"] != "websocket.connect":
+            return  # gone before the handshake
+        runtime = self.state.runtime
+        if not runtime.policy.server.websocket.enabled:
+            self.stats.refused += 1
+            await deny(send, ProxyError(
+                426, "WebSocket mode is disabled on this proxy; send POST /v1/responses over HTTP instead.",
+                code="websocket_disabled", type="invalid_request_error"))
+            return
+        try:
+            key = runtime.auth.check(header(scope, b"authorization"))
+        except ProxyError as error:
+            self.stats.refused += 1
+            await deny(send, error)
+            return
+        headers = []
+        turn_state = header(scope, b"x-codex-turn-state")
+        if turn_state is not None:  # Codex's sticky-routing token: echoed back as it asks
+            headers.append((b"x-codex-turn-state", turn_state))
+        await send({"type": "websocket.accept", "headers": headers})
+        self.stats.connections_total += 1
+        self.stats.connections_open += 1
+        try:
+            await _Connection(self.state, self.stats, key, read_hints(scope), receive, send).run()
+        finally:
+            self.stats.connections_open -= 1
+
+
+async def deny(send: Send, error: ProxyError) -> None:
+    """Refuse the upgrade with a plain HTTP response (ASGI websocket.http.response extension)."""
+    headers = [(b"content-type", b"application/json")]
+    headers += [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
+    await send({"type": "websocket.http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "websocket.http.response.body", "body": error.body()})
+
+
+class _Connection:
+    """One accepted client socket: reads events, runs turns per lane (FIFO), keeps history."""
+
+    def __init__(self, state: ProxyState, stats: WebSocketStats, key: ApiKey, hints: Hints,
+                 receive: Receive, send: Send) -> None:
+        self.state = state
+        self.stats = stats
+        self.key = key
+        self.hints = hints  # x-laneway-* routing hints from the handshake apply to every turn
+        self.receive = receive
+        self.send = send
+        self.history: OrderedDict[str, list] = OrderedDict()
+        self.lanes: dict[str | None, deque[dict]] = {}
+        self.tasks: dict[str | None, asyncio.Task] = {}
+        self.last_active = 0.0
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        settings = self.state.runtime.policy.server.websocket
+        deadline = loop.time() + settings.max_connection_minutes * 60
+        idle_s = settings.idle_timeout_s
+        self.last_active = loop.time()
+        try:
+            while True:
+                now = loop.time()
+                # busy: look again after idle_s (the idle clock starts when the last turn ends)
+                wait = min(deadline, (now if self.tasks else self.last_active) + idle_s) - now
+                try:
+                    async with asyncio.timeout(max(wait, 0.0)):
+                        message = await self.receive()
+                except TimeoutError:
+                    now = loop.time()
+                    if now >= deadline:
+                        await self._connection_limit()
+                        return
+                    if not self.tasks and now - self.last_active >= idle_s:
+                        await self.send({"type": "websocket.close", "code": _CLOSE_NORMAL, "reason": "idle timeout"})
+                        return
+                    continue
+                if message["type"] == "websocket.disconnect":
+                    return
+                self.last_active = loop.time()
+                data = message.get("text")
+                await self._on_event(data if data is not None else message.get("bytes") or b"")
+        finally:
+            await self._cancel_turns()
+
+    async def _on_event(self, data: str | bytes) -> None:
+        try:
+            event = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            await self._error(ProxyError(400, f"Each WebSocket message must be one JSON event: {exc}.", code="invalid_json"))
+            return
+        kind = event.get("type") if isinstance(event, dict) else None
+        if kind == "response.create":
+            lane = event.get("stream_id")
+            if lane is not None and not isinstance(lane, str):
+                await self._error(ProxyError(400, "'stream_id' must be a string.", code="invalid_stream_id", param="stream_id"))
+                return
+            self._enqueue(lane, event)
+        elif kind == "response.processed":
+            return  # an acknowledgement some Codex builds send; nothing to do
+        else:
+            await self._error(ProxyError(
+                400, f"Unsupported event type {str(kind)[:64]!r}; send 'response.create'.", code="unsupported_event", param="type"))
+
+    def _enqueue(self, lane: str | None, event: dict) -> None:
+        """One response in flight per lane; later events on the same lane wait their turn."""
+        queue = self.lanes.get(lane)
+        if queue is not None:
+            queue.append(event)
+            return
+        queue = self.lanes[lane] = deque([event])
+        self.tasks[lane] = asyncio.get_running_loop().create_task(self._drain(lane, queue))
+
+    async def _drain(self, lane: str | None, queue: deque[dict]) -> None:
+        try:
+            while queue:
+                try:
+                    await self._turn(queue[0], lane)
+                except OSError:
+                    return  # the client is gone; the reader sees the disconnect and cleans up
+                except Exception:
+                    log.exception("WebSocket turn failed on lane %r", lane)
+                    await self._error(ProxyError(500, "Laneway failed on this turn; retry it.", code="internal_error"), lane)
+                queue.popleft()
+        finally:
+            self.lanes.pop(lane, None)
+            self.tasks.pop(lane, None)
+            self.last_active = asyncio.get_running_loop().time()
+
+    async def _cancel_turns(self) -> None:
+        """The client is gone (or the socket is closing): stop every turn, which aborts its upstream."""
+        tasks = list(self.tasks.values())
+        if not tasks:
+            return
+        self.stats.client_drops += 1
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _connection_limit(self) -> None:
+        """The connection cap: finish what is in flight, then tell the client to reconnect."""
+        if self.tasks:
+            await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        self.stats.connection_limit += 1
+        await self._error(ProxyError(
+            400, "This WebSocket reached its maximum lifetime (server.websocket.max_connection_minutes); "
+            "open a new connection to continue.", code="websocket_connection_limit_reached"))
+        await self.send({"type": "websocket.close", "code": _CLOSE_NORMAL, "reason": "connection limit reached"})
+
+    # --- one turn --------------------------------------------------------------------------
+
+    async def _turn(self, event: dict, lane: str | None) -> None:
+        runtime = self.state.runtime
+        rid = "req_" + os.urandom(12).hex()
+        outcome = Outcome(rid, "responses", route="", key_name=self.key.name, team=self.key.team,
+                          transport="websocket", started=time.perf_counter())
+        try:
+            body, items = self._expand(event)
+            if event.get("generate") is False:
+                runtime.router.resolve(body["model"])
+                await self._warm_up(body, items, lane)
+                return
+            self.stats.turns += 1
+            req = ModelRequest.from_body("responses", orjson.dumps(body), body, rid)
+            attempt = await route_request(runtime, req, outcome, self.hints)
+        except ProxyError as error:
+            outcome.status, outcome.error_code = error.status, error.code
+            outcome.finished = time.perf_counter()
+            self.state.finish(outcome)
+            await self._error(error, lane)
+            return
+        for lost in attempt.losers:  # hedged attempts that lost the race consumed something too
+            self.state.finish(lost.outcome(outcome))
+        try:
+            if attempt.response.status == 200:
+                await self._relay(attempt, req, outcome, items, lane)
+            else:
+                await self._relay_error(attempt, outcome, lane)
+        finally:
+            outcome.finished = time.perf_counter()
+            self.state.finish(outcome)
+
+    def _expand(self, event: dict) -> tuple[dict, list]:
+        """The HTTP body this event stands for, with ``previous_response_id`` expanded into the
+        full input, and the input items the next continuation will start from."""
+        body = {k: v for k, v in event.items() if k not in _CLIENT_ONLY}
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise ProxyError(400, "'model' is required: a route name or a model listed by GET /v1/models.",
+                             code="missing_model", param="model")
+        items = _as_items(body.get("input"))
+        previous = event.get("previous_response_id")
+        if previous is not None:
+            past = self.history.get(previous) if isinstance(previous, str) else None
+            if past is None:
+                raise ProxyError(
+                    400, f"Previous response {str(previous)[:100]!r} is not known on this connection "
+                    "(only its last responses are kept). Send the full conversation as input, without "
+                    "previous_response_id.", code="previous_response_not_found", param="previous_response_id")
+            items = past + items
+            body["input"] = items
+        body["stream"] = True
+        return body, items
+
+    async def _warm_up(self, body: dict, items: list, lane: str | None) -> None:
+        """``generate: false``: a response id to chain from, no model output, no upstream call."""
+        self.stats.warmups += 1
+        rid = "resp_" + os.urandom(16).hex()
+        self._remember(rid, items)
+        created = int(time.time())
+        response = {"id": rid, "object": "response", "created_at": created, "status": "in_progress",
+                    "model": body["model"], "output": [], "error": None, "incomplete_details": None,
+                    "previous_response_id": None, "usage": None}
+        usage = {"input_tokens": 0, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 0,
+                 "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 0}
+        extra = {} if lane is None else {"stream_id": lane}
+        await self._send_event({"type": "response.created", "sequence_number": 0, "response": response, **extra})
+        done = {**response, "status": "completed", "usage": usage}
+        await self._send_event({"type": "response.completed", "sequence_number": 1, "response": done, **extra})
+
+    async def _relay(self, attempt: Attempt, req: ModelRequest, outcome: Outcome, items: list, lane: str | None) -> None:
+        response = attempt.response
+        dep = attempt.deployment
+        extra = {} if lane is None else {"stream_id": lane}
+        await self._send_event({"type": "laneway.route", "route": outcome.route, "deployment": dep.name,
+                                "lane": dep.hardware, "reason": attempt.reason, **extra})
+        frames = SseFrames()
+        scanner = StreamScanner(outcome.started)
+        prefix = b'{"stream_id":' + orjson.dumps(lane) + b"," if lane is not None else None
+        completed: bytes | None = None
+        send = self.send
+        try:
+            async for chunk in response.iter_body():
+                scanner.feed(chunk)
+                for data in frames.feed(chunk):
+                    if completed is None and event_type(data) == b"response.completed":
+                        completed = data
+                    text = (prefix + data[1:] if prefix is not None else data).decode()
+                    await send({"type": "websocket.send", "text": text})
+        except UpstreamError as exc:
+            outcome.status, outcome.error_code = 502, "upstream_stream_error"
+            await self._error(ProxyError(
+                502, f"The upstream stream broke off ({exc.kind}); the response is incomplete. Retry the turn.",
+                code="upstream_stream_error"), lane)
+        except (asyncio.CancelledError, OSError):
+            outcome.status, outcome.error_code = 499, "client_disconnected"
+            abandon = getattr(response, "abandon", None)  # count what arrived but was not relayed
+            if abandon is not None:
+                scanner.feed(abandon())
+            raise
+        finally:
+            response.release()  # aborts the upstream exchange unless it finished cleanly
+            outcome.first_token_at = scanner.first_token_at
+            take_usage(outcome, scanner.usage_or_estimate(req.input_estimate))
+        if completed is not None:
+            done = orjson.loads(completed).get("response") or {}
+            if isinstance(done.get("id"), str):
+                self._remember(done["id"], items + list(done.get("output") or ()))
+
+    async def _relay_error(self, attempt: Attempt, outcome: Outcome, lane: str | None) -> None:
+        """An upstream refusal (after routing ran out of candidates) as an error event with its status."""
+        response = attempt.response
+        outcome.error_code = "upstream_status"
+        try:
+            raw = await response.read()
+        except UpstreamError as exc:
+            raw = b""
+            log.warning("upstream error body for %s broke off (%s)", outcome.request_id, exc.kind)
+        finally:
+            response.release()
+        try:
+            detail = orjson.loads(raw).get("error")
+        except (orjson.JSONDecodeError, AttributeError):
+            detail = None
+        detail = detail if isinstance(detail, dict) else {}
+        error = ProxyError(response.status, str(detail.get("message") or f"The upstream answered {response.status}."),
+                           code=detail.get("code"), type=detail.get("type"), param=detail.get("param"))
+        relayed = {name.decode(): value.decode("latin-1") for name, value in response.headers if name in _RELAYED_ERROR_HEADERS}
+        await self._error(error, lane, relayed)
+
+    # --- plumbing -------------------------------------------------------------------------
+
+    def _remember(self, response_id: str, items: list) -> None:
+        self.history[response_id] = items
+        while len(self.history) > _HISTORY:
+            self.history.popitem(last=False)
+
+    async def _send_event(self, event: dict) -> None:
+        await self.send({"type": "websocket.send", "text": orjson.dumps(event).decode()})
+
+    async def _error(self, error: ProxyError, lane: str | None = None, headers: dict[str, str] | None = None) -> None:
+        self.stats.errors += 1
+        await self._send_event(error_event(error, lane, headers))
+
+
+def _as_items(value: object) -> list:
+    """Responses ``input`` as a list of items (a bare string is one user message)."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [{"type": "message", "role": "user", "content": value}]
+    if isinstance(value, list):
+        return value
+    raise ProxyError(400, "'input' must be a string or a list of input items.", code="invalid_input", param="input")

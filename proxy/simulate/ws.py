@@ -1,0 +1,239 @@
+"""Responses WebSocket mode for the simulated provider (``GET /v1/responses`` upgraded).
+
+Same token model, quotas and queued faults as HTTP; each SSE event the HTTP renderer
+would send becomes one text frame. Turns on one socket run one at a time. Knobs for
+tests, set in-process: ``down = True`` refuses upgrades (503) and drops a live socket at
+its next ``response.create`` — a provider losing its WebSocket tier.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from .render import ResponsesRenderer, Turn
+from .text import count_input_tokens, requested_output
+
+if TYPE_CHECKING:
+    from .provider import Receive, Scope, Send, SimulatorApp
+
+BATCH_S = 0.010
+_ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
+                429: "rate_limit_error", 500: "server_error", 503: "server_error"}
+
+
+def sse_frames(sse: bytes) -> list[bytes]:
+    """The JSON payload of every SSE event in ``sse`` (renderer output is whole events)."""
+    out = []
+    for block in sse.split(b"\n\n"):
+        i = block.find(b"data: ")
+        if i >= 0:
+            out.append(block[i + 6 :])
+    return out
+
+
+class _Client:
+    """A socket's inbound side, read by a task so a turn notices the client leaving."""
+
+    def __init__(self, receive: Receive) -> None:
+        self.events: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.gone = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._read(receive))
+
+    async def _read(self, receive: Receive) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                self.gone.set()
+                self.events.put_nowait(None)
+                return
+            data = message.get("text")
+            self.events.put_nowait(data.encode() if data is not None else message.get("bytes") or b"")
+
+    async def pause(self, seconds: float) -> bool:
+        """Sleep; False when the client left meanwhile."""
+        if self.gone.is_set():
+            return False
+        try:
+            async with asyncio.timeout(seconds):
+                await self.gone.wait()
+        except TimeoutError:
+            return True
+        return False
+
+    def close(self) -> None:
+        self._task.cancel()
+
+
+class SimulatedSocket:
+    """ASGI handler for ``websocket`` scopes of one SimulatorApp."""
+
+    def __init__(self, app: SimulatorApp) -> None:
+        self.app = app
+        self.down = False
+        self.connections = 0  # accepted since start
+        self.open = 0
+        self.peak_open = 0
+        self.turns = 0
+        self._ids = itertools.count(1)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (await receive())["type"] != "websocket.connect":
+            return
+        from .provider import _norm_path
+
+        if _norm_path(scope["path"]) != "responses":
+            await _deny(send, 404, "Only /v1/responses speaks WebSocket mode.")
+            return
+        if self.down:
+            await _deny(send, 503, "Simulated: WebSocket mode is unavailable.")
+            return
+        key = None
+        for name, value in scope["headers"]:
+            if name == b"authorization" and value[:7].lower() == b"bearer ":
+                key = value[7:].strip()
+        if self.app._key is not None and key != self.app._key:
+            await _deny(send, 401, "Incorrect API key provided.")
+            return
+        await send({"type": "websocket.accept"})
+        self.connections += 1
+        self.open += 1
+        self.peak_open = max(self.peak_open, self.open)
+        client = _Client(receive)
+        last: str | None = None
+        try:
+            while (data := await client.events.get()) is not None:
+                last = await self._event(client, send, data, last)
+        finally:
+            self.open -= 1
+            client.close()
+
+    async def _event(self, client: _Client, send: Send, data: bytes, last: str | None) -> str | None:
+        """Handle one client event; returns the id a continuation may now name."""
+        try:
+            event = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            await _error(send, 400, "Messages must be JSON events.", None)
+            return last
+        if not isinstance(event, dict) or event.get("type") != "response.create":
+            if isinstance(event, dict) and event.get("type") == "response.processed":
+                return last
+            await _error(send, 400, "Unsupported event type.", "unsupported_event")
+            return last
+        if self.down:
+            _drop("simulated: WebSocket tier went away")
+        previous = event.get("previous_response_id")
+        if previous is not None and previous != last:
+            await _error(send, 400, f"Previous response with id '{previous}' not found.", "previous_response_not_found")
+            return last
+        rid = f"resp_simws{next(self._ids):016x}"
+        if event.get("generate") is False:
+            turn = Turn(rid=rid, model=str(event.get("model") or ""), created=int(time.time()), n=0,
+                        input_tokens=0, capped=False)
+            renderer = ResponsesRenderer(turn, None)
+            frames = sse_frames(renderer.prelude())[:1] + sse_frames(renderer.epilogue())[-1:]
+            for frame in frames:
+                await send({"type": "websocket.send", "text": frame.decode()})
+            return rid
+        self.turns += 1
+        return rid if await self._generate(client, send, event, rid) else last
+
+    async def _generate(self, client: _Client, send: Send, body: dict[str, Any], rid: str) -> bool:
+        app = self.app
+        stats = app.stats
+        model = body.get("model")
+        model = model if isinstance(model, str) and model else app.profile.model_ids[0]
+        row = stats.model(model)
+        stats.requests += 1
+        row[0] += 1
+        mode, arg = ("none", 0.0)
+        if app.faults:
+            mode, arg = app.faults.popleft()
+            stats.faults += 1
+        if mode == "error":
+            await _error(send, int(arg), f"Simulated error {int(arg)}.", None)
+            return False
+        if mode == "hang":
+            await client.gone.wait()
+            stats.disconnects += 1
+            return False
+        if mode == "slow_first_byte" and not await client.pause(arg / 1000):
+            stats.disconnects += 1
+            return False
+        try:
+            n, capped = requested_output(body, app.profile.default_output_tokens)
+            input_tokens = count_input_tokens(body)
+        except ValueError as exc:
+            await _error(send, 400, str(exc), None)
+            return False
+        if app.limiter.enabled:
+            wait = app.limiter.admit(time.monotonic(), input_tokens + n)
+            if wait:
+                stats.rate_limited += 1
+                await _error(send, 429, f"Rate limit reached for {model}: please try again in {wait:.3f}s.",
+                             "rate_limit_exceeded", {"retry-after": f"{wait:.3f}"})
+                return False
+        stats.input_tokens += input_tokens
+        row[1] += input_tokens
+        turn = Turn(rid=rid, model=model, created=int(time.time()), n=n, input_tokens=input_tokens, capped=capped)
+        renderer = ResponsesRenderer(turn, body.get("max_output_tokens"))
+        drop = mode == "drop_mid_stream"
+        sent, gone = await self._stream(client, send, renderer, n // 2 if drop else n)
+        stats.output_tokens += sent
+        row[2] += sent
+        if gone:
+            stats.disconnects += 1
+            return False
+        if drop:
+            _drop(f"simulated drop after {sent} of {n} tokens")
+        for frame in sse_frames(renderer.epilogue()):
+            await send({"type": "websocket.send", "text": frame.decode()})
+        return True
+
+    async def _stream(self, client: _Client, send: Send, r: ResponsesRenderer, limit: int) -> tuple[int, bool]:
+        """Prelude and tokens 0..limit-1 paced by the profile; returns (tokens sent, client gone)."""
+        profile = self.app.profile
+        for frame in sse_frames(r.prelude()):
+            await send({"type": "websocket.send", "text": frame.decode()})
+        if profile.ttft_ms > 0 and not await client.pause(profile.ttft_ms / 1000):
+            return 0, True
+        tps = profile.tokens_per_s
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        i = 0
+        while i < limit:
+            due = limit if tps <= 0 else min(limit, int((loop.time() - start) * tps) + 1)
+            for k in range(i, due):
+                frame = r.token(k)
+                await send({"type": "websocket.send", "text": frame[frame.index(b"data: ") + 6 : -2].decode()})
+            i = due
+            if i < limit and not await client.pause(max(start + i / tps - loop.time(), BATCH_S)):
+                return i, True
+        return i, False
+
+
+def _drop(reason: str) -> None:
+    """Cut the socket abruptly: uvicorn closes the transport when the app raises (quietly, for SimulatedDrop)."""
+    from .provider import SimulatedDrop
+
+    raise SimulatedDrop(reason)
+
+
+async def _deny(send: Send, status: int, message: str) -> None:
+    body = orjson.dumps({"error": {"message": message, "type": _ERROR_TYPES.get(status, "server_error"),
+                                   "param": None, "code": None}})
+    await send({"type": "websocket.http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "websocket.http.response.body", "body": body})
+
+
+async def _error(send: Send, status: int, message: str, code: str | None, headers: dict[str, str] | None = None) -> None:
+    event: dict[str, Any] = {"type": "error", "status": status, "error": {
+        "type": _ERROR_TYPES.get(status, "server_error"), "code": code, "message": message, "param": None}}
+    if headers:
+        event["headers"] = headers
+    await send({"type": "websocket.send", "text": orjson.dumps(event).decode()})

@@ -1,0 +1,292 @@
+"""Persistent upstream sockets for providers that speak Responses WebSocket mode.
+
+A deployment with ``websocket: true`` runs its Responses turns — including plain HTTP
+``POST /v1/responses`` — over a small pool of long-lived sockets, which saves the
+per-request connection and header work the providers measure. The pool is bounded by the
+provider's connection cap; a failed connect backs off exponentially. Whenever no socket can
+take a turn (cap reached, backing off, the socket died before the first event), the turn
+goes over keep-alive HTTP instead, so it is never lost.
+
+The target keeps the HTTP relay's interface: ``send(req)`` returns a response whose
+``iter_body()`` yields SSE bytes (each frame re-wrapped as ``event:``/``data:``).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import orjson
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
+from websockets.protocol import State
+
+from proxy.config.schema import Deployment
+from proxy.upstream.body import rewrite_body
+from proxy.upstream.http_pool import UpstreamClosed, UpstreamPools, UpstreamTimeout
+from proxy.upstream.openai_compat import OpenAICompatTarget
+from proxy.upstream.request import ModelRequest
+
+log = logging.getLogger("laneway")
+
+BETA_HEADER = "responses_websockets=2026-02-06"
+_TERMINAL = frozenset({b"response.completed", b"response.failed", b"response.incomplete", b"error"})
+# Events before any output: held back so a socket dying during prefill can still hand the turn to HTTP.
+_PRELUDE = frozenset({b"response.created", b"response.queued", b"response.in_progress",
+                      b"response.output_item.added", b"response.content_part.added"})
+_BACKOFF_MIN_S = 0.5
+_BACKOFF_MAX_S = 30.0
+_SSE = [(b"content-type", b"text/event-stream")]
+_JSON = [(b"content-type", b"application/json")]
+
+
+@dataclass(slots=True)
+class SocketStats:
+    """Plain counters for the metrics exporter (one set per deployment pool)."""
+
+    connects: int = 0
+    connect_failures: int = 0
+    turns: int = 0          # turns that ran over a socket
+    http_fallbacks: int = 0  # turns sent over HTTP because no socket could take them
+    drops: int = 0          # sockets that died under a turn
+
+
+def _type(data: bytes) -> bytes:
+    i = data.find(b'"type":"')
+    return data[i + 8 : data.find(b'"', i + 8)] if i >= 0 else b""
+
+
+class SocketPool:
+    """Idle sockets to one deployment URL with one API key, at most ``limit`` open at once."""
+
+    def __init__(self, url: str, headers: dict[str, str], limit: int, connect_s: float) -> None:
+        self.url = url
+        self.headers = headers
+        self.limit = limit
+        self.connect_s = connect_s
+        self.idle: list[ClientConnection] = []
+        self.open = 0
+        self.stats = SocketStats()
+        self._down_until = 0.0
+        self._backoff = 0.0
+
+    async def acquire(self) -> ClientConnection | None:
+        """An open socket, or None when the cap is reached or the provider is backing off."""
+        while self.idle:
+            ws = self.idle.pop()
+            if ws.state is State.OPEN:
+                return ws
+            self.open -= 1
+        if self.open >= self.limit or time.monotonic() < self._down_until:
+            return None
+        self.open += 1
+        try:
+            ws = await connect(self.url, additional_headers=self.headers, open_timeout=self.connect_s,
+                               compression=None, max_size=None, user_agent_header="laneway")
+        except (OSError, InvalidHandshake, TimeoutError) as exc:
+            self.open -= 1
+            self.stats.connect_failures += 1
+            self._backoff = min(max(_BACKOFF_MIN_S, self._backoff * 2), _BACKOFF_MAX_S)
+            self._down_until = time.monotonic() + self._backoff
+            log.warning("upstream WebSocket %s unavailable (%s); HTTP for %.1fs", self.url.split("?")[0],
+                        type(exc).__name__, self._backoff)
+            return None
+        self._backoff = 0.0
+        self.stats.connects += 1
+        return ws
+
+    def release(self, ws: ClientConnection, reusable: bool) -> None:
+        if reusable and ws.state is State.OPEN:
+            self.idle.append(ws)
+            return
+        self.open -= 1
+        if ws.transport is not None:
+            ws.transport.abort()
+
+    def close(self) -> None:
+        for ws in self.idle:
+            if ws.transport is not None:
+                ws.transport.abort()
+        self.idle.clear()
+        self.open = 0
+
+
+class SocketPools:
+    """One SocketPool per (deployment URL, API key, extra headers); shared across policy reloads like the HTTP pools."""
+
+    def __init__(self) -> None:
+        self.pools: dict[tuple, SocketPool] = {}
+
+    def get(self, deployment: Deployment) -> SocketPool:
+        url = "ws" + deployment.base_url[4:] + "/responses"  # http(s):// -> ws(s)://
+        key = (url, deployment.api_key, tuple(sorted(deployment.headers.items())))
+        pool = self.pools.get(key)
+        if pool is None:
+            headers = {"OpenAI-Beta": BETA_HEADER, **deployment.headers}
+            if deployment.api_key:
+                headers["Authorization"] = "Bearer " + deployment.api_key
+            pool = self.pools[key] = SocketPool(url, headers, deployment.websocket_max_connections,
+                                                deployment.timeouts.connect_s)
+        else:  # a reloaded policy may change the cap; open sockets stay until they are released
+            pool.limit, pool.connect_s = deployment.websocket_max_connections, deployment.timeouts.connect_s
+        return pool
+
+    def close(self) -> None:
+        for pool in self.pools.values():
+            pool.close()
+
+
+_REGISTRY: weakref.WeakKeyDictionary[UpstreamPools, SocketPools] = weakref.WeakKeyDictionary()
+
+
+def socket_pools(pools: UpstreamPools) -> SocketPools:
+    """The socket pools living beside ``pools`` (same lifetime: the process state)."""
+    found = _REGISTRY.get(pools)
+    if found is None:
+        found = _REGISTRY[pools] = SocketPools()
+    return found
+
+
+class SocketResponse:
+    """A turn running on a pooled socket, presented like an HTTP response carrying SSE."""
+
+    __slots__ = ("status", "headers", "_pool", "_ws", "_held", "_stream", "_idle_s", "_done", "_released")
+
+    def __init__(self, pool: SocketPool, ws: ClientConnection, held: list[bytes], stream: bool, idle_s: float) -> None:
+        self.status = 200
+        self.headers = _SSE if stream else _JSON
+        self._pool = pool
+        self._ws = ws
+        self._held = held  # events received before the first output
+        self._stream = stream
+        self._idle_s = idle_s
+        self._done = False
+        self._released = False
+
+    async def iter_body(self) -> AsyncIterator[bytes]:
+        try:
+            held = iter(self._held)
+            while True:
+                data = next(held, None) or await self._next()
+                kind = _type(data)
+                if self._stream:
+                    yield b"event: " + kind + b"\ndata: " + data + b"\n\n"
+                if kind in _TERMINAL:
+                    self._done = True
+                    if not self._stream:
+                        yield orjson.dumps(orjson.loads(data).get("response") or {})
+                    return
+        finally:
+            self.release()
+
+    async def _next(self) -> bytes:
+        try:
+            async with asyncio.timeout(self._idle_s):
+                return await self._ws.recv(decode=False)
+        except TimeoutError:
+            raise UpstreamTimeout("upstream socket sent nothing for %.1fs" % self._idle_s) from None
+        except ConnectionClosed:
+            self._pool.stats.drops += 1
+            raise UpstreamClosed("upstream socket closed before the response ended") from None
+
+    async def read(self) -> bytes:
+        return b"".join([chunk async for chunk in self.iter_body()])
+
+    def release(self) -> None:
+        """Back to the pool after a whole turn; a turn cut short closes the socket (cancels upstream)."""
+        if not self._released:
+            self._released = True
+            self._pool.release(self._ws, self._done)
+
+
+class ErrorResponse:
+    """An upstream ``error`` event before any output, shaped like an HTTP error response so the
+    router can fall back on 429/5xx exactly as it does for HTTP."""
+
+    __slots__ = ("status", "headers", "_body")
+
+    def __init__(self, event: dict) -> None:
+        self.status = int(event.get("status") or 500)
+        extra = event.get("headers") if isinstance(event.get("headers"), dict) else {}
+        self.headers = _JSON + [(str(k).lower().encode(), str(v).encode()) for k, v in extra.items()]
+        self._body = orjson.dumps({"error": event.get("error") or {"message": "upstream error", "type": "server_error",
+                                                                      "param": None, "code": None}})
+
+    async def iter_body(self) -> AsyncIterator[bytes]:
+        yield self._body
+
+    async def read(self) -> bytes:
+        return self._body
+
+    def release(self) -> None:
+        return None
+
+
+class SocketTarget:
+    """Responses turns over pooled upstream sockets; everything else (and every fallback) over HTTP."""
+
+    def __init__(self, deployment: Deployment, http: OpenAICompatTarget, pool: SocketPool) -> None:
+        self.deployment = deployment
+        self.http = http
+        self.pool = pool
+
+    def injects_usage(self, req: ModelRequest) -> bool:
+        return self.http.injects_usage(req)
+
+    async def send(self, req: ModelRequest):
+        if req.endpoint != "responses":
+            return await self.http.send(req)
+        frame = self._frame(req)
+        for _ in range(2):  # a pooled socket may have died while idle: one more try on a fresh one
+            ws = await self.pool.acquire()
+            if ws is None:
+                break
+            response = await self._start(ws, frame, req.stream)
+            if response is not None:
+                self.pool.stats.turns += 1
+                return response
+        self.pool.stats.http_fallbacks += 1
+        return await self.http.send(req)
+
+    def _frame(self, req: ModelRequest) -> bytes:
+        """``response.create`` with the body's fields flat beside ``type`` (a byte splice, no re-encode)."""
+        body = req.body
+        if "stream" in body and body["stream"] is not True:
+            body = {k: v for k, v in body.items() if k != "stream"}
+            raw = orjson.dumps(body)
+        else:
+            raw = req.raw
+        raw = rewrite_body(raw, body, self.deployment.model, False).lstrip()
+        return b'{"type":"response.create",' + raw[1:]
+
+    async def _start(self, ws: ClientConnection, frame: bytes, stream: bool):
+        """Send the turn and hold its events until the first output (or the end); None when the
+        socket died before then — nothing has reached the client, so HTTP can still take the turn."""
+        t = self.deployment.timeouts
+        held: list[bytes] = []
+        try:
+            await ws.send(frame, text=True)
+            async with asyncio.timeout(t.first_byte_s):
+                held.append(await ws.recv(decode=False))
+                while _type(held[-1]) in _PRELUDE:
+                    held.append(await ws.recv(decode=False))
+        except TimeoutError:
+            self.pool.release(ws, False)
+            raise UpstreamTimeout("upstream socket sent no event within %.1fs" % t.first_byte_s) from None
+        except (ConnectionClosed, OSError):
+            self.pool.stats.drops += 1
+            self.pool.release(ws, False)
+            return None
+        except BaseException:
+            self.pool.release(ws, False)
+            raise
+        if len(held) == 1 and _type(held[0]) == b"error":
+            self.pool.release(ws, True)
+            try:
+                return ErrorResponse(orjson.loads(held[0]))
+            except orjson.JSONDecodeError:
+                return ErrorResponse({})
+        return SocketResponse(self.pool, ws, held, stream, t.idle_s)

@@ -1,0 +1,199 @@
+"""Persistent upstream sockets: deployments with `websocket: true` run Responses turns —
+from HTTP and WebSocket clients alike — over pooled sockets to the simulator's Responses
+WebSocket mode, falling back to HTTP when no socket can take the turn."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+import websockets.sync.client as ws_client
+
+from proxy.simulate.text import count_input_tokens
+from tests.support import proxy_from_yaml, simulator
+
+POLICY = """\
+version: 1
+auth: open
+deployments:
+  - {{name: ws-wafer, provider: cerebras, model: sim-spark, base_url: "{wafer}/v1", hardware: wafer,
+      websocket: true, websocket_max_connections: {cap}}}
+  - {{name: codex-gpu, provider: openai, model: sim-codex, base_url: "{gpu}/v1", hardware: gpu}}
+routes:
+  - {{name: codex, candidates: [ws-wafer, codex-gpu]}}
+  - {{name: fast, candidates: [ws-wafer]}}
+"""
+
+
+@pytest.fixture
+def ws_sim():
+    """A simulator of our own: these tests switch its WebSocket tier off and on."""
+    with simulator("wafer", ttft_ms=5, tokens_per_s=4000) as server:
+        yield server
+
+
+@pytest.fixture
+def make_upstream_proxy(tmp_path, ws_sim, gpu_sim):
+    def make(cap: int = 4):
+        server = proxy_from_yaml(tmp_path, POLICY.format(wafer=ws_sim.url, gpu=gpu_sim.url, cap=cap))
+        server.outcomes = []
+        server.app.state.observers.append(server.outcomes.append)
+        return server
+
+    return make
+
+
+@pytest.fixture
+def proxy(make_upstream_proxy):
+    with make_upstream_proxy() as server:
+        yield server
+
+
+def sdk(server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0)
+
+
+def pool(server):
+    return server.app.state.runtime.router.targets["ws-wafer"].pool
+
+
+def wait_for(check, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.02)
+
+
+def stream_text(server, model: str = "fast", n: int = 4) -> tuple[str, object]:
+    events = list(sdk(server).responses.create(model=model, input="hello", max_output_tokens=n, stream=True))
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    return text, events[-1]
+
+
+def test_http_turns_ride_one_persistent_upstream_socket(proxy, ws_sim):
+    sock = ws_sim.app.websocket
+    for n in (3, 4, 5):
+        text, last = stream_text(proxy, n=n)
+        assert text.split() == [f"tok{i}" for i in range(1, n + 1)]
+        assert last.type == "response.completed" and last.response.usage.output_tokens == n
+    assert (sock.connections, sock.turns) == (1, 3)
+    assert pool(proxy).stats.turns == 3 and pool(proxy).stats.connects == 1
+    # the proxy's ledger still sees exact usage from the socket's stream
+    assert [o.output_tokens for o in proxy.outcomes] == [3, 4, 5] and all(o.usage_reported for o in proxy.outcomes)
+
+
+def test_non_streaming_responses_and_other_endpoints(proxy, ws_sim):
+    result = sdk(proxy).responses.create(model="fast", input="hello", max_output_tokens=3)
+    assert result.output_text.split() == ["tok1", "tok2", "tok3"] and result.usage.output_tokens == 3
+    assert ws_sim.app.websocket.turns == 1
+    chat = sdk(proxy).chat.completions.create(model="fast", messages=[{"role": "user", "content": "x"}], max_tokens=2)
+    assert chat.choices[0].message.content.split() == ["tok1", "tok2"]
+    assert ws_sim.app.websocket.turns == 1, "chat completions are not Responses turns: HTTP"
+
+
+def test_client_websocket_turns_continue_over_the_upstream_socket(proxy, ws_sim):
+    with sdk(proxy).responses.connect() as conn:
+        conn.response.create(model="fast", input="first", max_output_tokens=2)
+        first = _until_done(conn)
+        conn.response.create(model="fast", input="second", max_output_tokens=2,
+                             previous_response_id=first[-1].response.id)
+        second = _until_done(conn)
+    assert second[-1].type == "response.completed"
+    expanded = {"input": ["first", "tok1 tok2 ", "second"]}
+    assert second[-1].response.usage.input_tokens == count_input_tokens(expanded)
+    assert ws_sim.app.websocket.turns == 2 and ws_sim.app.websocket.connections == 1
+
+
+def _until_done(conn) -> list:
+    events = []
+    for event in conn:
+        events.append(event)
+        if event.type in ("response.completed", "error"):
+            return events
+    raise AssertionError("closed early")
+
+
+def test_lost_upstream_socket_falls_back_to_http_without_losing_the_turn(proxy, ws_sim):
+    sock = ws_sim.app.websocket
+    assert stream_text(proxy)[0].split() == ["tok1", "tok2", "tok3", "tok4"]
+    assert sock.turns == 1
+    sock.down = True  # the provider drops live sockets and refuses new ones
+    try:
+        text, last = stream_text(proxy, n=6)
+        assert text.split() == [f"tok{i}" for i in range(1, 7)] and last.response.usage.output_tokens == 6
+        stats = pool(proxy).stats
+        assert stats.http_fallbacks == 1 and stats.drops == 1 and stats.connect_failures == 1
+        assert sock.turns == 1 and pool(proxy).open == 0
+        assert proxy.outcomes[-1].status == 200 and proxy.outcomes[-1].deployment == "ws-wafer"
+    finally:
+        sock.down = False
+    time.sleep(0.6)  # past the first reconnect backoff (0.5 s)
+    assert stream_text(proxy, n=2)[0].split() == ["tok1", "tok2"]
+    assert sock.turns == 2 and pool(proxy).stats.connects == 2, "reconnected after the backoff"
+
+
+def test_socket_drop_during_prefill_reruns_the_turn_unnoticed(proxy, ws_sim):
+    """The socket dies after response.created but before any output: those events were held
+    back, so the turn is re-run (on a fresh socket here) and the client sees one clean response."""
+    httpx.post(ws_sim.url + "/sim/faults", json={"mode": "drop_mid_stream"}).raise_for_status()
+    events = list(sdk(proxy).responses.create(model="fast", input="x", max_output_tokens=1, stream=True))
+    kinds = [e.type for e in events]
+    assert kinds.count("response.created") == 1 and kinds[-1] == "response.completed"
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == "tok1 "
+    stats = pool(proxy).stats
+    assert (stats.drops, stats.connects, stats.turns) == (1, 2, 1)
+    assert ws_sim.app.websocket.turns == 2 and proxy.outcomes[-1].status == 200
+
+
+def test_socket_drop_after_output_started_is_reported_in_band(proxy, ws_sim):
+    httpx.post(ws_sim.url + "/sim/faults", json={"mode": "drop_mid_stream"}).raise_for_status()
+    with httpx.stream("POST", proxy.url + "/v1/responses",
+                      json={"model": "fast", "input": "x", "max_output_tokens": 20, "stream": True}) as response:
+        body = b"".join(response.iter_bytes())
+    assert b"tok1 " in body and b"response.completed" not in body
+    assert b'"code":"upstream_stream_error"' in body
+    assert proxy.outcomes[-1].status == 502 and pool(proxy).open == 0
+    assert stream_text(proxy, n=2)[0].split() == ["tok1", "tok2"]  # a fresh socket serves the next turn
+
+
+def test_connection_cap_sends_overflow_over_http(make_upstream_proxy, ws_sim, gpu_sim):
+    with make_upstream_proxy(cap=1) as server:
+        results = []
+
+        def one() -> None:
+            results.append(stream_text(server, n=200)[0])
+
+        threads = [threading.Thread(target=one) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert len(results) == 3 and all(len(r.split()) == 200 for r in results)
+        assert ws_sim.app.websocket.peak_open == 1
+        stats = pool(server).stats
+        assert stats.turns + stats.http_fallbacks == 3 and stats.http_fallbacks >= 1 and stats.connects == 1
+
+
+def test_upstream_error_event_lets_the_router_fall_back(proxy, ws_sim, gpu_sim):
+    httpx.post(ws_sim.url + "/sim/faults", json={"mode": "429"}).raise_for_status()
+    raw = sdk(proxy).responses.with_raw_response.create(model="codex", input="x", max_output_tokens=2)
+    assert raw.headers["x-laneway-route-reason"] == "fallback:ws-wafer=429"
+    assert raw.parse().output_text.split() == ["tok1", "tok2"]
+    assert pool(proxy).open == 1 and pool(proxy).idle, "an error event leaves the socket usable"
+
+
+def test_client_drop_closes_the_upstream_socket(proxy, ws_sim):
+    url = "ws" + proxy.url[4:] + "/v1/responses"
+    ws = ws_client.connect(url)
+    ws.send(json.dumps({"type": "response.create", "model": "fast", "input": "x", "max_output_tokens": 8000}))
+    while json.loads(ws.recv(timeout=10))["type"] != "response.output_text.delta":
+        pass
+    ws.socket.close()
+    wait_for(lambda: ws_sim.app.websocket.open == 0 and proxy.outcomes)
+    assert proxy.outcomes[-1].status == 499
+    assert httpx.get(ws_sim.url + "/sim/stats").json()["disconnects"] == 1
+    assert pool(proxy).open == 0
