@@ -30,7 +30,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     hk = commands.add_parser("hash-key", help="print the sha256 to put in a policy's keys section")
     hk.add_argument("key", nargs="?", help="the key (read from a prompt when omitted, so it stays out of shell history)")
 
+    from proxy import cli_cost
+
+    cli_cost.add_commands(commands)
+
     args = parser.parse_args(argv)
+    if args.command == "cost":
+        return cli_cost.run(args)
     if args.command == "check":
         return _check(args.policy)
     if args.command == "hash-key":
@@ -57,6 +63,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from proxy.api.app import POLICY_ENV
+    from proxy.metrics.workers import multiprocess_dir
     from proxy.simulate.supervisor import Simulators
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -75,20 +82,21 @@ def _serve(args: argparse.Namespace) -> int:
         signal.signal(signum, _exit_cleanly)
     try:
         simulators.start()
-        uvicorn.run(
-            "proxy.api.app:create_app",
-            factory=True,
-            host=args.host,
-            port=args.port,
-            workers=args.workers,
-            loop="uvloop",
-            http="httptools",
-            ws="websockets-sansio",
-            log_level=args.log_level.lower(),
-            access_log=False,
-            timeout_graceful_shutdown=30,
-            timeout_keep_alive=75,
-        )
+        with multiprocess_dir(args.workers):  # /metrics adds up every worker's samples
+            uvicorn.run(
+                "proxy.api.app:create_app",
+                factory=True,
+                host=args.host,
+                port=args.port,
+                workers=args.workers,
+                loop="uvloop",
+                http="httptools",
+                ws="websockets-sansio",
+                log_level=args.log_level.lower(),
+                access_log=False,
+                timeout_graceful_shutdown=30,
+                timeout_keep_alive=75,
+            )
     finally:
         simulators.stop()
     return 0

@@ -1,6 +1,7 @@
 """The ASGI application: a dict lookup for the hot endpoints, Starlette for the rest."""
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 
@@ -10,15 +11,21 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from proxy.api.admin import PolicyStatus
+from proxy.api.admin_cost import AdminCost
 from proxy.api.asgi import Receive, Scope, Send, send_json
 from proxy.api.openai_http import ModelEndpoint
+from proxy.api.responses_ws import ResponsesSocket
 from proxy.api.state import ProxyState
 from proxy.config import load_policy
+from proxy.config.reload import PolicyReloader
 from proxy.errors import ProxyError
+from proxy.metrics.service import CONTENT_TYPE, Metrics
 
 log = logging.getLogger("laneway")
 
 POLICY_ENV = "LANEWAY_POLICY"
+RELOAD_INTERVAL_ENV = "LANEWAY_RELOAD_INTERVAL_S"  # how often each worker checks the policy file; 0: SIGHUP only
 
 
 class LanewayApp:
@@ -32,11 +39,17 @@ class LanewayApp:
             ("POST", "/v1/responses"): ModelEndpoint(state, "responses"),
             ("POST", "/v1/embeddings"): ModelEndpoint(state, "embeddings"),
             ("GET", "/v1/models"): self.models,
+            ("GET", "/admin/policy"): PolicyStatus(state),
         }
+        self.responses_socket = ResponsesSocket(state)
+        self.metrics = Metrics(state, self.responses_socket.stats)
+        self._fast[("GET", "/metrics")] = self.serve_metrics
+        self._sampling: asyncio.Task | None = None
         self._rest = Starlette(
             routes=[
                 Route("/healthz", self.healthz),
                 Route("/readyz", self.readyz),
+                Route("/admin/cost", AdminCost(state)),
             ],
             exception_handlers={HTTPException: _http_exception},
         )
@@ -47,6 +60,9 @@ class LanewayApp:
             if handler is not None:
                 await handler(scope, receive, send)
                 return
+        elif scope["type"] == "websocket" and scope["path"] == "/v1/responses":
+            await self.responses_socket(scope, receive, send)
+            return
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
             return
@@ -62,6 +78,12 @@ class LanewayApp:
         ]
         await send_json(send, 200, {"object": "list", "data": data})
 
+    async def serve_metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Prometheus text exposition: every worker's samples when serving with --workers N."""
+        body = self.metrics.render()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", CONTENT_TYPE.encode())]})
+        await send({"type": "http.response.body", "body": body})
+
     async def healthz(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
@@ -73,11 +95,30 @@ class LanewayApp:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                self._watch_policy()
+                self.state.share_statistics()
+                self._sampling = asyncio.ensure_future(self.metrics.run())
+                self.state.accounting.start()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                self.state.close()
+                if self.state.reloader is not None:
+                    self.state.reloader.stop()
+                if self._sampling is not None:
+                    self._sampling.cancel()
+                await self.metrics.aclose()
+                await self.state.accounting.stop()
+                await self.state.aclose()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+    def _watch_policy(self) -> None:
+        """Every worker reloads the policy file on change and on SIGHUP (see proxy.config.reload)."""
+        policy = self.state.runtime.policy
+        if self.state.reloader is None and os.path.isfile(policy.source):
+            interval = float(os.environ.get(RELOAD_INTERVAL_ENV) or 0.5)
+            self.state.reloader = PolicyReloader(policy, self.state.swap, interval_s=interval)
+            self.state.reloader.start()
 
 
 async def _http_exception(request: Request, exc: HTTPException) -> Response:

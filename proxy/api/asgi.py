@@ -39,6 +39,8 @@ async def read_body(receive: Receive, scope: Scope, limit: int) -> bytes:
         raise _too_large(limit)
     message = await receive()
     body = message.get("body", b"")
+    if len(body) > limit:  # a chunked body (no content-length) can arrive in one message
+        raise _too_large(limit)
     if not message.get("more_body"):
         return body
     parts = [body]

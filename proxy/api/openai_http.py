@@ -13,8 +13,11 @@ import time
 import orjson
 
 from proxy.api.asgi import Receive, Scope, Send, header, read_body, request_id, send_bytes, send_error
-from proxy.api.state import ProxyState
+from proxy.api.state import ProxyState, Runtime
 from proxy.errors import ProxyError
+from proxy.limits.limiter import CURRENT_TICKET
+from proxy.pricing.budgets import admit_route, reserve_for
+from proxy.routing.hints import NO_HINTS, Hints
 from proxy.routing.router import Attempt
 from proxy.upstream.http_pool import UpstreamError
 from proxy.upstream.request import ModelRequest, Outcome
@@ -43,19 +46,18 @@ class ModelEndpoint:
             outcome.key_name, outcome.team = key.name, key.team
             raw = await read_body(receive, scope, runtime.policy.server.max_body_bytes)
             req = self._parse(raw, rid)
-            route = runtime.router.resolve(req.model)
-            outcome.route, outcome.stream = route.name, req.stream
-            attempt = await runtime.router.dispatch(route, req)
+            attempt = await route_request(runtime, req, outcome, read_hints(scope))
         except ProxyError as error:
             outcome.status, outcome.error_code = error.status, error.code
             outcome.finished = time.perf_counter()
             await send_error(send, error, rid)
             self.state.finish(outcome)
             return
-        outcome.deployment, outcome.hardware, outcome.reason = attempt.deployment.name, attempt.deployment.hardware, attempt.reason
-        outcome.upstream_started = attempt.sent_at
-        outcome.status = attempt.response.status
+        for lost in attempt.losers:  # hedged attempts that lost the race consumed something too
+            self.state.finish(lost.outcome(outcome))
         headers = _response_headers(attempt, rid)
+        if runtime.limiter is not None:
+            headers += runtime.limiter.response_headers(outcome)  # the client's own x-ratelimit-*
         try:
             if req.stream and attempt.response.status == 200:
                 await self._relay_stream(attempt, req, outcome, headers, receive, send)
@@ -86,7 +88,7 @@ class ModelEndpoint:
             await send_error(send, error, req.request_id)
             return
         if attempt.response.status == 200:
-            _take_usage(outcome, extract_usage(body) or Usage(input_tokens=req.input_estimate, reported=False))
+            take_usage(outcome, extract_usage(body) or Usage(input_tokens=req.input_estimate, reported=False))
         await send_bytes(send, attempt.response.status, body, headers, content_type=_content_type(attempt))
 
     async def _relay_stream(self, attempt: Attempt, req: ModelRequest, outcome: Outcome, headers: list, receive: Receive, send: Send) -> None:
@@ -120,6 +122,9 @@ class ModelEndpoint:
                 raise
             relay.uncancel()
             outcome.status, outcome.error_code = 499, "client_disconnected"
+            abandon = getattr(response, "abandon", None)  # pass-through responses: count what already arrived
+            if abandon is not None:
+                scanner.feed(abandon())
         except UpstreamError as exc:
             state["done"] = True
             outcome.status, outcome.error_code = 502, "upstream_stream_error"
@@ -128,10 +133,55 @@ class ModelEndpoint:
             state["done"] = True
             watcher.cancel()
             outcome.first_token_at = scanner.first_token_at
-            _take_usage(outcome, scanner.usage_or_estimate(req.input_estimate))
+            take_usage(outcome, scanner.usage_or_estimate(req.input_estimate))
 
 
-def _take_usage(outcome: Outcome, usage: Usage) -> None:
+async def route_request(runtime: Runtime, req: ModelRequest, outcome: Outcome, hints: Hints = NO_HINTS) -> Attempt:
+    """Resolve and dispatch one parsed request, noting on ``outcome`` where it went.
+
+    Every model call takes this path — an HTTP request or a WebSocket turn — so routing,
+    limits and accounting treat both transports alike. Raises ProxyError on refusal.
+    """
+    route = runtime.router.resolve(req.model)
+    outcome.route, outcome.stream = route.name, req.stream
+    limiter = runtime.limiter
+    ticket = limiter.ticket(outcome.key_name, req.input_estimate, req.max_output_tokens) if limiter is not None else None
+    if ticket is not None:
+        limiter.bind(outcome, ticket)  # settled by ProxyState.finish(outcome), however the request ends
+    CURRENT_TICKET.set(ticket)  # the router admits each candidate against it
+    budgets = runtime.budgets
+    if budgets is not None and budgets.applies(outcome.key_name, outcome.team):
+        route, soft = admit_route(budgets, route, req, outcome.key_name, outcome.team)  # 429 over a hard limit
+        attempt = await runtime.router.dispatch(route, req, hints)
+        reserve_for(budgets, req.request_id, attempt.deployment, req, outcome.key_name, outcome.team)
+        if soft is not None:
+            attempt.reason = "budget_soft:cheapest_first," + attempt.reason
+    else:
+        attempt = await runtime.router.dispatch(route, req, hints)
+    dep = attempt.deployment
+    outcome.deployment, outcome.hardware, outcome.reason = dep.name, dep.hardware, attempt.reason
+    outcome.upstream_started = attempt.sent_at
+    outcome.status = attempt.response.status
+    return attempt
+
+
+def read_hints(scope: Scope) -> Hints:
+    """The client's x-laneway-* routing hints; one pass over the headers, nothing built when there are none."""
+    lane = max_latency = max_cost = None
+    for name, value in scope["headers"]:
+        if name.startswith(b"x-laneway-"):
+            if name == b"x-laneway-lane":
+                lane = value
+            elif name == b"x-laneway-max-latency-ms":
+                max_latency = value
+            elif name == b"x-laneway-max-cost-usd":
+                max_cost = value
+    if lane is None and max_latency is None and max_cost is None:
+        return NO_HINTS
+    return Hints.parse(lane, max_latency, max_cost)
+
+
+def take_usage(outcome: Outcome, usage: Usage) -> None:
     outcome.input_tokens = usage.input_tokens
     outcome.output_tokens = usage.output_tokens
     outcome.cached_tokens = usage.cached_tokens

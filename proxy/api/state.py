@@ -6,10 +6,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from proxy.api.auth import Authenticator
+from proxy.config.reload import PolicyReloader
 from proxy.config.schema import Policy
+from proxy.limits import Limiter
+from proxy.pricing.accounting import Accounting
+from proxy.pricing.budgets import Budgets
+from proxy.routing.live import RoutingState
 from proxy.routing.router import Router
+from proxy.routing.share import StatsSharing
 from proxy.upstream.http_pool import UpstreamPools
 from proxy.upstream.request import Outcome
+from proxy.upstream.ws_pool import socket_pools
 
 log = logging.getLogger("laneway")
 
@@ -21,16 +28,32 @@ class Runtime:
     policy: Policy
     router: Router
     auth: Authenticator
+    budgets: Budgets | None = None  # per key/team spend limits, checked in route_request
+    limiter: Limiter | None = None  # rate limits, admitted per candidate by the router
 
 
 class ProxyState:
     def __init__(self, policy: Policy) -> None:
         self.pools = UpstreamPools()
+        self.routing = RoutingState()  # learnt statistics survive policy reloads
+        self.accounting = Accounting(policy)  # price book, usage ledger, budgets; survives reloads
+        self.limiter = Limiter.from_policy(policy)  # shared limits state; survives reloads
         self.runtime = self._build(policy)
-        self.observers: list[Callable[[Outcome], None]] = []
+        self.observers: list[Callable[[Outcome], None]] = [self.routing.stats.finished]
+        self.observers += [self.accounting.record, self.accounting.budgets.finish, self.limiter.finish_outcome]
+        self.reloader: PolicyReloader | None = None  # started by the app's lifespan when the policy is a file
+        self.sharing: StatsSharing | None = None  # latency statistics merged with other replicas via Redis
 
     def _build(self, policy: Policy) -> Runtime:
-        return Runtime(policy, Router(policy, self.pools), Authenticator(policy))
+        budgets = self.accounting.budgets
+        self.limiter.load(policy)
+        self.routing.headroom = self.limiter if self.limiter.active else self.routing.provider_headroom
+        return Runtime(policy, Router(policy, self.pools, self.routing), Authenticator(policy), budgets, self.limiter)
+
+    def swap(self, policy: Policy) -> None:
+        """Make ``policy`` the one new requests see; requests in flight keep the Runtime they began with."""
+        self.accounting.use_policy(policy)
+        self.runtime = self._build(policy)
 
     def finish(self, outcome: Outcome) -> None:
         """Hand a finished request to accounting and metrics; never lets them break a response."""
@@ -42,3 +65,18 @@ class ProxyState:
 
     def close(self) -> None:
         self.pools.close()
+        socket_pools(self.pools).close()
+
+    def share_statistics(self) -> None:
+        """With a Redis in the policy (`store.redis_url`), merge latency statistics with the other replicas."""
+        store = self.runtime.policy.store
+        if store.redis_url and self.sharing is None:
+            self.sharing = StatsSharing(self.routing.stats, store.redis_url, cluster=store.topology == "cluster")
+            self.sharing.start()
+
+    async def aclose(self) -> None:
+        """close(), then let the limiter finish its pending writes and drop its store connections."""
+        self.close()
+        if self.sharing is not None:
+            await self.sharing.aclose()
+        await self.limiter.aclose()

@@ -22,6 +22,7 @@ from .profiles import Profile
 from .ratelimit import Headers, RateLimiter, retry_headers
 from .render import AnthropicRenderer, ChatRenderer, CompletionRenderer, Renderer, ResponsesRenderer, Turn
 from .text import count_input_tokens, count_text_tokens, embedding, requested_output
+from .ws import SimulatedSocket
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -205,6 +206,7 @@ class SimulatorApp:
         self.faults: deque[Fault] = deque()
         self._key = require_key.encode() if require_key else None
         self._ids = itertools.count(1)
+        self.websocket = SimulatedSocket(self)  # Responses WebSocket mode on /v1/responses
         self._models_body = orjson.dumps(
             {"object": "list", "data": [{"id": m, "object": "model", "created": 0, "owned_by": "laneway-sim"}
                                         for m in profile.model_ids]}
@@ -223,7 +225,9 @@ class SimulatorApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            if scope["type"] == "lifespan":
+            if scope["type"] == "websocket":
+                await self.websocket(scope, receive, send)
+            elif scope["type"] == "lifespan":
                 await _lifespan(receive, send)
             return
         ctx = _Ctx(scope, receive, send)
@@ -345,7 +349,7 @@ class SimulatorApp:
         await self._answer(ctx, kind, body, Turn(
             rid=f"{_ID_PREFIX[kind]}sim{next(self._ids):016x}", model=model, created=int(time.time()), n=n,
             input_tokens=input_tokens, capped=capped,
-            include_usage=_include_usage(body),
+            include_usage=_include_usage(body), continuous_usage=_continuous_usage(body),
         ), mode == "drop_mid_stream", rl_headers, row)
 
     async def _take_fault(self, ctx: _Ctx) -> Fault | None:
@@ -502,6 +506,11 @@ class SimulatorApp:
 def _include_usage(body: dict[str, Any]) -> bool:
     options = body.get("stream_options")
     return isinstance(options, dict) and bool(options.get("include_usage"))
+
+
+def _continuous_usage(body: dict[str, Any]) -> bool:
+    options = body.get("stream_options")
+    return isinstance(options, dict) and bool(options.get("include_usage")) and bool(options.get("continuous_usage_stats"))
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

@@ -25,6 +25,7 @@ class Turn:
     input_tokens: int
     capped: bool  # True when the request set the output length (finish = length/max_tokens)
     include_usage: bool = False
+    continuous_usage: bool = False  # vLLM's stream_options.continuous_usage_stats: usage so far in every chunk
 
 
 class Renderer(Protocol):
@@ -63,6 +64,7 @@ class ChatRenderer:
         self._usage_null = b',"usage":null' if t.include_usage else b""
         self._tok_prefix = b"data: " + _open(self._head) + b',"choices":[{"index":0,"delta":{"content":"'
         self._tok_suffix = b'"},"logprobs":null,"finish_reason":null}]' + self._usage_null + b"}\n\n"
+        self._tok_usage = b'"},"logprobs":null,"finish_reason":null}],"usage":'
 
     def complete(self) -> bytes:
         t = self.t
@@ -89,9 +91,17 @@ class ChatRenderer:
         return b"data: " + _open({**self._head, "choices": [choice]}) + self._usage_null + b"}\n\n"
 
     def prelude(self) -> bytes:
+        if self.t.continuous_usage:
+            choice = {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+            return _data({**self._head, "choices": [choice], "usage": {**_openai_usage(self.t), "completion_tokens": 0,
+                                                                       "total_tokens": self.t.input_tokens}})
         return self._chunk({"role": "assistant", "content": ""}, None)
 
     def token(self, i: int) -> bytes:
+        if self.t.continuous_usage:
+            p = self.t.input_tokens
+            usage = b'{"prompt_tokens":%d,"completion_tokens":%d,"total_tokens":%d}}\n\n' % (p, i + 1, p + i + 1)
+            return self._tok_prefix + token_bytes(i) + self._tok_usage + usage
         return self._tok_prefix + token_bytes(i) + self._tok_suffix
 
     def epilogue(self) -> bytes:

@@ -2,7 +2,9 @@
 
 The body is forwarded as the client sent it; only the top-level ``model`` value is
 replaced (and, for chat/completions streams, usage reporting is switched on so the
-ledger is exact). Re-serialising would cost CPU and could alter what the client meant.
+ledger is exact; providers that can report usage in every chunk — vLLM's
+``continuous_usage_stats`` — are asked to, so even a stream cancelled midway is billed
+from the provider's own count). Re-serialising would cost CPU and could alter what the client meant.
 """
 from __future__ import annotations
 
@@ -18,25 +20,32 @@ def needs_usage_injection(endpoint: str, stream: bool, client_wants_usage: bool)
     return stream and endpoint in _USAGE_STREAMS and not client_wants_usage
 
 
-def rewrite_body(raw: bytes, body: dict, model: str, inject_usage: bool) -> bytes:
+def wants_continuous_usage(endpoint: str, stream: bool) -> bool:
+    return stream and endpoint in _USAGE_STREAMS
+
+
+def rewrite_body(raw: bytes, body: dict, model: str, inject_usage: bool, continuous_usage: bool = False) -> bytes:
     """``raw`` with the top-level model set to ``model`` and, if asked, usage in the stream."""
     out = raw
     if body["model"] != model:
         matches = _MODEL_FIELD.findall(raw)
         if len(matches) != 1:  # "model" also appears nested: fall back to a faithful re-encode
-            return _reencode(body, model, inject_usage)
+            return _reencode(body, model, inject_usage, continuous_usage)
         out = _MODEL_FIELD.sub(lambda _: b'"model":' + orjson.dumps(model), raw, count=1)
-    if inject_usage:
+    if inject_usage or continuous_usage:
         if "stream_options" in body:
-            return _reencode(body, model, inject_usage)
+            return _reencode(body, model, inject_usage, continuous_usage)
+        options = b'{"include_usage":true,"continuous_usage_stats":true}' if continuous_usage else b'{"include_usage":true}'
         brace = out.index(b"{")
-        out = out[: brace + 1] + b'"stream_options":{"include_usage":true},' + out[brace + 1 :]
+        out = out[: brace + 1] + b'"stream_options":' + options + b"," + out[brace + 1 :]
     return out
 
 
-def _reencode(body: dict, model: str, inject_usage: bool) -> bytes:
+def _reencode(body: dict, model: str, inject_usage: bool, continuous_usage: bool = False) -> bytes:
     new = dict(body, model=model)
-    if inject_usage:
+    if inject_usage or continuous_usage:
         options = new.get("stream_options")
         new["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+        if continuous_usage:
+            new["stream_options"]["continuous_usage_stats"] = True
     return orjson.dumps(new)

@@ -198,6 +198,16 @@ class Response:
         parts = [chunk async for chunk in self.iter_body()]
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
+    def abandon(self) -> bytes:
+        """The client went away: drop the connection now and return the body bytes that had already
+        arrived but were not relayed (the provider sent, and bills, those tokens too)."""
+        conn = self._conn
+        rest = b"".join(conn.chunks)
+        conn.chunks.clear()
+        self._released = True
+        conn.abort()
+        return rest
+
     def release(self) -> None:
         """Return the connection to the pool if the exchange finished cleanly, else drop it."""
         if self._released:

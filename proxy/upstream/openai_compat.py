@@ -6,7 +6,7 @@ extra headers — is encoded once per deployment, so a request costs one bytes j
 from __future__ import annotations
 
 from proxy.config.schema import Deployment
-from proxy.upstream.body import needs_usage_injection, rewrite_body
+from proxy.upstream.body import needs_usage_injection, rewrite_body, wants_continuous_usage
 from proxy.upstream.http_pool import Origin, Response, UpstreamPools
 from proxy.upstream.request import ENDPOINT_PATHS, ModelRequest
 
@@ -18,6 +18,7 @@ class OpenAICompatTarget:
         self.deployment = deployment
         origin = Origin.parse(deployment.base_url)
         self._pool = pools.get(origin)
+        self._continuous_usage = deployment.provider == "vllm"  # usage in every chunk: exact even when cancelled
         lines = [b"Host: " + origin.host_header, b"Content-Type: application/json", b"User-Agent: laneway"]
         if deployment.api_key:
             lines.append(b"Authorization: Bearer " + deployment.api_key.encode())
@@ -34,7 +35,8 @@ class OpenAICompatTarget:
 
     async def send(self, req: ModelRequest) -> Response:
         dep = self.deployment
-        body = rewrite_body(req.raw, req.body, dep.model, self.injects_usage(req))
+        continuous = self._continuous_usage and wants_continuous_usage(req.endpoint, req.stream)
+        body = rewrite_body(req.raw, req.body, dep.model, self.injects_usage(req), continuous)
         accept = b"text/event-stream" if req.stream else b"application/json"
         head = b"%sContent-Length: %d\r\nAccept: %s\r\nX-Request-Id: %s\r\n\r\n" % (
             self._heads[req.endpoint], len(body), accept, req.request_id.encode()
