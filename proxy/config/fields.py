@@ -348,3 +348,11 @@ def section(spec: Spec) -> Converter:
         return checked.build()
 
     return convert
+
+
+def redis_url(ctx: Context, node: yaml.Node, path: str) -> str:
+    """redis://, rediss:// or unix:// (the value is not echoed: it may hold a password)."""
+    value = text(ctx, node, path)
+    if not value.startswith(("redis://", "rediss://", "unix://")):
+        raise Invalid("must be a Redis URL like redis://host:6379/0 (or rediss://, unix://); use ${REDIS_URL} to keep passwords out of the file")
+    return value

@@ -21,6 +21,7 @@ import yaml
 from .errors import FieldError, PolicyError
 from .pricing_specs import LEDGER, budget, prices, team_budgets
 from .fields import (
+    redis_url,
     boolean,
     Context,
     Field,
@@ -190,17 +191,9 @@ LIMITS = Spec(
 )
 
 
-def _redis_url(ctx: Context, node: yaml.Node, path: str) -> str:
-    """redis://, rediss:// or unix:// (the value is not echoed: it may hold a password)."""
-    value = text(ctx, node, path)
-    if not value.startswith(("redis://", "rediss://", "unix://")):
-        raise Invalid("must be a Redis URL like redis://host:6379/0 (or rediss://, unix://); use ${REDIS_URL} to keep passwords out of the file")
-    return value
-
-
 STORE = Spec(
     {
-        "redis_url": Field(_redis_url),
+        "redis_url": Field(redis_url),
         "topology": Field(one_of(STORE_TOPOLOGIES, "store topology")),
         "on_store_error": Field(one_of(STORE_ERROR_MODES, "on_store_error mode")),
         "replicas": Field(positive_int),

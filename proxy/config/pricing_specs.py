@@ -14,6 +14,7 @@ from types import MappingProxyType
 import yaml
 
 from .fields import (
+    redis_url,
     Context,
     Field,
     Invalid,
@@ -158,16 +159,9 @@ def team_budgets(ctx: Context, node: yaml.Node, path: str) -> Mapping[str, Budge
     return MappingProxyType(result)
 
 
-def _redis_url(ctx: Context, node: yaml.Node, path: str) -> str:
-    value = text(ctx, node, path)
-    if not value.startswith(("redis://", "rediss://", "unix://")):
-        raise Invalid("must be a Redis URL such as redis://127.0.0.1:6379/0")
-    return value
-
-
 LEDGER = Spec(
     {
-        "redis_url": Field(_redis_url),
+        "redis_url": Field(redis_url),
         "flush_interval_s": Field(positive_float),
         "max_buffered": Field(positive_int),
         "retention_days": Field(positive_int),

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from proxy.config.schema import Policy, StoreSettings
 from proxy.errors import ProxyError
 from proxy.limits.buckets import limit_buckets, provider_bucket
+from proxy.limits.headroom import Headroom
 from proxy.limits.provider_headers import ProviderReport, parse_headers
 from proxy.store.base import CONCURRENCY, AdmitResult, Bucket, ProviderWindowState, Store, StoreError, bucket_amounts
 from proxy.store.memory import MemoryStore
@@ -90,41 +91,6 @@ class Ticket:
 
     def observe(self, deployment: str, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         self.limiter.observe(deployment, status, headers)
-
-
-@dataclass(slots=True)
-class Headroom:
-    """Quota left on one deployment, ours and the provider's; times are ``time.monotonic()``.
-
-    Field-compatible with ``proxy.routing.headroom.Headroom`` so the router can use either.
-    """
-
-    requests: float | None = None
-    tokens: float | None = None
-    requests_limit: float | None = None
-    tokens_limit: float | None = None
-    requests_reset_at: float = 0.0
-    tokens_reset_at: float = 0.0
-    exhausted_until: float = 0.0     # an upstream 429 said so
-
-    def fraction_left(self, now: float) -> float:
-        if now < self.exhausted_until:
-            return 0.0
-        share = 1.0
-        if self.requests is not None and self.requests_limit and now < self.requests_reset_at:
-            share = min(share, self.requests / self.requests_limit)
-        if self.tokens is not None and self.tokens_limit and now < self.tokens_reset_at:
-            share = min(share, self.tokens / self.tokens_limit)
-        return max(0.0, share)
-
-    def short(self, need_tokens: int, min_requests: int, min_tokens: int, now: float) -> str | None:
-        if now < self.exhausted_until:
-            return "requests"
-        if self.requests is not None and now < self.requests_reset_at and self.requests < min_requests:
-            return "requests"
-        if self.tokens is not None and now < self.tokens_reset_at and self.tokens < need_tokens + min_tokens:
-            return "tokens"
-        return None
 
 
 @dataclass(slots=True)

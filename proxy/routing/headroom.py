@@ -14,39 +14,10 @@ limiter's view when it is active, see ProxyState): the router only calls that me
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Protocol
 
+from proxy.limits.headroom import Headroom
 from proxy.limits.provider_headers import parse_headers
-
-
-@dataclass(slots=True)
-class Headroom:
-    """Remaining quota and when it refills; ``None`` means the provider never said."""
-
-    requests: float | None = None
-    tokens: float | None = None
-    requests_limit: float | None = None
-    tokens_limit: float | None = None
-    requests_reset_at: float = 0.0   # time.monotonic() when the request window refills
-    tokens_reset_at: float = 0.0
-
-    def fraction_left(self, now: float) -> float:
-        """The smaller of requests / tokens left as a share of the window's limit (1.0 when unknown)."""
-        share = 1.0
-        if self.requests is not None and self.requests_limit and now < self.requests_reset_at:
-            share = min(share, self.requests / self.requests_limit)
-        if self.tokens is not None and self.tokens_limit and now < self.tokens_reset_at:
-            share = min(share, self.tokens / self.tokens_limit)
-        return max(0.0, share)
-
-    def short(self, need_tokens: int, min_requests: int, min_tokens: int, now: float) -> str | None:
-        """Why this deployment should be spilled from now ("requests" / "tokens"), or None."""
-        if self.requests is not None and now < self.requests_reset_at and self.requests < min_requests:
-            return "requests"
-        if self.tokens is not None and now < self.tokens_reset_at and self.tokens < need_tokens + min_tokens:
-            return "tokens"
-        return None
 
 
 class HeadroomView(Protocol):
