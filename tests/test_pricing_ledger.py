@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from decimal import Decimal
 
 import httpx
 import openai
@@ -38,9 +39,17 @@ deployments:
     provider: vllm
     model: sim-codex
     base_url: {slow}/v1
+  - name: late-vllm
+    provider: vllm
+    model: sim-codex
+    base_url: {late}/v1
 routes:
   - name: codex
     candidates: [gpu-vllm]
+  - name: hedged
+    strategy: fallback
+    candidates: [late-vllm, gpu-vllm]
+    hedge: {{after_ms: 50}}
 ledger:
   flush_interval_s: 0.05
 {redis}
@@ -67,11 +76,18 @@ def slow_sim():
         yield server
 
 
+@pytest.fixture(scope="module")
+def late_sim():
+    """Slow to its first token (1.5 s): a hedged route's first candidate, which the hedge beats."""
+    with simulator("gpu", ttft_ms=1500, tokens_per_s=2000) as server:
+        yield server
+
+
 @pytest.fixture
-def sims(sim, slow_sim):
-    for server in (sim, slow_sim):
+def sims(sim, slow_sim, late_sim):
+    for server in (sim, slow_sim, late_sim):
         httpx.post(server.url + "/sim/reset").raise_for_status()
-    return sim, slow_sim
+    return sim, slow_sim, late_sim
 
 
 @pytest.fixture
@@ -81,7 +97,7 @@ def redis_server():
 
 
 def make_proxy(tmp_path, sims, redis_url: str | None):
-    text = POLICY.format(alice=sha(ALICE), bob=sha(BOB), admin=sha(ADMIN), sim=sims[0].url, slow=sims[1].url,
+    text = POLICY.format(alice=sha(ALICE), bob=sha(BOB), admin=sha(ADMIN), sim=sims[0].url, slow=sims[1].url, late=sims[2].url,
                          redis=f"  redis_url: {redis_url}" if redis_url else "")
     return proxy_from_yaml(tmp_path, text)
 
@@ -103,20 +119,25 @@ def wait_for(predicate, timeout: float = 10.0) -> None:
         time.sleep(0.02)
 
 
-def redis_totals(url: str) -> dict[str, int]:
-    """Sum every ledger hash in the (test's own) Redis by token kind."""
+def redis_totals(url: str, deployment: str | None = None) -> dict[str, int]:
+    """Sum every ledger hash in the (test's own) Redis by token kind (of one deployment's rows, if given)."""
     client = redis.Redis.from_url(url)
     totals: dict[str, int] = {}
     for name in client.scan_iter(match=KEY_PREFIX + "*"):
         for field, value in client.hgetall(name).items():
-            kind = field.decode().rsplit(SEP, 1)[1]
-            totals[kind] = totals.get(kind, 0) + int(value)
+            parts = field.decode().split(SEP)
+            if deployment is None or parts[0] == deployment:
+                totals[parts[-1]] = totals.get(parts[-1], 0) + int(value)
     client.close()
     return totals
 
 
+HEDGED = 2  # hedged streams per drive_traffic: the late first candidate loses each race, cancelled before its first token
+
+
 def drive_traffic(proxy, sims) -> None:
-    """Non-streamed and streamed calls on chat, completions and responses, plus one stream cancelled midway."""
+    """Non-streamed and streamed calls on chat, completions and responses, one stream cancelled midway,
+    and hedged streams whose losing attempt is billed from the usage its upstream had reported."""
     alice = openai.OpenAI(base_url=proxy.url + "/v1", api_key=ALICE, max_retries=0)
     bob = openai.OpenAI(base_url=proxy.url + "/v1", api_key=BOB, max_retries=0)
     alice.chat.completions.create(model="codex", messages=MESSAGES, max_tokens=7)
@@ -132,7 +153,14 @@ def drive_traffic(proxy, sims) -> None:
         for line in response.iter_lines():
             if "tok4" in line:
                 break
-    wait_for(lambda: sim_stats(sims)["disconnects"] == 1)
+    for stream_options in (None, {"include_usage": True}):
+        raw = alice.chat.completions.with_raw_response.create(
+            model="hedged", messages=MESSAGES + [{"role": "user", "content": "hedge"}], max_tokens=6, stream=True,
+            **({"stream_options": stream_options} if stream_options else {}))
+        assert raw.headers["x-laneway-deployment"] == "gpu-vllm"
+        assert raw.headers["x-laneway-route-reason"] == "primary;hedge-won"
+        assert "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices) == "tok1 tok2 tok3 tok4 tok5 tok6 "
+    wait_for(lambda: sim_stats(sims)["disconnects"] == 1 + HEDGED)
 
 
 def test_ledger_in_redis_equals_simulator_counters(tmp_path, sims, redis_server):
@@ -144,8 +172,30 @@ def test_ledger_in_redis_equals_simulator_counters(tmp_path, sims, redis_server)
         totals = redis_totals(redis_server.url)
         assert totals["input"] == stats["input_tokens"]
         assert totals["output"] == stats["output_tokens"]
-        assert totals["requests"] == stats["requests"] == 8
-        assert totals.get("estimated", 0) == 0, "every request, the cancelled one too, billed from provider-reported usage"
+        assert totals["requests"] == stats["requests"] == 8 + 2 * HEDGED
+        assert totals.get("estimated", 0) == 0, "every request, the cancelled ones too, billed from provider-reported usage"
+        # The hedge losers are on their own deployment's rows, with what that upstream produced.
+        late = httpx.get(sims[2].url + "/sim/stats").json()
+        assert (late["requests"], late["disconnects"], late["output_tokens"]) == (HEDGED, HEDGED, 0)
+        assert late["input_tokens"] > 0
+        lost = redis_totals(redis_server.url, "late-vllm")
+        assert (lost["requests"], lost["input"], lost.get("output", 0)) == (HEDGED, late["input_tokens"], 0)
+        assert lost.get("estimated", 0) == 0
+
+
+def test_non_streamed_hedge_loser_is_billed_as_an_estimate(tmp_path, sims, redis_server):
+    """A non-streamed loser cancelled before its response arrived reported nothing: prompt estimate, 0 output, flagged."""
+    with make_proxy(tmp_path, sims, redis_server.url) as proxy:
+        alice = openai.OpenAI(base_url=proxy.url + "/v1", api_key=ALICE, max_retries=0)
+        raw = alice.chat.completions.with_raw_response.create(model="hedged", messages=MESSAGES, max_tokens=4)
+        assert raw.headers["x-laneway-route-reason"] == "primary;hedge-won" and raw.parse().usage.completion_tokens == 4
+        wait_for(lambda: httpx.get(sims[2].url + "/sim/stats").json()["disconnects"] == 1)
+        wait_for(lambda: redis_totals(redis_server.url).get("requests") == 2)
+        lost, won = redis_totals(redis_server.url, "late-vllm"), redis_totals(redis_server.url, "gpu-vllm")
+        late, fast = httpx.get(sims[2].url + "/sim/stats").json(), httpx.get(sims[0].url + "/sim/stats").json()
+        assert (lost["requests"], lost["estimated"], lost.get("output", 0), late["output_tokens"]) == (1, 1, 0, 0)
+        assert lost["input"] >= late["input_tokens"] > 0, "the body-size estimate never bills less than the prompt"
+        assert (won["input"], won["output"], won.get("estimated", 0)) == (fast["input_tokens"], fast["output_tokens"], 0)
 
 
 def test_memory_ledger_and_admin_endpoint(tmp_path, sims):
@@ -172,7 +222,7 @@ def test_memory_ledger_and_admin_endpoint(tmp_path, sims):
         accounting = proxy.app.state.accounting
         assert accounting.unpriced_tokens["sim-spark"] == body["totals"]["unpriced_tokens"]["input"] + \
             body["totals"]["unpriced_tokens"]["output"]
-        assert str(accounting.spend_usd["provisional"]) == line["usd"]["exact_total"]
+        assert accounting.spend_usd["provisional"] == Decimal(line["usd"]["exact_total"])
         assert accounting.ledger.counters.recorded == stats["requests"] and accounting.ledger.counters.overflow_requests == 0
         bad = httpx.get(proxy.url + "/admin/cost?by=colour", headers={"authorization": f"Bearer {ADMIN}"})
         assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_grouping"

@@ -16,7 +16,7 @@ from proxy.api.asgi import Receive, Scope, Send, header, read_body, request_id, 
 from proxy.api.state import ProxyState, Runtime
 from proxy.errors import ProxyError
 from proxy.limits.limiter import CURRENT_TICKET
-from proxy.pricing.budgets import admit_route, reserve_for
+from proxy.pricing.budgets import admit_route
 from proxy.routing.hints import NO_HINTS, Hints
 from proxy.routing.router import Attempt
 from proxy.upstream.http_pool import UpstreamError
@@ -151,10 +151,9 @@ async def route_request(runtime: Runtime, req: ModelRequest, outcome: Outcome, h
     CURRENT_TICKET.set(ticket)  # the router admits each candidate against it
     budgets = runtime.budgets
     if budgets is not None and budgets.applies(outcome.key_name, outcome.team):
-        route, soft = admit_route(budgets, route, req, outcome.key_name, outcome.team)  # 429 over a hard limit
+        route, soft = await admit_route(budgets, route, req, outcome)  # reserves its cost; 429 over a hard limit
         attempt = await runtime.router.dispatch(route, req, hints)
-        reserve_for(budgets, req.request_id, attempt.deployment, req, outcome.key_name, outcome.team)
-        if soft is not None:
+        if soft:
             attempt.reason = "budget_soft:cheapest_first," + attempt.reason
     else:
         attempt = await runtime.router.dispatch(route, req, hints)

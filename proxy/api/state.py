@@ -38,6 +38,7 @@ class ProxyState:
         self.routing = RoutingState()  # learnt statistics survive policy reloads
         self.accounting = Accounting(policy)  # price book, usage ledger, budgets; survives reloads
         self.limiter = Limiter.from_policy(policy)  # shared limits state; survives reloads
+        self.accounting.budgets.use_store(self.limiter.store, policy.store.on_store_error)  # one shared spend per budget
         self.runtime = self._build(policy)
         self.observers: list[Callable[[Outcome], None]] = [self.routing.stats.finished]
         self.observers += [self.accounting.record, self.accounting.budgets.finish, self.limiter.finish_outcome]

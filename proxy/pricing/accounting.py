@@ -85,7 +85,7 @@ class Accounting:
             now = datetime.now(timezone.utc)
             month = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
             try:
-                self.budgets.seed(await self.ledger.read(*hour_range(month, now)), self.provider_of)
+                await self.budgets.seed(await self.ledger.read(*hour_range(month, now)), self.provider_of, now)
             except Exception as exc:
                 log.warning("budgets: cannot read this month's usage from the ledger (%s); counting from zero",
                             type(exc).__name__)

@@ -3,15 +3,20 @@ candidates, hard limits refuse with 429 ``insufficient_quota``.
 
 Like tokens at a provider, a request's cost is reserved from an estimate when it is
 admitted and reconciled with its real cost when it finishes, so a burst of concurrent
-requests cannot all slip under a limit that only the first of them fitted.
-Spend is kept in process (seeded from the ledger at startup).
+requests cannot all slip under a limit that only the first of them fitted. Spend lives in
+the rate limiter's store as integer micro-USD counters (one per scope, name and period):
+Redis when ``store.redis_url`` is set, so every replica enforces one shared budget, else the
+in-memory twin. Reports keep Decimal; only the counters are integers.
 """
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
-from decimal import Decimal
+from datetime import datetime, timedelta, timezone
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
 from proxy.config.schema import Budget, Deployment, Policy, Route
 from proxy.errors import ProxyError
@@ -19,32 +24,77 @@ from proxy.pricing.catalogue import active
 from proxy.pricing.ledger import UsageRow
 from proxy.pricing.reports import hour_start
 from proxy.pricing.schedules import Tokens, cost
+from proxy.store.base import Store, StoreError
+from proxy.store.memory import MemoryStore
 from proxy.upstream.request import ModelRequest, Outcome
+
+log = logging.getLogger("laneway")
 
 OK, SOFT = "ok", "soft"
 ZERO = Decimal(0)
+MICRO = Decimal(1_000_000)
+# One hash tag for every counter: a request's key and team counters are reserved in one script
+# call, which Redis Cluster allows only within one slot.
+COUNTER_PREFIX = "laneway:budget:{lw-budget}:"
+_RETRY_STORE_S = 1.0  # after a store error, fail-open counts locally this long before trying Redis again
 
 
-@dataclass(slots=True)
-class Reservation:
-    key: str
-    team: str
-    amount: Decimal
-    day: str
-    month: str
+def micros(usd: Decimal) -> int:
+    """USD as whole micro-USD, rounded up: a reservation or a cost is never under-counted."""
+    return int((usd * MICRO).to_integral_value(ROUND_CEILING))
+
+
+def limit_micros(usd: Decimal) -> int:
+    """A limit as whole micro-USD, rounded down: a limit is never over-stated."""
+    return int((usd * MICRO).to_integral_value(ROUND_FLOOR))
 
 
 def periods(now: datetime) -> tuple[str, str]:
     return now.strftime("%Y-%m-%d"), now.strftime("%Y-%m")
 
 
+def _expiries(now: datetime) -> tuple[int, int]:
+    """Epoch ms a day's and a month's counter may be dropped: a day after the period ends."""
+    day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    month = day.replace(day=1)
+    next_month = (month + timedelta(days=32)).replace(day=1)
+    return (int((day + timedelta(days=2)).timestamp() * 1000),
+            int((next_month + timedelta(days=1)).timestamp() * 1000))
+
+
+@dataclass(frozen=True, slots=True)
+class Counter:
+    """One budget limit's running spend: ``where`` is (scope, name, period label)."""
+
+    where: tuple[str, str, str]
+    key: str
+    expiry_ms: int
+    what: str                 # "daily" | "monthly", for messages
+    soft: Decimal | None
+    hard: Decimal | None
+
+
+@dataclass(slots=True)
+class Hold:
+    """A request's reservation: what it holds, in which store, in which counters."""
+
+    counters: list[Counter]
+    amount: int
+    store: Store
+
+
 class Budgets:
     def __init__(self, policy: Policy) -> None:
-        self._spent: dict[tuple[str, str, str], Decimal] = {}     # (scope, name, period) -> USD settled
-        self._reserved: dict[tuple[str, str, str], Decimal] = {}  # ... -> USD held by requests in flight
-        self._held: dict[str, Reservation] = {}                   # request id -> its reservation
+        self.store: Store = MemoryStore()
+        self.fallback = MemoryStore()
+        self.fail_closed = False
+        self._down_until = 0.0                              # monotonic; fail-open counts locally until then
+        self._held: dict[int, Hold] = {}                    # id(outcome) -> its reservation
+        self._seen: dict[tuple[str, str, str], int] = {}    # (scope, name, period) -> micro-USD at our last look
+        self._tasks: set[asyncio.Task] = set()
         self.refusals = 0
         self.soft_reroutes = 0
+        self.store_errors = 0
         self.use_policy(policy)
 
     def use_policy(self, policy: Policy) -> None:
@@ -53,72 +103,150 @@ class Budgets:
         self.by_team = dict(policy.team_budgets)
         self.enabled = bool(self.by_key or self.by_team)
 
+    def use_store(self, store: Store, on_store_error: str) -> None:
+        """Count spend in the rate limiter's store (shared with the other replicas when it is Redis)."""
+        self.store = store
+        self.fail_closed = on_store_error == "fail_closed"
+
     def applies(self, key: str, team: str | None) -> bool:
         return self.enabled and (key in self.by_key or (team is not None and team in self.by_team))
 
     def spent(self, scope: str, name: str, period: str) -> Decimal:
-        where = (scope, name, period)
-        return self._spent.get(where, ZERO) + self._reserved.get(where, ZERO)
+        """Spend plus reservations as this process last saw them (USD; for the metrics gauge)."""
+        return Decimal(self._seen.get((scope, name, period), 0)) / MICRO
 
-    def admit(self, key: str, team: str | None, estimate: Decimal, now: datetime | None = None) -> str:
-        """OK or SOFT for a request expected to cost ``estimate``; raises 429 over a hard limit."""
-        day, month = periods(now or datetime.now(timezone.utc))
-        verdict = OK
+    def counters(self, key: str, team: str | None, now: datetime) -> list[Counter]:
+        day, month = periods(now)
+        day_expiry, month_expiry = _expiries(now)
+        found = []
         for scope, name, budget in self._budgets(key, team):
-            for period, soft, hard in ((day, budget.daily_soft_usd, budget.daily_hard_usd),
-                                       (month, budget.monthly_soft_usd, budget.monthly_hard_usd)):
-                spent = self.spent(scope, name, period)
-                if hard is not None and spent + estimate > hard:
-                    self.refusals += 1
-                    what = "daily" if period == day else "monthly"
-                    raise ProxyError(
-                        429,
-                        f"The {what} budget of {scope} '{name}' (${hard}) is used up (${spent.quantize(Decimal('0.01'))} "
-                        f"spent or reserved). Ask your Laneway admin to raise it, or retry in the next {what[:-2]} period.",
-                        code="insufficient_quota",
-                        type="insufficient_quota",
-                    )
-                if soft is not None and spent + estimate > soft:
-                    verdict = SOFT
+            for period, expiry, what, soft, hard in (
+                    (day, day_expiry, "daily", budget.daily_soft_usd, budget.daily_hard_usd),
+                    (month, month_expiry, "monthly", budget.monthly_soft_usd, budget.monthly_hard_usd)):
+                if soft is not None or hard is not None:
+                    found.append(Counter((scope, name, period), f"{COUNTER_PREFIX}{scope}:{name}:{period}",
+                                         expiry, what, soft, hard))
+        return found
+
+    async def reserve(self, outcome: Outcome, estimate: Decimal, now: datetime | None = None) -> str:
+        """Reserve ``estimate`` in every counter of the request's key and team, atomically in one
+        store call: OK, or SOFT when a soft limit is passed; 429 when a hard limit would be."""
+        counters = self.counters(outcome.key_name, outcome.team, now or datetime.now(timezone.utc))
+        if not counters:
+            return OK
+        amount = micros(estimate)
+        keys = [c.key for c in counters]
+        hard = [-1 if c.hard is None else limit_micros(c.hard) for c in counters]
+        expiry = [c.expiry_ms for c in counters]
+        store = self.fallback if time.monotonic() < self._down_until else self.store
+        try:
+            result = await store.reserve_spend(keys, hard, amount, expiry)
+        except StoreError as exc:
+            store = self._store_failed(exc)
+            result = await store.reserve_spend(keys, hard, amount, expiry)
+        if not result.admitted:
+            self.refusals += 1
+            counter = counters[result.refused]
+            scope, name, _ = counter.where
+            self._seen[counter.where] = result.spent[0]
+            spent = (Decimal(result.spent[0]) / MICRO).quantize(Decimal("0.01"))
+            raise ProxyError(
+                429,
+                f"The {counter.what} budget of {scope} '{name}' (${counter.hard}) is used up (${spent} "
+                f"spent or reserved). Ask your Laneway admin to raise it, or retry in the next {counter.what[:-2]} period.",
+                code="insufficient_quota",
+                type="insufficient_quota",
+            )
+        self._held[id(outcome)] = Hold(counters, amount, store)
+        verdict = OK
+        for counter, before in zip(counters, result.spent):
+            self._seen[counter.where] = before + amount
+            if counter.soft is not None and before + amount > limit_micros(counter.soft):
+                verdict = SOFT
         return verdict
 
-    def reserve(self, request_id: str, key: str, team: str | None, amount: Decimal, now: datetime | None = None) -> None:
-        day, month = periods(now or datetime.now(timezone.utc))
-        held = Reservation(key, team or "", amount, day, month)
-        previous = self._held.pop(request_id, None)  # a request id reused before its finish: keep no stale hold
-        if previous is not None:
-            self._shift(self._reserved, previous, -previous.amount)
-        self._held[request_id] = held
-        self._shift(self._reserved, held, amount)
-
     def finish(self, outcome: Outcome) -> None:
-        """Observer: release the reservation and add the real cost (reconciliation)."""
+        """Observer: replace the reservation with the real cost (reconciliation). An outcome that
+        reserved nothing (a hedge attempt that lost the race) adds what it consumed."""
         if not self.enabled:
             return
-        held = self._held.pop(outcome.request_id, None)
-        if held is not None:
-            self._shift(self._reserved, held, -held.amount)
-        if outcome.deployment is None or not self.applies(outcome.key_name, outcome.team):
+        hold = self._held.pop(id(outcome), None)
+        if hold is None and not self.applies(outcome.key_name, outcome.team):
             return
-        dep = self.deployments.get(outcome.deployment)
-        if dep is None:
-            return
-        now = datetime.now(timezone.utc)
-        tokens = Tokens(outcome.input_tokens, outcome.cached_tokens, outcome.output_tokens, outcome.reasoning_tokens)
-        price = active().price_at(dep.model, now, dep.provider)
-        if price is not None:
-            day, month = periods(now)
-            self._shift(self._spent, Reservation(outcome.key_name, outcome.team or "", ZERO, day, month), cost(price, tokens))
+        actual = self._cost(outcome)
+        if hold is not None:
+            if actual != hold.amount:
+                self._adjust(hold.store, hold.counters, actual - hold.amount)
+        elif actual:
+            store = self.fallback if time.monotonic() < self._down_until else self.store
+            self._adjust(store, self.counters(outcome.key_name, outcome.team, datetime.now(timezone.utc)), actual)
 
-    def seed(self, rows: Iterable[UsageRow], provider_of) -> None:
-        """Spend so far this month from the ledger, so a restart does not reset budgets."""
+    def _cost(self, outcome: Outcome) -> int:
+        """The outcome's cost in micro-USD at the price in force now (0 when unpriced or not sent)."""
+        dep = self.deployments.get(outcome.deployment) if outcome.deployment is not None else None
+        if dep is None:
+            return 0
+        price = active().price_at(dep.model, datetime.now(timezone.utc), dep.provider)
+        if price is None:
+            return 0
+        tokens = Tokens(outcome.input_tokens, outcome.cached_tokens, outcome.output_tokens, outcome.reasoning_tokens)
+        return micros(cost(price, tokens))
+
+    def _adjust(self, store: Store, counters: list[Counter], delta: int) -> None:
+        if not counters:
+            return
+        for counter in counters:
+            self._seen[counter.where] = self._seen.get(counter.where, 0) + delta
+        task = asyncio.get_running_loop().create_task(
+            self._guard(store.adjust_spend([c.key for c in counters], delta, [c.expiry_ms for c in counters])))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _guard(self, call) -> None:
+        try:
+            await call
+        except StoreError as exc:  # the reservation stays counted: budgets err on the side of refusing
+            self.store_errors += 1
+            log.warning("budgets: cannot reconcile a reservation (%s)", exc)
+
+    def _store_failed(self, exc: StoreError) -> Store:
+        self.store_errors += 1
+        if self.fail_closed:
+            raise ProxyError(
+                503,
+                "Budgets cannot be checked right now (the limit store is unreachable) and this proxy is "
+                "configured to refuse rather than guess. Retry in a few seconds.",
+                code="budget_store_unavailable",
+                headers={"retry-after": "1", "retry-after-ms": "1000"},
+            )
+        log.warning("budgets: limit store unreachable (%s); counting this replica's spend locally for %.0fs",
+                    exc, _RETRY_STORE_S)
+        self._down_until = time.monotonic() + _RETRY_STORE_S
+        return self.fallback
+
+    async def seed(self, rows: Iterable[UsageRow], provider_of, now: datetime) -> None:
+        """This month's spend from the ledger, for counters nobody has written yet (first start
+        with budgets, or a store that lost them); counters that exist are left alone."""
         book = active()
+        day, month = periods(now)
+        totals: dict[tuple[str, str, str], Decimal] = {}
         for row in rows:
             when = hour_start(row.hour)
             price = book.price_at(row.model, when, provider_of(row.deployment))
-            if price is not None:
-                day, month = periods(when)
-                self._shift(self._spent, Reservation(row.key, row.team, ZERO, day, month), cost(price, row.tokens))
+            if price is None:
+                continue
+            row_day, row_month = periods(when)
+            amount = cost(price, row.tokens)
+            for scope, name in (("key", row.key), ("team", row.team)):
+                for period in {row_day, row_month} & {day, month}:
+                    where = (scope, name, period)
+                    totals[where] = totals.get(where, ZERO) + amount
+        wanted = [c for key in self.by_key for c in self.counters(key, None, now)]
+        wanted += [c for team in self.by_team for c in self.counters("", team, now)]
+        for counter in wanted:
+            amount = totals.get(counter.where)
+            if amount:
+                await self.store.seed_spend(counter.key, micros(amount), counter.expiry_ms)
 
     def estimate(self, deployment: Deployment, input_tokens: int, output_tokens: int) -> Decimal | None:
         price = active().price_at(deployment.model, datetime.now(timezone.utc), deployment.provider)
@@ -132,37 +260,23 @@ class Budgets:
             found.append(("team", team, self.by_team[team]))
         return found
 
-    @staticmethod
-    def _shift(table: dict[tuple[str, str, str], Decimal], held: Reservation, amount: Decimal) -> None:
-        for where in (("key", held.key, held.day), ("key", held.key, held.month),
-                      ("team", held.team, held.day), ("team", held.team, held.month)):
-            if where[1]:
-                table[where] = table.get(where, ZERO) + amount
-
 
 DEFAULT_OUTPUT_ESTIMATE = 1024  # output tokens reserved when a request sets no max_tokens
 
 
-def admit_route(budgets: Budgets, route: Route, req: ModelRequest, key: str, team: str | None) -> tuple[Route, Decimal | None]:
-    """Check the budgets before dispatch. Over a soft limit the route's candidates are tried
-    cheapest first (unpriced ones last); returns the route to dispatch and, when re-ordered,
-    the estimate that triggered it (None: the route is unchanged)."""
+async def admit_route(budgets: Budgets, route: Route, req: ModelRequest, outcome: Outcome) -> tuple[Route, bool]:
+    """Reserve the request's estimated cost before dispatch (429 over a hard limit). The estimate
+    is the dearest priced candidate's, since routing may fall back to it. Over a soft limit the
+    route's candidates are tried cheapest first (unpriced ones last); returns the route to
+    dispatch and whether it was re-ordered."""
     out = req.max_output_tokens or DEFAULT_OUTPUT_ESTIMATE
     estimates = {}
     for name in route.candidates:
         dep = budgets.deployments.get(name)
         estimates[name] = budgets.estimate(dep, req.input_estimate, out) if dep is not None else None
     priced = [value for value in estimates.values() if value is not None]
-    estimate = min(priced) if priced else ZERO
-    if budgets.admit(key, team, estimate) != SOFT:
-        return route, None
+    if await budgets.reserve(outcome, max(priced) if priced else ZERO) != SOFT:
+        return route, False
     budgets.soft_reroutes += 1
     order = sorted(route.candidates, key=lambda n: (estimates[n] is None, estimates[n] or ZERO))
-    return replace(route, candidates=tuple(order), strategy="fallback"), estimate
-
-
-def reserve_for(budgets: Budgets, request_id: str, deployment: Deployment, req: ModelRequest, key: str, team: str | None) -> None:
-    """Hold the chosen deployment's estimated cost until the request finishes (see Budgets.finish)."""
-    amount = budgets.estimate(deployment, req.input_estimate, req.max_output_tokens or DEFAULT_OUTPUT_ESTIMATE)
-    if amount is not None:
-        budgets.reserve(request_id, key, team, amount)
+    return replace(route, candidates=tuple(order), strategy="fallback"), True

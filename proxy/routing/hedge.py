@@ -5,8 +5,11 @@ Nothing reaches the client until a winner is picked: each attempt's first chunks
 including the first token; the whole body when not streaming) are held and replayed to the
 client from the winner, so a candidate that fails before its first token still falls back
 like an unhedged request. At most one hedge per request; a failure after the hedge started
-falls back along the remaining candidates. A cancelled loser is accounted for what it
-consumed (prompt estimate plus the output events it had sent) as its own Outcome.
+falls back along the remaining candidates. A cancelled loser is accounted, as its own Outcome
+on its own deployment, for what its upstream had sent before the cancel: the usage those bytes
+carry (exact for streams from providers that report usage in every chunk, e.g. vLLM's
+``continuous_usage_stats``), else the prompt estimate plus one token per output event, marked
+estimated.
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ from proxy.config.schema import Deployment, Route
 from proxy.routing.failures import is_failure, no_upstream_error
 from proxy.upstream.http_pool import UpstreamError
 from proxy.upstream.request import ModelRequest, Outcome
-from proxy.upstream.scan import StreamScanner
+from proxy.upstream.scan import StreamScanner, Usage, extract_usage
 
 if TYPE_CHECKING:
     from proxy.routing.router import Attempt, Router, UpstreamResponse
@@ -44,17 +47,17 @@ class Lost:
 
     deployment: Deployment
     sent_at: float
-    input_tokens: int
-    output_tokens: int
+    usage: Usage
     first_token_at: float | None
 
     def outcome(self, winner: Outcome) -> Outcome:
         """The loser's own Outcome, sharing the winner's request, key and route."""
-        dep = self.deployment
+        dep, usage = self.deployment, self.usage
         return replace(
             winner, deployment=dep.name, hardware=dep.hardware, reason="hedge-lost", status=499,
-            error_code="hedge_lost", input_tokens=self.input_tokens, output_tokens=self.output_tokens,
-            cached_tokens=0, reasoning_tokens=0, usage_reported=False, upstream_started=self.sent_at,
+            error_code="hedge_lost", input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
+            cached_tokens=usage.cached_tokens, reasoning_tokens=usage.reasoning_tokens,
+            usage_reported=usage.reported, upstream_started=self.sent_at,
             first_token_at=self.first_token_at, finished=time.perf_counter(),
         )
 
@@ -118,11 +121,24 @@ async def _cancel(task: asyncio.Task, probe: Probe, req: ModelRequest) -> Lost:
         await task
     except BaseException:  # cancelled, or failed while being cancelled: either way it is over
         pass
-    if probe.response is not None:
-        probe.response.release()  # aborts the upstream exchange: the provider stops generating
+    rest = b""
+    response = probe.response
+    if response is not None:
+        abandon = getattr(response, "abandon", None)
+        if abandon is not None:  # pass-through response: keep the bytes that arrived, drop the connection
+            rest = abandon()
+        else:
+            response.release()  # aborts the upstream exchange: the provider stops generating
     scanner = probe.scanner
-    return Lost(probe.deployment, probe.sent_at, req.input_estimate, scanner.deltas if scanner else 0,
-                scanner.first_token_at if scanner else None)
+    if req.stream:
+        if scanner is None:
+            scanner = StreamScanner(probe.sent_at)
+        if rest:
+            scanner.feed(rest)
+        usage = scanner.usage_or_estimate(req.input_estimate)
+    else:  # a whole body that had (partly) arrived says its usage; nothing arrived: the prompt estimate
+        usage = extract_usage(b"".join([*probe.chunks, rest])) or Usage(input_tokens=req.input_estimate, reported=False)
+    return Lost(probe.deployment, probe.sent_at, usage, scanner.first_token_at if scanner else None)
 
 
 async def hedged_dispatch(router: "Router", route: Route, req: ModelRequest, candidates: list[Deployment],

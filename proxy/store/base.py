@@ -64,6 +64,19 @@ class AdmitResult:
         return self.refused < 0
 
 
+@dataclass(slots=True)
+class SpendResult:
+    """A budget reservation's answer: ``refused`` is the index of the first counter whose hard
+    limit it would pass (-1: reserved in all); ``spent`` is each counter's total before it (micro-USD)."""
+
+    refused: int
+    spent: list[int]
+
+    @property
+    def admitted(self) -> bool:
+        return self.refused < 0
+
+
 @dataclass(frozen=True, slots=True)
 class ProviderWindowState:
     """One window as the provider reported it: ``kind`` is "requests" or "tokens"."""
@@ -86,6 +99,17 @@ class Store(Protocol):
 
     async def learn(self, bucket: Bucket, windows: Sequence[ProviderWindowState], exhausted_ms: int) -> None:
         """Record the provider's word; ``exhausted_ms`` > 0 refuses the deployment for that long."""
+
+    async def reserve_spend(self, keys: Sequence[str], hard: Sequence[int], amount: int,
+                            expire_at_ms: Sequence[int]) -> SpendResult:
+        """Budget counters (integer micro-USD): add ``amount`` to every one of ``keys`` only if none
+        would pass its ``hard`` limit (-1: no hard limit); each key expires at its ``expire_at_ms``."""
+
+    async def adjust_spend(self, keys: Sequence[str], delta: int, expire_at_ms: Sequence[int]) -> None:
+        """Add ``delta`` (actual minus reserved, or a cost nothing reserved) to every counter."""
+
+    async def seed_spend(self, key: str, amount: int, expire_at_ms: int) -> None:
+        """Set a counter that does not exist yet (spend recorded before the counters did)."""
 
     async def aclose(self) -> None: ...
 

@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from proxy.store.base import CONCURRENCY, PROVIDER, REQUESTS, TOKENS, AdmitResult, Bucket, ProviderWindowState
+from proxy.store.base import CONCURRENCY, PROVIDER, REQUESTS, TOKENS, AdmitResult, Bucket, ProviderWindowState, SpendResult
 
 
 @dataclass(slots=True)
@@ -40,6 +40,7 @@ class MemoryStore:
         self._logs: dict[str, _Log] = {}
         self._leases: dict[str, dict[str, int]] = {}
         self._providers: dict[str, _Provider] = {}
+        self._spend: dict[str, list[int]] = {}           # budget counter -> [micro-USD, expires at ms]
 
     def _used(self, bucket: Bucket, now: int) -> int:
         if bucket.kind == CONCURRENCY:
@@ -144,7 +145,37 @@ class MemoryStore:
         for w in windows:
             state.windows[w.window] = [w.kind, w.remaining, now + w.reset_ms]
 
+    def _spent(self, key: str, now: int) -> int:
+        counter = self._spend.get(key)
+        if counter is not None and counter[1] <= now:
+            del self._spend[key]
+            return 0
+        return counter[0] if counter is not None else 0
+
+    async def reserve_spend(self, keys: Sequence[str], hard: Sequence[int], amount: int,
+                            expire_at_ms: Sequence[int]) -> SpendResult:
+        now = self._clock()
+        spent = []
+        for index, (key, limit) in enumerate(zip(keys, hard)):
+            spent.append(self._spent(key, now))
+            if limit >= 0 and spent[index] + amount > limit:
+                return SpendResult(index, [spent[index]])
+        for key, total, expiry in zip(keys, spent, expire_at_ms):
+            self._spend[key] = [total + amount, expiry]
+        return SpendResult(-1, spent)
+
+    async def adjust_spend(self, keys: Sequence[str], delta: int, expire_at_ms: Sequence[int]) -> None:
+        now = self._clock()
+        for key, expiry in zip(keys, expire_at_ms):
+            self._spend[key] = [self._spent(key, now) + delta, expiry]
+
+    async def seed_spend(self, key: str, amount: int, expire_at_ms: int) -> None:
+        now = self._clock()
+        if key not in self._spend or self._spend[key][1] <= now:
+            self._spend[key] = [amount, expire_at_ms]
+
     async def aclose(self) -> None:
+        self._spend.clear()
         self._logs.clear()
         self._leases.clear()
         self._providers.clear()

@@ -21,7 +21,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError
 
 from proxy.store import scripts
-from proxy.store.base import PROVIDER, TOKENS, AdmitResult, Bucket, ProviderWindowState, StoreError
+from proxy.store.base import PROVIDER, TOKENS, AdmitResult, Bucket, ProviderWindowState, SpendResult, StoreError
 
 
 SETTLE_DELAY_S = 0.02
@@ -60,7 +60,10 @@ class RedisStore:
         self._settle = _Script(scripts.SETTLE)
         self._renew = _Script(scripts.RENEW)
         self._learn = _Script(scripts.LEARN)
-        self._pending: list[tuple[list[str], list]] = []  # settles waiting to ride with the next admission
+        self._reserve_spend = _Script(scripts.SPEND_RESERVE)
+        self._adjust_spend = _Script(scripts.SPEND_ADJUST)
+        # settles (and budget adjustments) waiting to ride with the next admission: (script, keys, args)
+        self._pending: list[tuple[_Script, list[str], list]] = []
         self._flush: asyncio.TimerHandle | None = None
         self._flushing: set[asyncio.Task] = set()
         self.dropped_settles = 0
@@ -84,7 +87,7 @@ class RedisStore:
         async with self._loading:
             if self._generation > seen:
                 return
-            for script in (self._admit, self._settle, self._renew, self._learn):
+            for script in (self._admit, self._settle, self._renew, self._learn, self._reserve_spend, self._adjust_spend):
                 await self.client.script_load(script.source)
             self._generation += 1
 
@@ -119,7 +122,7 @@ class RedisStore:
         keys, args = _call_args(rid, buckets, _tokens(buckets, amounts))
         try:
             if self._pending:
-                out = await self._with_pending(keys, args)
+                out = await self._with_pending(self._admit, keys, args)
             else:
                 out = await self._eval(self._admit, keys, args)
         except RedisError as exc:
@@ -133,7 +136,10 @@ class RedisStore:
         if self.cluster:
             await self._each_group(self._settle, rid, buckets, extra)
             return
-        self._pending.append(_call_args(rid, buckets, extra))
+        self._queue(self._settle, *_call_args(rid, buckets, extra))
+
+    def _queue(self, script: "_Script", keys: list[str], args: list) -> None:
+        self._pending.append((script, keys, args))
         if self._flush is None:
             self._flush = asyncio.get_running_loop().call_later(SETTLE_DELAY_S, self._flush_soon)
 
@@ -151,35 +157,35 @@ class RedisStore:
             return
         try:
             pipe = self.client.pipeline(transaction=False)
-            for keys, args in pending:
-                pipe.evalsha(self._settle.sha, len(keys), *keys, *args)
+            for script, keys, args in pending:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
             results = await pipe.execute(raise_on_error=False)
             await self._retry_noscript(pending, results)
         except RedisError:
             self.dropped_settles += len(pending)
 
-    async def _with_pending(self, keys: list[str], args: list):
+    async def _with_pending(self, script: "_Script", keys: list[str], args: list):
         """Queued settles first, then this admission, in one pipeline (one round trip)."""
         pending, self._pending = self._pending, []
         generation = self._generation
         pipe = self.client.pipeline(transaction=False)
-        for settle_keys, settle_args in pending:
-            pipe.evalsha(self._settle.sha, len(settle_keys), *settle_keys, *settle_args)
-        pipe.evalsha(self._admit.sha, len(keys), *keys, *args)
+        for queued, settle_keys, settle_args in pending:
+            pipe.evalsha(queued.sha, len(settle_keys), *settle_keys, *settle_args)
+        pipe.evalsha(script.sha, len(keys), *keys, *args)
         results = await pipe.execute(raise_on_error=False)
         if isinstance(results[-1], NoScriptError):
             await self._load(generation)
             await self._retry_noscript(pending, results)
-            return await self._eval(self._admit, keys, args)
+            return await self._eval(script, keys, args)
         if isinstance(results[-1], Exception):
             raise results[-1]
         await self._retry_noscript(pending, results)
         return results[-1]
 
     async def _retry_noscript(self, pending: list, results: list) -> None:
-        for (keys, args), result in zip(pending, results):
+        for (script, keys, args), result in zip(pending, results):
             if isinstance(result, NoScriptError):
-                await self._eval(self._settle, keys, args)
+                await self._eval(script, keys, args)
             elif isinstance(result, Exception):
                 self.dropped_settles += 1
 
@@ -204,6 +210,38 @@ class RedisStore:
             args += (w.window, w.kind, w.remaining, w.reset_ms)
         try:
             await self._eval(self._learn, [bucket.key], args)
+        except RedisError as exc:
+            raise StoreError(f"{type(exc).__name__}: {exc}") from None
+
+    async def reserve_spend(self, keys: Sequence[str], hard: Sequence[int], amount: int,
+                            expire_at_ms: Sequence[int]) -> SpendResult:
+        """One EVALSHA (with any queued settles in the same pipeline on a standalone server)."""
+        args: list = [amount]
+        for limit, expiry in zip(hard, expire_at_ms):
+            args += (limit, expiry)
+        try:
+            if self._pending and not self.cluster:
+                out = await self._with_pending(self._reserve_spend, list(keys), args)
+            else:
+                out = await self._eval(self._reserve_spend, list(keys), args)
+        except RedisError as exc:
+            raise StoreError(f"{type(exc).__name__}: {exc}") from None
+        return SpendResult(int(out[0]), [int(v) for v in out[1:]])
+
+    async def adjust_spend(self, keys: Sequence[str], delta: int, expire_at_ms: Sequence[int]) -> None:
+        """Queued like a settle on a standalone server: it rides with the next admission."""
+        args = [delta, *expire_at_ms]
+        if not self.cluster:
+            self._queue(self._adjust_spend, list(keys), args)
+            return
+        try:
+            await self._eval(self._adjust_spend, list(keys), args)
+        except RedisError as exc:
+            raise StoreError(f"{type(exc).__name__}: {exc}") from None
+
+    async def seed_spend(self, key: str, amount: int, expire_at_ms: int) -> None:
+        try:
+            await self.client.set(key, amount, nx=True, pxat=expire_at_ms)
         except RedisError as exc:
             raise StoreError(f"{type(exc).__name__}: {exc}") from None
 

@@ -189,3 +189,30 @@ local ttl = redis.call('PTTL', key)
 if longest + 1000 > ttl then redis.call('PEXPIRE', key, longest + 1000) end
 return 0
 """
+
+# Budget counters: plain integers (micro-USD) outside the bucket specs above, since they count
+# money, not tokens. KEYS: the counters; ARGV[1]: the amount; then per key its hard limit
+# (-1: none) and its expiry (epoch ms). Reserves in all or none; answers the totals before.
+SPEND_RESERVE = """
+local amount = tonumber(ARGV[1])
+local spent = {}
+for i = 1, #KEYS do
+  spent[i] = tonumber(redis.call('GET', KEYS[i]) or '0')
+  local hard = tonumber(ARGV[2 * i])
+  if hard >= 0 and spent[i] + amount > hard then return {i - 1, spent[i]} end
+end
+for i = 1, #KEYS do
+  redis.call('INCRBY', KEYS[i], amount)
+  redis.call('PEXPIREAT', KEYS[i], ARGV[2 * i + 1])
+end
+return {-1, unpack(spent)}
+"""
+
+# KEYS: the counters; ARGV[1]: the delta; ARGV[1 + i]: key i's expiry (epoch ms).
+SPEND_ADJUST = """
+for i = 1, #KEYS do
+  redis.call('INCRBY', KEYS[i], ARGV[1])
+  redis.call('PEXPIREAT', KEYS[i], ARGV[1 + i])
+end
+return 0
+"""

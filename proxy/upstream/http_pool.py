@@ -202,6 +202,8 @@ class Response:
         """The client went away: drop the connection now and return the body bytes that had already
         arrived but were not relayed (the provider sent, and bills, those tokens too)."""
         conn = self._conn
+        if self._released and not conn.closed:  # read to the end and back in the pool: nothing is left
+            return b""
         rest = b"".join(conn.chunks)
         conn.chunks.clear()
         self._released = True
