@@ -1,26 +1,38 @@
-"""Per-turn overhead and time-to-first-token of a 20-turn agentic conversation through Laneway.
+"""Laneway's per-turn overhead in a 20-turn agentic conversation: HTTP vs Responses WebSocket mode.
 
 One run starts the simulated wafer provider (60 ms TTFT, 1500 tok/s; it speaks HTTP and
-Responses WebSocket mode) and `laneway serve` (one worker) with two deployments of it — one
-plain HTTP, one `websocket: true` — then replays the same conversation (each turn adds a
-~1 KB tool result and asks for 24 tokens) in rounds, interleaving:
+Responses WebSocket mode, remembering each socket's last response) and `laneway serve` (one
+worker) with two deployments of it — one plain HTTP, one `websocket: true` — then replays the
+same seeded coding-agent conversation in rounds, interleaving the modes:
 
-  direct-http  HTTP straight to the simulator, full context every turn     (floor for HTTP)
-  direct-ws    one WebSocket straight to the simulator, previous_response_id (floor: model time)
+  direct-http  HTTP straight to the simulator, full context every turn
+  direct-ws    one socket straight to the simulator, previous_response_id + new items
   (a) http     HTTP client -> Laneway -> HTTP upstream, full context every turn
-  (b) ws       WebSocket client -> Laneway (previous_response_id; Laneway expands) -> HTTP upstream
-  (b+) ws-ws   WebSocket client -> Laneway -> pooled upstream socket
-  (c) http-ws  HTTP client -> Laneway -> pooled upstream socket ("upgrade")
+  (b) ws       WebSocket client -> Laneway -> HTTP upstream (Laneway expands the context)
+  (b+) ws-ws   WebSocket client -> Laneway -> the conversation's pinned upstream socket
+               (Laneway forwards previous_response_id + new items)
+  (c) http-ws  HTTP client -> Laneway -> pooled upstream socket, full context every turn
 
-Per-turn overhead = median turn time minus direct-ws's (what the simulated model itself
-takes); the proxy's CPU per turn comes from /proc. HTTP clients use a keep-alive pool.
+The conversation (seeded, `--seed`): 10 KB of instructions and 16 tool schemas (28.6 KB together)
+sent on every turn, as Codex does on both transports (WebSocket mode trims only `input`); a user
+task, then each turn adds one tool output of 2-6 KB (shell/test/file output). HTTP clients send
+the whole history each turn (task, every assistant reply, every tool output); WebSocket clients
+send previous_response_id + the new tool output. Each turn asks for 24 output tokens.
 
-    .venv/bin/python bench/websocket.py [--conversations 10] [--deflate]
+Laneway's per-turn overhead is measured two ways, per turn, reported as p50 and p99:
+  proxy CPU  CPU time of the proxy process (all threads, /proc/<pid>/task/*/schedstat) between
+             sending a turn and receiving its response.completed — the headline figure;
+  latency    the turn's time minus the median time of the same turn index sent straight to the
+             simulator over the same client transport (direct-http for HTTP clients, direct-ws
+             for WebSocket clients).
+
+    .venv/bin/python bench/websocket.py [--conversations 10] [--seed 7] [--deflate]
 """
 from __future__ import annotations
 
 import argparse
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -35,37 +47,100 @@ from websockets.asyncio.client import connect
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.overhead import cpu_seconds, free_port, wait_listening  # noqa: E402
+from bench.overhead import free_port, wait_listening  # noqa: E402
 from proxy.upstream.http_pool import Origin, OriginPool  # noqa: E402
 
 TURNS = 20
 OUTPUT_TOKENS = 24  # 16 ms of decode at 1500 tok/s: clear of the simulator's 10 ms pacing steps
-TOOL_RESULT = "line of tool output: src/proxy/module.py passes its checks\n" * 18  # ~1 KB
+INSTRUCTIONS_BYTES = 10_000
+TOOLS = ("shell", "apply_patch", "read_file", "list_dir", "grep_files", "update_plan", "view_image", "web_search",
+         "run_tests", "git_diff", "git_log", "open_url", "write_file", "find_symbol", "lint", "format_code")
+TOOL_OUTPUT_BYTES = (2_000, 6_000)
+_WORDS = ("the", "agent", "must", "repository", "file", "change", "test", "command", "output", "user", "patch",
+          "before", "after", "never", "always", "prefer", "sandbox", "approval", "workspace", "directory", "run",
+          "concise", "summary", "plan", "step", "error", "exit", "code", "function", "module", "review")
 
 
-def user_item(turn: int) -> dict:
-    return {"role": "user", "content": f"turn {turn}: here is the tool result\n{TOOL_RESULT}"}
+class Conversation:
+    """The seeded agentic payload: static instructions + tools, a task, and one tool output per turn."""
+
+    def __init__(self, seed: int) -> None:
+        rng = random.Random(seed)
+        self.instructions = self._text(rng, INSTRUCTIONS_BYTES)
+        self.tools = [self._tool(rng, name) for name in TOOLS]
+        self.task = {"type": "message", "role": "user",
+                     "content": [{"type": "input_text", "text": "Fix the failing tests in proxy/routing and explain the change."}]}
+        self.outputs = [self._tool_output(rng, turn) for turn in range(TURNS)]
+
+    @staticmethod
+    def _text(rng: random.Random, size: int) -> str:
+        out, n = [], 0
+        while n < size:
+            line = " ".join(rng.choice(_WORDS) for _ in range(rng.randint(8, 16))) + ".\n"
+            out.append(line)
+            n += len(line)
+        return "".join(out)
+
+    def _tool(self, rng: random.Random, name: str) -> dict:
+        props = {f"{name}_arg{i}": {"type": rng.choice(("string", "integer", "boolean")),
+                                    "description": self._text(rng, 60).strip()} for i in range(5)}
+        return {"type": "function", "name": name, "description": self._text(rng, 200).strip(), "strict": False,
+                "parameters": {"type": "object", "properties": props, "required": list(props)[:2],
+                               "additionalProperties": False}}
+
+    def _tool_output(self, rng: random.Random, turn: int) -> dict:
+        size = rng.randint(*TOOL_OUTPUT_BYTES)
+        lines, n = [], 0
+        while n < size:
+            line = f"proxy/routing/m{rng.randint(0, 99):02d}.py:{rng.randint(1, 900)}: {self._text(rng, 40).strip()}\n"
+            lines.append(line)
+            n += len(line)
+        return {"type": "function_call_output", "call_id": f"call_{turn:03d}",
+                "output": orjson.dumps({"output": "".join(lines), "metadata": {"exit_code": rng.choice((0, 1))}}).decode()}
+
+    def request(self, model: str, items: list) -> dict:
+        return {"model": model, "instructions": self.instructions, "tools": self.tools, "tool_choice": "auto",
+                "parallel_tool_calls": False, "store": False, "input": items, "max_output_tokens": OUTPUT_TOKENS}
+
+    def first_input(self, turn: int) -> list:
+        return [self.task, self.outputs[0]] if turn == 0 else [self.outputs[turn]]
+
+
+def cpu_ns(pid: int) -> int:
+    """CPU time of every thread of ``pid`` in ns (schedstat: finer than /proc/<pid>/stat's ticks)."""
+    total = 0
+    for task in os.scandir(f"/proc/{pid}/task"):
+        with open(f"{task.path}/schedstat", "rb") as f:
+            total += int(f.read().split(None, 1)[0])
+    return total
+
+
+# One sample per turn: (turn index, seconds, time to first token, proxy CPU ns, request bytes)
+Sample = tuple[int, float, float, int, int]
 
 
 class HttpClient:
-    """Responses over HTTP: the whole conversation in every request."""
+    """Responses over HTTP, like Codex without WebSocket: the whole conversation in every request."""
 
-    def __init__(self, base_url: str, model: str) -> None:
+    def __init__(self, base_url: str, model: str, convo: Conversation, proxy_pid: int | None) -> None:
         origin = Origin.parse(base_url)
         self.pool = OriginPool(origin, max_idle=8)
         self.head = (b"POST %s/responses HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
                      b"Authorization: Bearer bench\r\n" % (origin.base_path.encode(), origin.host_header))
         self.model = model
+        self.convo = convo
+        self.pid = proxy_pid
 
-    async def conversation(self) -> list[tuple[float, float]]:
+    async def conversation(self) -> list[Sample]:
         items: list[dict] = []
         out = []
         for turn in range(TURNS):
-            items.append(user_item(turn))
-            body = orjson.dumps({"model": self.model, "input": items, "max_output_tokens": OUTPUT_TOKENS, "stream": True})
+            items += self.convo.first_input(turn)
+            body = orjson.dumps({**self.convo.request(self.model, items), "stream": True})
+            cpu = cpu_ns(self.pid) if self.pid else 0
             started = time.perf_counter()
             response = await self.pool.request(self.head + b"Content-Length: %d\r\n\r\n" % len(body), body,
-                                                connect_s=5, first_byte_s=30, idle_s=30)
+                                               connect_s=5, first_byte_s=30, idle_s=30)
             first = 0.0
             tail = b""
             async for chunk in response.iter_body():
@@ -73,72 +148,111 @@ class HttpClient:
                     first = time.perf_counter() - started
                 tail = (tail + chunk)[-65536:]
             total = time.perf_counter() - started
-            if response.status != 200 or b"response.completed" not in tail:
-                raise SystemExit(f"{self.model}: turn {turn} failed (HTTP {response.status})")
-            items.append({"role": "assistant", "content": "tok " * OUTPUT_TOKENS})
-            out.append((total, first))
+            cpu = cpu_ns(self.pid) - cpu if self.pid else 0
+            done = tail.rfind(b"data: {\"type\":\"response.completed\"")
+            if response.status != 200 or done < 0:
+                raise SystemExit(f"{self.model}: turn {turn} failed (HTTP {response.status}): {tail[-300:]!r}")
+            completed = orjson.loads(tail[done + 6 : tail.index(b"\n\n", done)])
+            items += completed["response"]["output"]  # the assistant's reply joins the history
+            out.append((turn, total, first, cpu, len(body)))
         return out
 
 
 class WsClient:
-    """Responses WebSocket mode: one socket, only the new items each turn."""
+    """Responses WebSocket mode, like Codex with supports_websockets: previous_response_id + new items."""
 
-    def __init__(self, url: str, model: str, deflate: bool) -> None:
+    def __init__(self, url: str, model: str, convo: Conversation, proxy_pid: int | None, deflate: bool) -> None:
         self.url = url
         self.model = model
+        self.convo = convo
+        self.pid = proxy_pid
         self.compression = "deflate" if deflate else None
 
-    async def conversation(self) -> list[tuple[float, float]]:
+    async def conversation(self) -> list[Sample]:
         out = []
         previous = None
         async with connect(self.url, additional_headers={"Authorization": "Bearer bench"},
                            compression=self.compression, max_size=None) as ws:
             for turn in range(TURNS):
-                event = {"type": "response.create", "model": self.model, "input": [user_item(turn)],
-                         "max_output_tokens": OUTPUT_TOKENS}
+                event = {"type": "response.create", **self.convo.request(self.model, self.convo.first_input(turn))}
                 if previous:
                     event["previous_response_id"] = previous
+                frame = orjson.dumps(event)
+                cpu = cpu_ns(self.pid) if self.pid else 0
                 started = time.perf_counter()
-                await ws.send(orjson.dumps(event), text=True)
+                await ws.send(frame, text=True)
                 first = 0.0
                 while True:
-                    frame = await ws.recv(decode=False)
-                    if not first and b'"response.output_text.delta"' in frame[:40]:
+                    data = await ws.recv(decode=False)
+                    if not first and b'"response.output_text.delta"' in data[:40]:
                         first = time.perf_counter() - started
-                    if frame.startswith(b'{"type":"response.completed"'):
-                        previous = orjson.loads(frame)["response"]["id"]
+                    if data.startswith(b'{"type":"response.completed"'):
+                        previous = orjson.loads(data)["response"]["id"]
                         break
-                    if frame.startswith(b'{"type":"error"'):
-                        raise SystemExit(f"{self.model}: turn {turn} failed: {frame[:300]!r}")
-                out.append((time.perf_counter() - started, first))
+                    if data.startswith(b'{"type":"error"'):
+                        raise SystemExit(f"{self.model}: turn {turn} failed: {data[:300]!r}")
+                total = time.perf_counter() - started
+                cpu = cpu_ns(self.pid) - cpu if self.pid else 0
+                out.append((turn, total, first, cpu, len(frame)))
         return out
 
 
-async def measure(clients: dict[str, object], proxy_pid: int, conversations: int) -> dict[str, dict[str, float]]:
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def measure(clients: dict, conversations: int) -> dict[str, list[Sample]]:
     for client in clients.values():  # warm up: connections, lazy imports, the upstream socket pool
         await client.conversation()
-    turns: dict[str, list[tuple[float, float]]] = {name: [] for name in clients}
-    cpu: dict[str, float] = {name: 0.0 for name in clients}
+    samples: dict[str, list[Sample]] = {name: [] for name in clients}
     for _ in range(conversations):
         for name, client in clients.items():
-            before = cpu_seconds(proxy_pid)
-            turns[name] += await client.conversation()
-            cpu[name] += cpu_seconds(proxy_pid) - before
-    out = {}
-    for name, values in turns.items():
-        out[name] = {
-            "turn_ms": statistics.median(t for t, _ in values) * 1e3,
-            "ttft_ms": statistics.median(f for _, f in values) * 1e3,
-            "proxy_cpu_ms": cpu[name] / len(values) * 1e3,
-        }
-    return out
+            samples[name] += await client.conversation()
+    return samples
+
+
+def report(samples: dict[str, list[Sample]], args: argparse.Namespace, convo: Conversation) -> None:
+    # the model's own time per turn index, per client transport
+    floor = {name: {t: statistics.median(s[1] for s in samples[name] if s[0] == t) for t in range(TURNS)}
+             for name in ("direct-http", "direct-ws")}
+    static = len(orjson.dumps({"instructions": convo.instructions, "tools": convo.tools}))
+    print(f"{TURNS}-turn agentic conversations x {args.conversations} per mode (seed {args.seed}); "
+          f"instructions + tools {static / 1000:.1f} KB on every turn, tool outputs "
+          f"{TOOL_OUTPUT_BYTES[0] // 1000}-{TOOL_OUTPUT_BYTES[1] // 1000} KB per turn, {OUTPUT_TOKENS} output tokens; "
+          f"wafer profile; client deflate={'on' if args.deflate else 'off'}")
+    head = ("mode", "req KB p50", "turn ms p50", "TTFT ms p50", "CPU ms p50", "CPU ms p99", "lat+ ms p50", "lat+ ms p99")
+    print(f"{head[0]:13s}" + "".join(f"{h:>13s}" for h in head[1:]))
+    rows = {}
+    for name, values in samples.items():
+        direct = name.startswith("direct")
+        base = floor["direct-ws" if " ws" in name or name == "direct-ws" else "direct-http"]
+        extra = [s[1] - base[s[0]] for s in values]
+        cpu = [s[3] / 1e6 for s in values]
+        rows[name] = (statistics.median(cpu), percentile(cpu, 0.99), statistics.median(extra), percentile(extra, 0.99))
+        cells = [statistics.median(s[4] for s in values) / 1000, statistics.median(s[1] for s in values) * 1e3,
+                 statistics.median(s[2] for s in values) * 1e3]
+        cells += [None, None] if direct else [rows[name][0], rows[name][1]]
+        cells += [None, None] if direct else [rows[name][2] * 1e3, rows[name][3] * 1e3]
+        print(f"{name:13s}" + "".join(f"{'' if c is None else format(c, '.2f'):>13s}" for c in cells))
+    a = rows["(a) http"]
+    for name in ("(b) ws", "(b+) ws-ws", "(c) http-ws"):
+        r = rows[name]
+        print(f"{name} vs (a): proxy CPU/turn p50 {(r[0] / a[0] - 1) * 100:+.0f}%, p99 {(r[1] / a[1] - 1) * 100:+.0f}%; "
+              f"added latency p50 {r[2] * 1e3:.2f} ms vs {a[2] * 1e3:.2f} ms")
+    best = max(("(b) ws", "(b+) ws-ws"), key=lambda n: 1 - rows[n][0] / a[0])
+    cut = (1 - rows[best][0] / a[0]) * 100
+    print(f"SUMMARY: client WebSocket {best} changes Laneway's per-turn overhead (proxy CPU/turn, p50) by {-cut:+.0f}% "
+          f"vs (a) HTTP per turn ({rows[best][0]:.2f} vs {a[0]:.2f} ms); target -80%: {'MET' if cut >= 80 else 'NOT MET'}")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--conversations", type=int, default=10, help="measured 20-turn conversations per mode")
+    parser.add_argument("--seed", type=int, default=7, help="seed of the generated conversation")
     parser.add_argument("--deflate", action="store_true", help="negotiate permessage-deflate on client sockets")
     args = parser.parse_args()
+    convo = Conversation(args.seed)
 
     sim_port, proxy_port = free_port(), free_port()
     sim_url = f"http://127.0.0.1:{sim_port}/v1"
@@ -161,31 +275,22 @@ def main() -> int:
     try:
         wait_listening(sim_port, sim)
         wait_listening(proxy_port, proxy)
+        pid = proxy.pid
         clients = {
-            "direct-http": HttpClient(sim_url, "sim-wafer"),
-            "direct-ws": WsClient(f"ws://127.0.0.1:{sim_port}/v1/responses", "sim-wafer", args.deflate),
-            "(a) http": HttpClient(proxy_http, "plain"),
-            "(b) ws": WsClient(proxy_ws, "plain", args.deflate),
-            "(b+) ws-ws": WsClient(proxy_ws, "upgraded", args.deflate),
-            "(c) http-ws": HttpClient(proxy_http, "upgraded"),
+            "direct-http": HttpClient(sim_url, "sim-wafer", convo, None),
+            "direct-ws": WsClient(f"ws://127.0.0.1:{sim_port}/v1/responses", "sim-wafer", convo, None, args.deflate),
+            "(a) http": HttpClient(proxy_http, "plain", convo, pid),
+            "(b) ws": WsClient(proxy_ws, "plain", convo, pid, args.deflate),
+            "(b+) ws-ws": WsClient(proxy_ws, "upgraded", convo, pid, args.deflate),
+            "(c) http-ws": HttpClient(proxy_http, "upgraded", convo, pid),
         }
-        results = uvloop.run(measure(clients, proxy.pid, args.conversations))
+        samples = uvloop.run(measure(clients, args.conversations))
     finally:
         for proc in (proxy, sim):
             proc.terminate()
             proc.wait(10)
         os.unlink(policy.name)
-
-    floor = results["direct-ws"]["turn_ms"]
-    base = results["(a) http"]["turn_ms"] - floor
-    print(f"{TURNS}-turn conversations x {args.conversations} per mode, {OUTPUT_TOKENS} output tokens/turn, "
-          f"wafer profile; client deflate={'on' if args.deflate else 'off'}")
-    print(f"{'mode':14s} {'turn p50 ms':>12s} {'TTFT p50 ms':>12s} {'overhead ms':>12s} {'vs (a)':>8s} {'proxy CPU ms/turn':>18s}")
-    for name, row in results.items():
-        overhead = row["turn_ms"] - floor
-        cut = "" if name.startswith("direct") or base <= 0 else f"{(1 - overhead / base) * 100:+.0f}%"
-        print(f"{name:14s} {row['turn_ms']:12.2f} {row['ttft_ms']:12.2f} {overhead:12.2f} {cut:>8s} "
-              f"{'' if name.startswith('direct') else format(row['proxy_cpu_ms'], '.3f'):>18s}")
+    report(samples, args, convo)
     return 0
 
 

@@ -197,3 +197,85 @@ def test_client_drop_closes_the_upstream_socket(proxy, ws_sim):
     assert proxy.outcomes[-1].status == 499
     assert httpx.get(ws_sim.url + "/sim/stats").json()["disconnects"] == 1
     assert pool(proxy).open == 0
+
+
+# --- continuing a client conversation on its pinned upstream socket ------------------------
+
+
+def _ws_turn(conn, **fields) -> object:
+    conn.response.create(max_output_tokens=2, **fields)
+    last = _until_done(conn)[-1]
+    assert last.type == "response.completed", last
+    return last.response
+
+
+def test_client_turns_continue_upstream_with_only_the_new_items(proxy, ws_sim):
+    sock = ws_sim.app.websocket
+    with sdk(proxy).responses.connect() as conn:
+        first = _ws_turn(conn, model="fast", input="first")
+        second = _ws_turn(conn, model="fast", input="second", previous_response_id=first.id)
+        assert sock.last_request["previous_response_id"] == first.id
+        assert sock.last_request["input"] == [{"type": "message", "role": "user", "content": "second"}]
+        third = _ws_turn(conn, model="fast", input=[{"role": "user", "content": "third"}],
+                         previous_response_id=second.id)
+        assert sock.last_request["previous_response_id"] == second.id
+        assert sock.last_request["input"] == [{"role": "user", "content": "third"}]
+    # the provider bills the whole conversation, and so does the ledger
+    whole = {"input": ["first", "tok1 tok2 ", "second", "tok1 tok2 ", "third"]}
+    assert third.usage.input_tokens == count_input_tokens(whole)
+    assert proxy.outcomes[-1].input_tokens == count_input_tokens(whole) and proxy.outcomes[-1].usage_reported
+    stats = pool(proxy).stats
+    assert (sock.continued, stats.continued, stats.continue_misses, stats.connects) == (2, 2, 0, 1)
+    wait_for(lambda: pool(proxy).idle, 2.0)  # the conversation ended: its socket is back in the pool
+
+
+def test_dropped_upstream_socket_falls_back_to_full_context(proxy, ws_sim):
+    sock = ws_sim.app.websocket
+    with sdk(proxy).responses.connect() as conn:
+        first = _ws_turn(conn, model="fast", input="first")
+        sock.down = True  # the pinned socket dies at the next turn and no new one can open
+        try:
+            second = _ws_turn(conn, model="fast", input="second", previous_response_id=first.id)
+        finally:
+            sock.down = False
+        assert second.usage.input_tokens == count_input_tokens({"input": ["first", "tok1 tok2 ", "second"]})
+        stats = pool(proxy).stats
+        assert (stats.drops, stats.http_fallbacks) == (1, 1) and sock.continued == 0
+        time.sleep(0.6)  # past the reconnect backoff: a fresh socket, which must get the full context
+        third = _ws_turn(conn, model="fast", input="third", previous_response_id=second.id)
+        assert "previous_response_id" not in sock.last_request
+        assert [i["content"] for i in sock.last_request["input"]][-1] == "third"
+        assert len(sock.last_request["input"]) == 5
+        _ws_turn(conn, model="fast", input="fourth", previous_response_id=third.id)
+        assert sock.last_request["previous_response_id"] == third.id, "pinned again after the reconnect"
+        assert len(sock.last_request["input"]) == 1
+    assert proxy.outcomes[-1].input_tokens == count_input_tokens(
+        {"input": ["first", "tok1 tok2 ", "second", "tok1 tok2 ", "third", "tok1 tok2 ", "fourth"]})
+
+
+def test_previous_response_not_found_upstream_is_retried_with_full_context(proxy, ws_sim):
+    sock = ws_sim.app.websocket
+    with sdk(proxy).responses.connect() as conn:
+        first = _ws_turn(conn, model="fast", input="first")
+        sock.forget()  # the provider lost the connection's memory (e.g. restarted)
+        events = []
+        conn.response.create(model="fast", input="second", max_output_tokens=2, previous_response_id=first.id)
+        events = _until_done(conn)
+    assert [e.type for e in events if e.type == "error"] == []
+    assert events[-1].response.usage.input_tokens == count_input_tokens({"input": ["first", "tok1 tok2 ", "second"]})
+    assert "previous_response_id" not in sock.last_request and len(sock.last_request["input"]) == 3
+    stats = pool(proxy).stats
+    assert (stats.continued, stats.continue_misses, stats.http_fallbacks, stats.connects) == (1, 1, 0, 1)
+    assert proxy.outcomes[-1].status == 200
+
+
+def test_turn_served_by_another_deployment_resumes_upstream_in_full(proxy, ws_sim, gpu_sim):
+    sock = ws_sim.app.websocket
+    with sdk(proxy).responses.connect() as conn:
+        first = _ws_turn(conn, model="fast", input="first")
+        second = _ws_turn(conn, model="codex-gpu", input="second", previous_response_id=first.id)
+        assert proxy.outcomes[-1].deployment == "codex-gpu"  # this turn went to the HTTP-only lane
+        _ws_turn(conn, model="fast", input="third", previous_response_id=second.id)
+        assert proxy.outcomes[-1].deployment == "ws-wafer"
+        assert "previous_response_id" not in sock.last_request and len(sock.last_request["input"]) == 5
+    assert sock.connections == 1, "the conversation kept its socket through the other lane's turn"

@@ -5,7 +5,9 @@ Each ``response.create`` becomes the HTTP request it stands for and takes the sa
 rate-limited and billed like any request and may change lane between turns. The upstream's
 SSE events are relayed one text frame each. The connection keeps the last few responses'
 full input + output, so ``previous_response_id`` expands into a complete request that any
-upstream — HTTP-only, or another lane than the last turn's — can serve.
+upstream — HTTP-only, or another lane than the last turn's — can serve. Each lane also holds
+a ``SocketPin``: when the turn lands on the upstream socket that served the previous response,
+only ``previous_response_id`` and the new items go upstream.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from proxy.routing.router import Attempt
 from proxy.upstream.http_pool import UpstreamError
 from proxy.upstream.request import ModelRequest, Outcome
 from proxy.upstream.scan import StreamScanner
+from proxy.upstream.ws_pool import SocketPin
 
 log = logging.getLogger("laneway")
 
@@ -156,6 +159,7 @@ class _Connection:
         self.history: OrderedDict[str, list] = OrderedDict()
         self.lanes: dict[str | None, deque[dict]] = {}
         self.tasks: dict[str | None, asyncio.Task] = {}
+        self.pins: dict[str | None, SocketPin] = {}  # per lane: the upstream socket its conversation holds
         self.last_active = 0.0
 
     async def run(self) -> None:
@@ -188,6 +192,8 @@ class _Connection:
                 await self._on_event(data if data is not None else message.get("bytes") or b"")
         finally:
             await self._cancel_turns()
+            for pin in self.pins.values():
+                pin.drop(reusable=True)
 
     async def _on_event(self, data: str | bytes) -> None:
         try:
@@ -261,13 +267,18 @@ class _Connection:
         outcome = Outcome(rid, "responses", route="", key_name=self.key.name, team=self.key.team,
                           transport="websocket", started=time.perf_counter())
         try:
-            body, items = self._expand(event)
+            body, items, delta = self._expand(event)
             if event.get("generate") is False:
                 runtime.router.resolve(body["model"])
                 await self._warm_up(body, items, lane)
                 return
             self.stats.turns += 1
             req = ModelRequest.from_body("responses", orjson.dumps(body), body, rid)
+            pin = self.pins.get(lane)
+            if pin is None:
+                pin = self.pins[lane] = SocketPin()
+            pin.previous, pin.delta = event.get("previous_response_id"), delta
+            req.extra["pin"] = pin  # an upstream socket target continues the turn on it when it can
             attempt = await route_request(runtime, req, outcome, self.hints)
         except ProxyError as error:
             outcome.status, outcome.error_code = error.status, error.code
@@ -286,15 +297,15 @@ class _Connection:
             outcome.finished = time.perf_counter()
             self.state.finish(outcome)
 
-    def _expand(self, event: dict) -> tuple[dict, list]:
+    def _expand(self, event: dict) -> tuple[dict, list, list]:
         """The HTTP body this event stands for, with ``previous_response_id`` expanded into the
-        full input, and the input items the next continuation will start from."""
+        full input; the input items the next continuation will start from; the event's own items."""
         body = {k: v for k, v in event.items() if k not in _CLIENT_ONLY}
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise ProxyError(400, "'model' is required: a route name or a model listed by GET /v1/models.",
                              code="missing_model", param="model")
-        items = _as_items(body.get("input"))
+        items = delta = _as_items(body.get("input"))
         previous = event.get("previous_response_id")
         if previous is not None:
             past = self.history.get(previous) if isinstance(previous, str) else None
@@ -306,7 +317,7 @@ class _Connection:
             items = past + items
             body["input"] = items
         body["stream"] = True
-        return body, items
+        return body, items, delta
 
     async def _warm_up(self, body: dict, items: list, lane: str | None) -> None:
         """``generate: false``: a response id to chain from, no model output, no upstream call."""

@@ -27,7 +27,8 @@ _BREAKER_VALUE = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}
 _WS_EVENTS = (("turns", "turn"), ("warmups", "warmup"), ("errors", "error"),
               ("client_drops", "client_drop"), ("connection_limit", "connection_limit"))
 _UPSTREAM_WS_EVENTS = (("connects", "connect"), ("connect_failures", "connect_failure"), ("turns", "turn"),
-                      ("http_fallbacks", "http_fallback"), ("drops", "drop"))
+                      ("http_fallbacks", "http_fallback"), ("drops", "drop"), ("continued", "continuation"),
+                      ("continue_misses", "continuation_miss"))
 _BUDGET_LIMITS = (("day", "soft", "daily_soft_usd"), ("day", "hard", "daily_hard_usd"),
                   ("month", "soft", "monthly_soft_usd"), ("month", "hard", "monthly_hard_usd"))
 

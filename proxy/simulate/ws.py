@@ -3,7 +3,13 @@
 Same token model, quotas and queued faults as HTTP; each SSE event the HTTP renderer
 would send becomes one text frame. Turns on one socket run one at a time. Knobs for
 tests, set in-process: ``down = True`` refuses upgrades (503) and drops a live socket at
-its next ``response.create`` — a provider losing its WebSocket tier.
+its next ``response.create`` — a provider losing its WebSocket tier; ``forget()`` drops every
+connection's remembered response — a provider restart.
+
+Like the real provider, each connection remembers its last response (input + output), so
+``previous_response_id`` plus new items continues it, billed for the whole conversation; any
+other id is answered ``previous_response_not_found``. ``last_request`` is the last
+``response.create`` as received and ``continued`` counts continuations, for tests.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from .render import ResponsesRenderer, Turn
-from .text import count_input_tokens, requested_output
+from .text import count_input_tokens, output_text, requested_output
 
 if TYPE_CHECKING:
     from .provider import Receive, Scope, Send, SimulatorApp
@@ -24,6 +30,26 @@ if TYPE_CHECKING:
 BATCH_S = 0.010
 _ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
                 429: "rate_limit_error", 500: "server_error", 503: "server_error"}
+
+
+class _Memory:
+    """What one connection remembers: its last response's id and the conversation up to it."""
+
+    __slots__ = ("id", "items", "epoch")
+
+    def __init__(self) -> None:
+        self.id: str | None = None
+        self.items: list = []
+        self.epoch = 0
+
+
+def _items(value: Any) -> list:
+    """Responses ``input`` as a list of items (a bare string is one user message)."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [{"type": "message", "role": "user", "content": value}]
+    return list(value) if isinstance(value, list) else [value]
 
 
 def sse_frames(sse: bytes) -> list[bytes]:
@@ -79,7 +105,14 @@ class SimulatedSocket:
         self.open = 0
         self.peak_open = 0
         self.turns = 0
+        self.continued = 0
+        self.last_request: dict[str, Any] | None = None
+        self._epoch = 0
         self._ids = itertools.count(1)
+
+    def forget(self) -> None:
+        """Every connection forgets its last response, as after a provider restart."""
+        self._epoch += 1
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (await receive())["type"] != "websocket.connect":
@@ -104,32 +137,39 @@ class SimulatedSocket:
         self.open += 1
         self.peak_open = max(self.peak_open, self.open)
         client = _Client(receive)
-        last: str | None = None
+        memory = _Memory()
+        memory.epoch = self._epoch
         try:
             while (data := await client.events.get()) is not None:
-                last = await self._event(client, send, data, last)
+                await self._event(client, send, data, memory)
         finally:
             self.open -= 1
             client.close()
 
-    async def _event(self, client: _Client, send: Send, data: bytes, last: str | None) -> str | None:
-        """Handle one client event; returns the id a continuation may now name."""
+    async def _event(self, client: _Client, send: Send, data: bytes, memory: _Memory) -> None:
+        """Handle one client event; a completed response becomes what a continuation may name."""
         try:
             event = orjson.loads(data)
         except orjson.JSONDecodeError:
             await _error(send, 400, "Messages must be JSON events.", None)
-            return last
+            return
         if not isinstance(event, dict) or event.get("type") != "response.create":
             if isinstance(event, dict) and event.get("type") == "response.processed":
-                return last
+                return
             await _error(send, 400, "Unsupported event type.", "unsupported_event")
-            return last
+            return
         if self.down:
             _drop("simulated: WebSocket tier went away")
+        self.last_request = dict(event)  # as received, before a continuation is expanded
         previous = event.get("previous_response_id")
-        if previous is not None and previous != last:
-            await _error(send, 400, f"Previous response with id '{previous}' not found.", "previous_response_not_found")
-            return last
+        items = _items(event.get("input"))
+        if previous is not None:
+            if previous != memory.id or memory.epoch != self._epoch:
+                await _error(send, 400, f"Previous response with id '{previous}' not found.", "previous_response_not_found")
+                return
+            self.continued += 1
+            items = memory.items + items
+            event["input"] = items  # billed and answered as the whole conversation
         rid = f"resp_simws{next(self._ids):016x}"
         if event.get("generate") is False:
             turn = Turn(rid=rid, model=str(event.get("model") or ""), created=int(time.time()), n=0,
@@ -138,11 +178,16 @@ class SimulatedSocket:
             frames = sse_frames(renderer.prelude())[:1] + sse_frames(renderer.epilogue())[-1:]
             for frame in frames:
                 await send({"type": "websocket.send", "text": frame.decode()})
-            return rid
+            memory.id, memory.items, memory.epoch = rid, items, self._epoch
+            return
         self.turns += 1
-        return rid if await self._generate(client, send, event, rid) else last
+        sent = await self._generate(client, send, event, rid)
+        if sent is not None:
+            reply = {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": output_text(sent)}]}
+            memory.id, memory.items, memory.epoch = rid, items + [reply], self._epoch
 
-    async def _generate(self, client: _Client, send: Send, body: dict[str, Any], rid: str) -> bool:
+    async def _generate(self, client: _Client, send: Send, body: dict[str, Any], rid: str) -> int | None:
+        """Run one turn; the output tokens sent when it completed, else None."""
         app = self.app
         stats = app.stats
         model = body.get("model")
@@ -156,27 +201,27 @@ class SimulatedSocket:
             stats.faults += 1
         if mode == "error":
             await _error(send, int(arg), f"Simulated error {int(arg)}.", None)
-            return False
+            return None
         if mode == "hang":
             await client.gone.wait()
             stats.disconnects += 1
-            return False
+            return None
         if mode == "slow_first_byte" and not await client.pause(arg / 1000):
             stats.disconnects += 1
-            return False
+            return None
         try:
             n, capped = requested_output(body, app.profile.default_output_tokens)
             input_tokens = count_input_tokens(body)
         except ValueError as exc:
             await _error(send, 400, str(exc), None)
-            return False
+            return None
         if app.limiter.enabled:
             wait = app.limiter.admit(time.monotonic(), input_tokens + n)
             if wait:
                 stats.rate_limited += 1
                 await _error(send, 429, f"Rate limit reached for {model}: please try again in {wait:.3f}s.",
                              "rate_limit_exceeded", {"retry-after": f"{wait:.3f}"})
-                return False
+                return None
         stats.input_tokens += input_tokens
         row[1] += input_tokens
         turn = Turn(rid=rid, model=model, created=int(time.time()), n=n, input_tokens=input_tokens, capped=capped)
@@ -187,12 +232,12 @@ class SimulatedSocket:
         row[2] += sent
         if gone:
             stats.disconnects += 1
-            return False
+            return None
         if drop:
             _drop(f"simulated drop after {sent} of {n} tokens")
         for frame in sse_frames(renderer.epilogue()):
             await send({"type": "websocket.send", "text": frame.decode()})
-        return True
+        return sent
 
     async def _stream(self, client: _Client, send: Send, r: ResponsesRenderer, limit: int) -> tuple[int, bool]:
         """Prelude and tokens 0..limit-1 paced by the profile; returns (tokens sent, client gone)."""

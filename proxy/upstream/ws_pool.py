@@ -7,6 +7,12 @@ provider's connection cap; a failed connect backs off exponentially. Whenever no
 take a turn (cap reached, backing off, the socket died before the first event), the turn
 goes over keep-alive HTTP instead, so it is never lost.
 
+A client WebSocket conversation holds one upstream socket (a ``SocketPin``) while it is
+healthy: the provider keeps the last response of a connection in memory, so a turn that
+continues the pinned socket's last response is forwarded as ``previous_response_id`` plus
+only the new input items. Anything else — the socket gone, another deployment served the
+last turn, the provider answering ``previous_response_not_found`` — sends the full context.
+
 The target keeps the HTTP relay's interface: ``send(req)`` returns a response whose
 ``iter_body()`` yields SSE bytes (each frame re-wrapped as ``event:``/``data:``).
 """
@@ -52,11 +58,19 @@ class SocketStats:
     turns: int = 0          # turns that ran over a socket
     http_fallbacks: int = 0  # turns sent over HTTP because no socket could take them
     drops: int = 0          # sockets that died under a turn
+    continued: int = 0      # turns sent as previous_response_id + new items on a pinned socket
+    continue_misses: int = 0  # of those, answered previous_response_not_found and re-sent in full context
 
 
 def _type(data: bytes) -> bytes:
     i = data.find(b'"type":"')
     return data[i + 8 : data.find(b'"', i + 8)] if i >= 0 else b""
+
+
+def _response_id(created: bytes) -> str | None:
+    """The response id in a ``response.created`` event (its first ``"id"``), without parsing it."""
+    i = created.find(b'"id":"')
+    return created[i + 6 : created.find(b'"', i + 6)].decode() if i >= 0 else None
 
 
 class SocketPool:
@@ -114,6 +128,45 @@ class SocketPool:
         self.open = 0
 
 
+class SocketPin:
+    """The upstream socket one client conversation (one lane of a client socket) holds between turns.
+
+    The API layer sets ``previous`` (the client's previous_response_id) and ``delta`` (the turn's
+    new input items) before routing; ``response_id`` is the last response completed on ``ws``.
+    """
+
+    __slots__ = ("pool", "ws", "response_id", "previous", "delta", "busy")
+
+    def __init__(self) -> None:
+        self.pool: SocketPool | None = None
+        self.ws: ClientConnection | None = None
+        self.response_id: str | None = None
+        self.previous: str | None = None
+        self.delta: list | None = None
+        self.busy = False
+
+    def take(self, pool: SocketPool) -> ClientConnection | None:
+        """The pinned socket if it is open and belongs to ``pool``; a socket of another pool goes back to it."""
+        ws = self.ws
+        if ws is None:
+            return None
+        if self.pool is pool and ws.state is State.OPEN:
+            return ws
+        self.drop(reusable=True)
+        return None
+
+    def keep(self, pool: SocketPool, ws: ClientConnection, response_id: str | None) -> None:
+        if self.ws is not None and self.ws is not ws:  # a hedged twin pinned one first: one socket is enough
+            self.drop(reusable=True)
+        self.pool, self.ws, self.response_id = pool, ws, response_id
+
+    def drop(self, reusable: bool) -> None:
+        """Unpin: the socket returns to its pool (or closes) and the provider's memory of it is forgotten."""
+        if self.ws is not None and self.pool is not None:
+            self.pool.release(self.ws, reusable)
+        self.pool = self.ws = self.response_id = None
+
+
 class SocketPools:
     """One SocketPool per (deployment URL, API key, extra headers); shared across policy reloads like the HTTP pools."""
 
@@ -153,9 +206,11 @@ def socket_pools(pools: UpstreamPools) -> SocketPools:
 class SocketResponse:
     """A turn running on a pooled socket, presented like an HTTP response carrying SSE."""
 
-    __slots__ = ("status", "headers", "_pool", "_ws", "_held", "_stream", "_idle_s", "_done", "_released")
+    __slots__ = ("status", "headers", "_pool", "_ws", "_held", "_stream", "_idle_s", "_done", "_released", "_pin",
+                 "_completed")
 
-    def __init__(self, pool: SocketPool, ws: ClientConnection, held: list[bytes], stream: bool, idle_s: float) -> None:
+    def __init__(self, pool: SocketPool, ws: ClientConnection, held: list[bytes], stream: bool, idle_s: float,
+                 pin: SocketPin | None = None) -> None:
         self.status = 200
         self.headers = _SSE if stream else _JSON
         self._pool = pool
@@ -165,6 +220,8 @@ class SocketResponse:
         self._idle_s = idle_s
         self._done = False
         self._released = False
+        self._pin = pin  # a client conversation keeps the socket after the turn
+        self._completed = False
 
     async def iter_body(self) -> AsyncIterator[bytes]:
         try:
@@ -176,6 +233,7 @@ class SocketResponse:
                     yield b"event: " + kind + b"\ndata: " + data + b"\n\n"
                 if kind in _TERMINAL:
                     self._done = True
+                    self._completed = kind == b"response.completed"
                     if not self._stream:
                         yield orjson.dumps(orjson.loads(data).get("response") or {})
                     return
@@ -199,7 +257,15 @@ class SocketResponse:
         """Back to the pool after a whole turn; a turn cut short closes the socket (cancels upstream)."""
         if not self._released:
             self._released = True
-            self._pool.release(self._ws, self._done)
+            pin = self._pin
+            if pin is None:
+                self._pool.release(self._ws, self._done)
+                return
+            pin.busy = False
+            if self._done and self._ws.state is State.OPEN:
+                pin.keep(self._pool, self._ws, _response_id(self._held[0]) if self._completed else None)
+            else:
+                self._pool.release(self._ws, False)
 
 
 class ErrorResponse:
@@ -239,6 +305,11 @@ class SocketTarget:
     async def send(self, req: ModelRequest):
         if req.endpoint != "responses":
             return await self.http.send(req)
+        pin = req.extra.get("pin")
+        if pin is not None and not pin.busy:
+            response = await self._send_pinned(pin, req)
+            if response is not None:
+                return response
         frame = self._frame(req)
         for _ in range(2):  # a pooled socket may have died while idle: one more try on a fresh one
             ws = await self.pool.acquire()
@@ -251,6 +322,39 @@ class SocketTarget:
         self.pool.stats.http_fallbacks += 1
         return await self.http.send(req)
 
+    async def _send_pinned(self, pin: SocketPin, req: ModelRequest):
+        """A client conversation's turn on its own socket: continued when the socket served the
+        previous response, else in full; None when no socket can take it (the caller falls back)."""
+        pin.busy = True  # until the turn's SocketResponse is released
+        response = None
+        try:
+            ws = pin.take(self.pool)
+            continued = ws is not None and pin.previous is not None and pin.previous == pin.response_id
+            if ws is None:
+                ws = await self.pool.acquire()
+                if ws is None:
+                    return None
+            pin.ws = pin.response_id = None  # held by this turn; SocketResponse pins it again after a clean turn
+            self.pool.stats.continued += continued
+            response = await self._start(ws, self._continuation(req, pin) if continued else self._frame(req),
+                                         req.stream, pin, req if continued else None)
+        finally:
+            if not isinstance(response, SocketResponse):
+                pin.busy = False
+        if response is None:  # the socket died before any output: the fresh-socket/HTTP path takes the turn
+            return None
+        self.pool.stats.turns += 1
+        return response
+
+    def _continuation(self, req: ModelRequest, pin: SocketPin) -> bytes:
+        """``response.create`` naming the previous response and carrying only the new input items."""
+        body = dict(req.body)
+        body["input"] = pin.delta or []
+        body["previous_response_id"] = pin.previous
+        body.pop("stream", None)
+        raw = rewrite_body(orjson.dumps(body), body, self.deployment.model, False)
+        return b'{"type":"response.create",' + raw[1:]
+
     def _frame(self, req: ModelRequest) -> bytes:
         """``response.create`` with the body's fields flat beside ``type`` (a byte splice, no re-encode)."""
         body = req.body
@@ -262,15 +366,22 @@ class SocketTarget:
         raw = rewrite_body(raw, body, self.deployment.model, False).lstrip()
         return b'{"type":"response.create",' + raw[1:]
 
-    async def _start(self, ws: ClientConnection, frame: bytes, stream: bool):
+    async def _start(self, ws: ClientConnection, frame: bytes, stream: bool, pin: SocketPin | None = None,
+                     full: ModelRequest | None = None):
         """Send the turn and hold its events until the first output (or the end); None when the
-        socket died before then — nothing has reached the client, so HTTP can still take the turn."""
+        socket died before then — nothing has reached the client, so HTTP can still take the turn.
+        ``full``: the request a continuation stands for, re-sent once with its whole context if the
+        provider no longer knows the previous response."""
         t = self.deployment.timeouts
         held: list[bytes] = []
         try:
             await ws.send(frame, text=True)
             async with asyncio.timeout(t.first_byte_s):
                 held.append(await ws.recv(decode=False))
+                if full is not None and _type(held[0]) == b"error" and b'"previous_response_not_found"' in held[0]:
+                    self.pool.stats.continue_misses += 1
+                    await ws.send(self._frame(full), text=True)
+                    held[0] = await ws.recv(decode=False)
                 while _type(held[-1]) in _PRELUDE:
                     held.append(await ws.recv(decode=False))
         except TimeoutError:
@@ -284,9 +395,12 @@ class SocketTarget:
             self.pool.release(ws, False)
             raise
         if len(held) == 1 and _type(held[0]) == b"error":
-            self.pool.release(ws, True)
+            if pin is not None:
+                pin.keep(self.pool, ws, None)  # still the conversation's socket; the provider remembers nothing new
+            else:
+                self.pool.release(ws, True)
             try:
                 return ErrorResponse(orjson.loads(held[0]))
             except orjson.JSONDecodeError:
                 return ErrorResponse({})
-        return SocketResponse(self.pool, ws, held, stream, t.idle_s)
+        return SocketResponse(self.pool, ws, held, stream, t.idle_s, pin)
