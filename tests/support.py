@@ -69,3 +69,10 @@ def proxy_from_yaml(tmp_path: Path, text: str, name: str = "policy.yaml") -> Ser
     path = tmp_path / name
     path.write_text(text)
     return ServerThread(LanewayApp(ProxyState(load_policy(path))))
+
+
+def record_outcomes(server: ServerThread) -> ServerThread:
+    """Collect every finished request's Outcome on ``server.outcomes`` (what the ledger and metrics see)."""
+    server.outcomes = []
+    server.app.state.observers.append(server.outcomes.append)
+    return server

@@ -16,7 +16,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from proxy.config import PolicyError, parse_policy
 from proxy.simulate.text import count_input_tokens
 from tests.conftest import ALICE_KEY
-from tests.support import proxy_from_yaml
+from tests.support import proxy_from_yaml, record_outcomes
 
 POLICY = """\
 version: 1
@@ -40,10 +40,7 @@ def make_ws_proxy(tmp_path, wafer_sim, gpu_sim):
     def make(enabled: bool = True, minutes: float = 60, idle: float = 600, auth: str = "open"):
         text = POLICY.format(enabled=str(enabled).lower(), minutes=minutes, idle=idle, wafer=wafer_sim.url,
                              gpu=gpu_sim.url, auth=auth, alice_sha=hashlib.sha256(ALICE_KEY.encode()).hexdigest())
-        server = proxy_from_yaml(tmp_path, text)
-        server.outcomes = []
-        server.app.state.observers.append(server.outcomes.append)
-        return server
+        return record_outcomes(proxy_from_yaml(tmp_path, text))
 
     return make
 

@@ -13,7 +13,7 @@ import pytest
 import websockets.sync.client as ws_client
 
 from proxy.simulate.text import count_input_tokens
-from tests.support import proxy_from_yaml, simulator
+from tests.support import proxy_from_yaml, record_outcomes, simulator
 
 POLICY = """\
 version: 1
@@ -38,10 +38,7 @@ def ws_sim():
 @pytest.fixture
 def make_upstream_proxy(tmp_path, ws_sim, gpu_sim):
     def make(cap: int = 4):
-        server = proxy_from_yaml(tmp_path, POLICY.format(wafer=ws_sim.url, gpu=gpu_sim.url, cap=cap))
-        server.outcomes = []
-        server.app.state.observers.append(server.outcomes.append)
-        return server
+        return record_outcomes(proxy_from_yaml(tmp_path, POLICY.format(wafer=ws_sim.url, gpu=gpu_sim.url, cap=cap)))
 
     return make
 

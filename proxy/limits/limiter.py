@@ -24,7 +24,7 @@ from proxy.errors import ProxyError
 from proxy.limits.buckets import limit_buckets, provider_bucket
 from proxy.limits.headroom import Headroom
 from proxy.limits.provider_headers import ProviderReport, parse_headers
-from proxy.store.base import CONCURRENCY, AdmitResult, Bucket, ProviderWindowState, Store, StoreError, bucket_amounts
+from proxy.store.base import CONCURRENCY, AdmitResult, Bucket, ProviderWindowState, Store, StoreError, bucket_amounts, store_unavailable
 from proxy.store.memory import MemoryStore
 from proxy.upstream.http_pool import UpstreamError
 
@@ -355,13 +355,7 @@ class Limiter:
         self.stats.store_errors += 1
         if self.settings.on_store_error == "fail_closed":
             self._note_incident(exc)
-            raise ProxyError(
-                503,
-                "Rate limits cannot be checked right now (the limit store is unreachable) and this proxy "
-                "is configured to refuse rather than guess. Retry in a few seconds.",
-                code="rate_limit_store_unavailable",
-                headers={"retry-after": "1", "retry-after-ms": "1000"},
-            )
+            raise store_unavailable("Rate limits", "rate_limit_store_unavailable")
         self._note_incident(exc)
         self._down_until = time.monotonic() + _RETRY_STORE_S
         return self.fallback

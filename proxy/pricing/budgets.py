@@ -24,7 +24,7 @@ from proxy.pricing.catalogue import active
 from proxy.pricing.ledger import UsageRow
 from proxy.pricing.reports import hour_start
 from proxy.pricing.schedules import Tokens, cost
-from proxy.store.base import Store, StoreError
+from proxy.store.base import Store, StoreError, store_unavailable
 from proxy.store.memory import MemoryStore
 from proxy.upstream.request import ModelRequest, Outcome
 
@@ -212,13 +212,7 @@ class Budgets:
     def _store_failed(self, exc: StoreError) -> Store:
         self.store_errors += 1
         if self.fail_closed:
-            raise ProxyError(
-                503,
-                "Budgets cannot be checked right now (the limit store is unreachable) and this proxy is "
-                "configured to refuse rather than guess. Retry in a few seconds.",
-                code="budget_store_unavailable",
-                headers={"retry-after": "1", "retry-after-ms": "1000"},
-            )
+            raise store_unavailable("Budgets", "budget_store_unavailable")
         log.warning("budgets: limit store unreachable (%s); counting this replica's spend locally for %.0fs",
                     exc, _RETRY_STORE_S)
         self._down_until = time.monotonic() + _RETRY_STORE_S
