@@ -22,6 +22,7 @@ from redis.exceptions import NoScriptError, RedisError
 
 from proxy.store import scripts
 from proxy.store.base import PROVIDER, TOKENS, AdmitResult, Bucket, ProviderWindowState, SpendResult, StoreError
+from proxy.store.resp import LeanRedis
 
 
 SETTLE_DELAY_S = 0.02
@@ -56,6 +57,8 @@ class RedisStore:
         else:
             self.client = aioredis.Redis.from_url(url, **options)
         self.cluster = cluster
+        # the request path's admission (with queued settles) goes over a lean pipelined connection
+        self._fast = None if cluster else LeanRedis.from_url(url, timeout)
         self._admit = _Script(scripts.ADMIT)
         self._settle = _Script(scripts.SETTLE)
         self._renew = _Script(scripts.RENEW)
@@ -121,7 +124,7 @@ class RedisStore:
     async def _admit_one(self, rid: str, buckets: Sequence[Bucket], amounts: Sequence[int]) -> AdmitResult:
         keys, args = _call_args(rid, buckets, _tokens(buckets, amounts))
         try:
-            if self._pending:
+            if self._pending or self._fast is not None:
                 out = await self._with_pending(self._admit, keys, args)
             else:
                 out = await self._eval(self._admit, keys, args)
@@ -168,11 +171,14 @@ class RedisStore:
         """Queued settles first, then this admission, in one pipeline (one round trip)."""
         pending, self._pending = self._pending, []
         generation = self._generation
-        pipe = self.client.pipeline(transaction=False)
-        for queued, settle_keys, settle_args in pending:
-            pipe.evalsha(queued.sha, len(settle_keys), *settle_keys, *settle_args)
-        pipe.evalsha(script.sha, len(keys), *keys, *args)
-        results = await pipe.execute(raise_on_error=False)
+        calls = [*pending, (script, keys, args)]
+        if self._fast is not None:
+            results = await self._fast.execute([(b"EVALSHA", s.sha, len(k), *k, *a) for s, k, a in calls])
+        else:
+            pipe = self.client.pipeline(transaction=False)
+            for queued, call_keys, call_args in calls:
+                pipe.evalsha(queued.sha, len(call_keys), *call_keys, *call_args)
+            results = await pipe.execute(raise_on_error=False)
         if isinstance(results[-1], NoScriptError):
             await self._load(generation)
             await self._retry_noscript(pending, results)
@@ -250,6 +256,8 @@ class RedisStore:
             self._flush.cancel()
             self._flush = None
         await self.flush()
+        if self._fast is not None:
+            await self._fast.aclose()
         await self.client.aclose()
 
 

@@ -1,0 +1,113 @@
+"""The lean RESP connection the admission call uses, against a real redis-server."""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+import pytest
+from redis.exceptions import ConnectionError, NoScriptError, ResponseError, TimeoutError
+
+from proxy.store.resp import LeanRedis
+from tests.redis_support import RedisServer
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+@pytest.fixture
+def server():
+    with RedisServer() as redis:
+        yield redis
+
+
+def test_pipeline_replies_in_order_with_errors_as_values(server):
+    async def main():
+        client = LeanRedis.from_url(server.url, 0.5)
+        try:
+            return await client.execute([
+                (b"SET", "lw:resp:a", 7), (b"INCRBY", "lw:resp:a", 5), (b"GET", "lw:resp:a"),
+                (b"EVALSHA", "0" * 40, 0), (b"NOSUCHCOMMAND",), (b"EVAL", "return {1, 2, 'x'}", 0),
+            ])
+        finally:
+            await client.aclose()
+
+    ok, incr, value, noscript, unknown, table = run(main())
+    assert (ok, incr, value) == (b"OK", 12, b"12")
+    assert isinstance(noscript, NoScriptError)
+    assert isinstance(unknown, ResponseError) and not isinstance(unknown, NoScriptError)
+    assert table == [1, 2, b"x"]
+
+
+def test_concurrent_callers_share_one_connection(server):
+    async def main():
+        client = LeanRedis.from_url(server.url, 0.5)
+        try:
+            replies = await asyncio.gather(*(client.execute([(b"INCR", "lw:resp:n")]) for _ in range(200)))
+            return sorted(r[0] for r in replies), server.cli("CLIENT", "LIST").count("\n") + 1
+        finally:
+            await client.aclose()
+
+    values, clients = run(main())
+    assert values == list(range(1, 201))
+    assert clients <= 2  # ours and redis-cli's
+
+
+def test_a_hung_server_times_out_then_the_connection_recovers(server):
+    async def main():
+        client = LeanRedis.from_url(server.url, 0.2)
+        try:
+            await client.execute([(b"PING",)])
+            os.kill(server.process.pid, signal.SIGSTOP)
+            try:
+                loop = asyncio.get_running_loop()
+                started = loop.time()
+                with pytest.raises(TimeoutError):
+                    await client.execute([(b"PING",)])
+                assert loop.time() - started < 1
+            finally:
+                os.kill(server.process.pid, signal.SIGCONT)
+            return await client.execute([(b"PING",)])
+        finally:
+            await client.aclose()
+
+    assert run(main()) == [b"PONG"]
+
+
+def test_a_restarted_server_fails_in_flight_calls_then_reconnects(server):
+    async def main():
+        client = LeanRedis.from_url(server.url, 0.5)
+        try:
+            await client.execute([(b"PING",)])
+            server.stop()
+            with pytest.raises(ConnectionError):
+                await client.execute([(b"PING",)])
+            with pytest.raises(ConnectionError):
+                await client.execute([(b"PING",)])  # nothing listening: a clean refusal, not a hang
+            server.start()
+            return await client.execute([(b"PING",)])
+        finally:
+            await client.aclose()
+
+    assert run(main()) == [b"PONG"]
+
+
+def test_password_and_database_from_the_url(server):
+    server.cli("CONFIG", "SET", "requirepass", "s3cret")
+
+    async def main(url: str):
+        client = LeanRedis.from_url(url, 0.5)
+        try:
+            return await client.execute([(b"SET", "lw:resp:db", 1), (b"CLIENT", "INFO")])
+        finally:
+            await client.aclose()
+
+    ok, info = run(main(f"redis://:s3cret@127.0.0.1:{server.port}/3"))
+    assert ok == b"OK" and b" db=3 " in info
+    with pytest.raises(ResponseError):
+        run(main(f"redis://:wrong@127.0.0.1:{server.port}/0"))
+
+
+def test_tls_urls_stay_with_redis_py():
+    assert LeanRedis.from_url("rediss://example.invalid:6380/0", 0.5) is None
