@@ -280,24 +280,39 @@ def sha256_hex(ctx: Context, node: yaml.Node, path: str) -> str:
     raise Invalid("must be 64 hex characters (the sha256 of the key, not the key); compute it with `laneway hash-key`")
 
 
-def headers(ctx: Context, node: yaml.Node, path: str) -> Mapping[str, str]:
-    if is_null(node):
-        return MappingProxyType({})
-    if not isinstance(node, yaml.MappingNode):
-        raise Invalid(f"expected a mapping of header: value, got {kind(node)}")
-    before = len(ctx.errors)
-    result: dict[str, str] = {}
-    for name, key_node, value_node in pairs(ctx, node, path):
-        if not _HEADER_NAME.fullmatch(name):
-            ctx.error(line_of(key_node), join(path, name), "is not a valid HTTP header name")
-            continue
-        try:
-            result[name] = text(ctx, value_node, join(path, name))
-        except Invalid as exc:
-            ctx.error(line_of(value_node), join(path, name), str(exc))
-    if len(ctx.errors) != before:
-        raise Reported
-    return MappingProxyType(result)
+def mapping_of(value: Converter, expected: str, *, null_is_empty: bool = True,
+               check_key: Callable[[str], str | None] | None = None) -> Converter:
+    """A converter for ``name: value`` mappings: every bad key and value is reported at its own line."""
+
+    def convert(ctx: Context, node: yaml.Node, path: str) -> Mapping[str, Any]:
+        if null_is_empty and is_null(node):
+            return MappingProxyType({})
+        if not isinstance(node, yaml.MappingNode):
+            raise Invalid(f"expected a mapping of {expected}, got {kind(node)}")
+        before = len(ctx.errors)
+        result: dict[str, Any] = {}
+        for name, key_node, value_node in pairs(ctx, node, path):
+            problem = check_key(name) if check_key is not None else None
+            if problem:
+                ctx.error(line_of(key_node), join(path, name), problem)
+                continue
+            try:
+                result[name] = value(ctx, value_node, join(path, name))
+            except Invalid as exc:
+                ctx.error(line_of(value_node), join(path, name), str(exc))
+            except Reported:
+                pass
+        if len(ctx.errors) != before:
+            raise Reported
+        return MappingProxyType(result)
+
+    return convert
+
+
+headers = mapping_of(
+    text, "header: value",
+    check_key=lambda name: None if _HEADER_NAME.fullmatch(name) else "is not a valid HTTP header name",
+)
 
 
 def list_of(item: Converter, *, empty: str | None = None) -> Converter:

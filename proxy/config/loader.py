@@ -21,13 +21,13 @@ import yaml
 from .errors import FieldError, PolicyError
 from .pricing_specs import LEDGER, budget, prices, team_budgets
 from .fields import (
+    mapping_of,
     redis_url,
     boolean,
     Context,
     Field,
     Invalid,
     Record,
-    Reported,
     Spec,
     env_name,
     headers,
@@ -35,10 +35,8 @@ from .fields import (
     is_null,
     join,
     kind,
-    line_of,
     list_of,
     one_of,
-    pairs,
     port,
     positive_float,
     positive_int,
@@ -134,20 +132,8 @@ def _percentile(ctx: Context, node: yaml.Node, path: str) -> float:
     return value
 
 
-def _weights(ctx: Context, node: yaml.Node, path: str) -> Mapping[str, float]:
-    """deployment name -> relative share of traffic (names are checked against the candidates later)."""
-    if not isinstance(node, yaml.MappingNode):
-        raise Invalid(f"expected a mapping of deployment: weight, got {kind(node)}")
-    before = len(ctx.errors)
-    result: dict[str, float] = {}
-    for name, _, value_node in pairs(ctx, node, path):
-        try:
-            result[name] = _non_negative(ctx, value_node, join(path, name))
-        except Invalid as exc:
-            ctx.error(line_of(value_node), join(path, name), str(exc))
-    if len(ctx.errors) != before:
-        raise Reported
-    return MappingProxyType(result)
+# deployment name -> relative share of traffic (names are checked against the candidates later)
+_weights = mapping_of(_non_negative, "deployment: weight", null_is_empty=False)
 
 
 PRIORS = Spec(

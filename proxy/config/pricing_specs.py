@@ -14,6 +14,7 @@ from types import MappingProxyType
 import yaml
 
 from .fields import (
+    mapping_of,
     redis_url,
     Context,
     Field,
@@ -139,24 +140,8 @@ def budget(ctx: Context, node: yaml.Node, path: str) -> Budget:
     return rec.build()
 
 
-def team_budgets(ctx: Context, node: yaml.Node, path: str) -> Mapping[str, Budget]:
-    """team name (as on `keys[].team`) -> its budget."""
-    if is_null(node):
-        return MappingProxyType({})
-    if not isinstance(node, yaml.MappingNode):
-        raise Invalid(f"expected a mapping of team: {{daily_hard_usd: ...}}, got {kind(node)}")
-    before = len(ctx.errors)
-    result: dict[str, Budget] = {}
-    for team, _, value_node in pairs(ctx, node, path):
-        try:
-            result[team] = budget(ctx, value_node, join(path, team))
-        except Invalid as exc:
-            ctx.error(line_of(value_node), join(path, team), str(exc))
-        except Reported:
-            pass
-    if len(ctx.errors) != before:
-        raise Reported
-    return MappingProxyType(result)
+# team name (as on `keys[].team`) -> its budget
+team_budgets = mapping_of(budget, "team: {daily_hard_usd: ...}")
 
 
 LEDGER = Spec(
