@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import proxy_from_yaml
+from tests.support import proxy_from_yaml, record_outcomes
 
 CODEX_VERSION = "0.169.0"
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,11 +97,10 @@ def assert_turn_completed(events: list[dict]) -> None:
 
 
 def test_codex_exec_over_websocket(codex_bin, tmp_path, wafer_sim):
-    with proxy_from_yaml(tmp_path, POLICY.format(enabled="true", wafer=wafer_sim.url)) as proxy:
-        outcomes = []
-        proxy.app.state.observers.append(outcomes.append)
+    with record_outcomes(proxy_from_yaml(tmp_path, POLICY.format(enabled="true", wafer=wafer_sim.url))) as proxy:
         events = run_codex(codex_bin, tmp_path, proxy.url + "/v1")
         stats = proxy.app.responses_socket.stats
+        outcomes = proxy.outcomes
     assert_turn_completed(events)
     assert stats.connections_total >= 1 and stats.turns >= 1 and stats.errors == 0
     assert outcomes and {o.transport for o in outcomes} == {"websocket"}
@@ -109,11 +108,10 @@ def test_codex_exec_over_websocket(codex_bin, tmp_path, wafer_sim):
 
 
 def test_codex_exec_falls_back_to_http_on_426(codex_bin, tmp_path, wafer_sim):
-    with proxy_from_yaml(tmp_path, POLICY.format(enabled="false", wafer=wafer_sim.url)) as proxy:
-        outcomes = []
-        proxy.app.state.observers.append(outcomes.append)
+    with record_outcomes(proxy_from_yaml(tmp_path, POLICY.format(enabled="false", wafer=wafer_sim.url))) as proxy:
         events = run_codex(codex_bin, tmp_path, proxy.url + "/v1")
         stats = proxy.app.responses_socket.stats
+        outcomes = proxy.outcomes
     assert_turn_completed(events)
     assert stats.refused >= 1 and stats.connections_total == 0
     assert outcomes and {o.transport for o in outcomes} == {"http"}
