@@ -64,7 +64,7 @@ class _Connection(asyncio.Protocol):
     """One upstream TCP connection; parses responses and buffers body chunks for one reader."""
 
     __slots__ = (
-        "transport", "parser", "pool", "status", "headers", "chunks", "complete",
+        "transport", "parser", "pool", "status", "headers", "chunks", "complete", "keep_alive",
         "closed", "error", "_headers_waiter", "_body_waiter", "_paused", "_got_bytes",
     )
 
@@ -83,6 +83,7 @@ class _Connection(asyncio.Protocol):
         self.headers: list[tuple[bytes, bytes]] = []
         self.chunks: collections.deque[bytes] = collections.deque()
         self.complete = False
+        self.keep_alive = False
         self._headers_waiter: asyncio.Future | None = None
         self._body_waiter: asyncio.Future | None = None
         self._paused = False
@@ -113,6 +114,8 @@ class _Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
+        # asked now: once the message is complete the parser has reset and always says no
+        self.keep_alive = self.parser.should_keep_alive()
         waiter = self._headers_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -216,7 +219,7 @@ class Response:
             return
         self._released = True
         conn = self._conn
-        if conn.complete and not conn.closed and conn.error is None and conn.parser.should_keep_alive():
+        if conn.complete and not conn.closed and conn.error is None and conn.keep_alive:
             conn.pool._put_back(conn)
         else:
             conn.abort()
