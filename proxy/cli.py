@@ -91,7 +91,7 @@ def _serve(args: argparse.Namespace) -> int:
                 workers=args.workers,
                 loop="uvloop",
                 http="httptools",
-                ws="websockets-sansio",
+                ws="proxy.api.ws_server:CoalescingWebSocketProtocol",
                 log_level=args.log_level.lower(),
                 access_log=False,
                 timeout_graceful_shutdown=30,

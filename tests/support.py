@@ -31,7 +31,7 @@ class ServerThread:
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
-        config = uvicorn.Config(app, loop="none", http="httptools", ws="websockets-sansio", lifespan=lifespan, log_level="warning",
+        config = uvicorn.Config(app, loop="none", http="httptools", ws="proxy.api.ws_server:CoalescingWebSocketProtocol", lifespan=lifespan, log_level="warning",
                                 timeout_graceful_shutdown=1)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self._run, daemon=True)
