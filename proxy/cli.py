@@ -63,6 +63,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from proxy.api.app import POLICY_ENV
+    from proxy.api.ws_server import UVICORN_WS
     from proxy.metrics.workers import multiprocess_dir
     from proxy.simulate.supervisor import Simulators
 
@@ -91,7 +92,7 @@ def _serve(args: argparse.Namespace) -> int:
                 workers=args.workers,
                 loop="uvloop",
                 http="httptools",
-                ws="proxy.api.ws_server:CoalescingWebSocketProtocol",
+                ws=UVICORN_WS,
                 log_level=args.log_level.lower(),
                 access_log=False,
                 timeout_graceful_shutdown=30,

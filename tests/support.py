@@ -11,6 +11,7 @@ import uvloop
 
 from proxy.api.app import LanewayApp
 from proxy.api.state import ProxyState
+from proxy.api.ws_server import UVICORN_WS
 from proxy.config import load_policy
 from proxy.simulate.profiles import get_profile
 from proxy.simulate.provider import build_app
@@ -25,13 +26,13 @@ def free_port() -> int:
 class ServerThread:
     """A uvicorn server in a background thread with its own uvloop; a context manager."""
 
-    def __init__(self, app, lifespan: str = "on") -> None:
+    def __init__(self, app, lifespan: str = "on", ws: str = UVICORN_WS) -> None:
         self.app = app
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
-        config = uvicorn.Config(app, loop="none", http="httptools", ws="proxy.api.ws_server:CoalescingWebSocketProtocol", lifespan=lifespan, log_level="warning",
+        config = uvicorn.Config(app, loop="none", http="httptools", ws=ws, lifespan=lifespan, log_level="warning",
                                 timeout_graceful_shutdown=1)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -64,11 +65,11 @@ def simulator(profile: str = "instant", **overrides: object) -> ServerThread:
     return ServerThread(build_app(get_profile(profile, **overrides)), lifespan="off")
 
 
-def proxy_from_yaml(tmp_path: Path, text: str, name: str = "policy.yaml") -> ServerThread:
+def proxy_from_yaml(tmp_path: Path, text: str, name: str = "policy.yaml", ws: str = UVICORN_WS) -> ServerThread:
     """A Laneway proxy serving the policy ``text`` (written to ``tmp_path``)."""
     path = tmp_path / name
     path.write_text(text)
-    return ServerThread(LanewayApp(ProxyState(load_policy(path))))
+    return ServerThread(LanewayApp(ProxyState(load_policy(path))), ws=ws)
 
 
 def record_outcomes(server: ServerThread) -> ServerThread:

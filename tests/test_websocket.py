@@ -13,6 +13,7 @@ import websockets.sync.client as ws_client
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from proxy.api.ws_server import UVICORN_WS
 from proxy.config import PolicyError, parse_policy
 from proxy.simulate.text import count_input_tokens
 from tests.conftest import ALICE_KEY
@@ -37,10 +38,10 @@ routes:
 
 @pytest.fixture
 def make_ws_proxy(tmp_path, wafer_sim, gpu_sim):
-    def make(enabled: bool = True, minutes: float = 60, idle: float = 600, auth: str = "open"):
+    def make(enabled: bool = True, minutes: float = 60, idle: float = 600, auth: str = "open", ws: str = UVICORN_WS):
         text = POLICY.format(enabled=str(enabled).lower(), minutes=minutes, idle=idle, wafer=wafer_sim.url,
                              gpu=gpu_sim.url, auth=auth, alice_sha=hashlib.sha256(ALICE_KEY.encode()).hexdigest())
-        return record_outcomes(proxy_from_yaml(tmp_path, text))
+        return record_outcomes(proxy_from_yaml(tmp_path, text, ws=ws))
 
     return make
 
@@ -113,6 +114,17 @@ def test_multi_turn_with_previous_response_id_expands_the_context(wsproxy, wafer
     assert row["requests"] == 2
     assert row["input_tokens"] == count_input_tokens({"input": "first question"}) + count_input_tokens(expanded)
     assert second[-1].response.usage.input_tokens == count_input_tokens(expanded)
+
+
+def test_turns_run_on_a_plain_asgi_server_one_message_per_frame(make_ws_proxy):
+    """Without proxy.api.ws_server's batch extension (any other ASGI server) frames go one by one."""
+    with make_ws_proxy(ws="websockets-sansio") as server, sdk(server).responses.connect() as conn:
+        conn.response.create(model="fast", input="first", max_output_tokens=3)
+        first = until_done(conn)
+        conn.response.create(model="fast", input="next", previous_response_id=first[-1].response.id, max_output_tokens=2)
+        second = until_done(conn)
+    assert text_of(first).split() == ["tok1", "tok2", "tok3"] and text_of(second).split() == ["tok1", "tok2"]
+    assert [e.type for e in second][:3] == ["laneway.route", "response.created", "response.in_progress"]
 
 
 def test_turns_are_routed_billed_and_recorded_like_http(wsproxy):

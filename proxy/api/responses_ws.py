@@ -17,12 +17,14 @@ import os
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import orjson
 
 from proxy.api.asgi import Receive, Scope, Send, header
 from proxy.api.openai_http import read_hints, route_request, take_usage
 from proxy.api.state import ProxyState
+from proxy.api.ws_server import SEND_TEXTS
 from proxy.config.schema import ApiKey
 from proxy.errors import ProxyError
 from proxy.routing.hints import Hints
@@ -53,6 +55,13 @@ class WebSocketStats:
     errors: int = 0            # error events sent
     client_drops: int = 0      # clients gone with a turn in flight
     connection_limit: int = 0  # sockets closed at max_connection_minutes
+
+
+class _Context(NamedTuple):
+    """A response's whole conversation: the input items it saw plus its output, and their encoded size."""
+
+    items: list
+    size: int  # bytes: what a continuation's prompt estimate adds for it, without re-encoding it
 
 
 class SseFrames:
@@ -132,7 +141,8 @@ class ResponsesSocket:
         self.stats.connections_total += 1
         self.stats.connections_open += 1
         try:
-            await _Connection(self.state, self.stats, key, read_hints(scope), receive, send).run()
+            batched = SEND_TEXTS in scope.get("extensions", {})
+            await _Connection(self.state, self.stats, key, read_hints(scope), receive, send, batched).run()
         finally:
             self.stats.connections_open -= 1
 
@@ -149,14 +159,15 @@ class _Connection:
     """One accepted client socket: reads events, runs turns per lane (FIFO), keeps history."""
 
     def __init__(self, state: ProxyState, stats: WebSocketStats, key: ApiKey, hints: Hints,
-                 receive: Receive, send: Send) -> None:
+                 receive: Receive, send: Send, batched: bool) -> None:
         self.state = state
         self.stats = stats
         self.key = key
         self.hints = hints  # x-laneway-* routing hints from the handshake apply to every turn
         self.receive = receive
         self.send = send
-        self.history: OrderedDict[str, list] = OrderedDict()
+        self.batched = batched  # the server takes several frames in one message (proxy.api.ws_server)
+        self.history: OrderedDict[str, _Context] = OrderedDict()
         self.lanes: dict[str | None, deque[dict]] = {}
         self.tasks: dict[str | None, asyncio.Task] = {}
         self.pins: dict[str | None, SocketPin] = {}  # per lane: the upstream socket its conversation holds
@@ -207,27 +218,27 @@ class _Connection:
             if lane is not None and not isinstance(lane, str):
                 await self._error(ProxyError(400, "'stream_id' must be a string.", code="invalid_stream_id", param="stream_id"))
                 return
-            self._enqueue(lane, event)
+            self._enqueue(lane, event, len(data))
         elif kind == "response.processed":
             return  # an acknowledgement some Codex builds send; nothing to do
         else:
             await self._error(ProxyError(
                 400, f"Unsupported event type {str(kind)[:64]!r}; send 'response.create'.", code="unsupported_event", param="type"))
 
-    def _enqueue(self, lane: str | None, event: dict) -> None:
+    def _enqueue(self, lane: str | None, event: dict, size: int) -> None:
         """One response in flight per lane; later events on the same lane wait their turn."""
         queue = self.lanes.get(lane)
         if queue is not None:
-            queue.append(event)
+            queue.append((event, size))
             return
-        queue = self.lanes[lane] = deque([event])
+        queue = self.lanes[lane] = deque([(event, size)])
         self.tasks[lane] = asyncio.get_running_loop().create_task(self._drain(lane, queue))
 
-    async def _drain(self, lane: str | None, queue: deque[dict]) -> None:
+    async def _drain(self, lane: str | None, queue: deque[tuple[dict, int]]) -> None:
         try:
             while queue:
                 try:
-                    await self._turn(queue[0], lane)
+                    await self._turn(*queue[0], lane)
                 except OSError:
                     return  # the client is gone; the reader sees the disconnect and cleans up
                 except Exception:
@@ -261,19 +272,20 @@ class _Connection:
 
     # --- one turn --------------------------------------------------------------------------
 
-    async def _turn(self, event: dict, lane: str | None) -> None:
+    async def _turn(self, event: dict, frame_size: int, lane: str | None) -> None:
         runtime = self.state.runtime
         rid = "req_" + os.urandom(12).hex()
         outcome = Outcome(rid, "responses", route="", key_name=self.key.name, team=self.key.team,
                           transport="websocket", started=time.perf_counter())
         try:
-            body, items, delta = self._expand(event)
+            body, context, delta, prior_size = self._expand(event)
             if event.get("generate") is False:
                 runtime.router.resolve(body["model"])
-                await self._warm_up(body, items, lane)
+                await self._warm_up(body, context, lane)
                 return
             self.stats.turns += 1
-            req = ModelRequest.from_body("responses", orjson.dumps(body), body, rid)
+            # encoded only if it lands where the whole context must go (HTTP, a fresh socket)
+            req = ModelRequest.from_body("responses", None, body, rid, frame_size + prior_size)
             pin = self.pins.get(lane)
             if pin is None:
                 pin = self.pins[lane] = SocketPin()
@@ -290,22 +302,24 @@ class _Connection:
             self.state.finish(lost.outcome(outcome))
         try:
             if attempt.response.status == 200:
-                await self._relay(attempt, req, outcome, items, lane)
+                await self._relay(attempt, req, outcome, context, lane)
             else:
                 await self._relay_error(attempt, outcome, lane)
         finally:
             outcome.finished = time.perf_counter()
             self.state.finish(outcome)
 
-    def _expand(self, event: dict) -> tuple[dict, list, list]:
+    def _expand(self, event: dict) -> tuple[dict, _Context, list, int]:
         """The HTTP body this event stands for, with ``previous_response_id`` expanded into the
-        full input; the input items the next continuation will start from; the event's own items."""
+        full input; the conversation so far including the event's items; the event's own items;
+        the encoded size of the earlier conversation the body now carries."""
         body = {k: v for k, v in event.items() if k not in _CLIENT_ONLY}
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise ProxyError(400, "'model' is required: a route name or a model listed by GET /v1/models.",
                              code="missing_model", param="model")
-        items = delta = _as_items(body.get("input"))
+        delta = _as_items(body.get("input"))
+        past = _NO_CONTEXT
         previous = event.get("previous_response_id")
         if previous is not None:
             past = self.history.get(previous) if isinstance(previous, str) else None
@@ -314,16 +328,18 @@ class _Connection:
                     400, f"Previous response {str(previous)[:100]!r} is not known on this connection "
                     "(only its last responses are kept). Send the full conversation as input, without "
                     "previous_response_id.", code="previous_response_not_found", param="previous_response_id")
-            items = past + items
+        items = past.items + delta if past.items else delta
+        if previous is not None:
             body["input"] = items
         body["stream"] = True
-        return body, items, delta
+        context = _Context(items, past.size + (len(orjson.dumps(delta)) if delta else 0))
+        return body, context, delta, past.size
 
-    async def _warm_up(self, body: dict, items: list, lane: str | None) -> None:
+    async def _warm_up(self, body: dict, context: _Context, lane: str | None) -> None:
         """``generate: false``: a response id to chain from, no model output, no upstream call."""
         self.stats.warmups += 1
         rid = "resp_" + os.urandom(16).hex()
-        self._remember(rid, items)
+        self._remember(rid, context)
         created = int(time.time())
         response = {"id": rid, "object": "response", "created_at": created, "status": "in_progress",
                     "model": body["model"], "output": [], "error": None, "incomplete_details": None,
@@ -335,7 +351,8 @@ class _Connection:
         done = {**response, "status": "completed", "usage": usage}
         await self._send_event({"type": "response.completed", "sequence_number": 1, "response": done, **extra})
 
-    async def _relay(self, attempt: Attempt, req: ModelRequest, outcome: Outcome, items: list, lane: str | None) -> None:
+    async def _relay(self, attempt: Attempt, req: ModelRequest, outcome: Outcome, context: _Context,
+                     lane: str | None) -> None:
         response = attempt.response
         dep = attempt.deployment
         extra = {} if lane is None else {"stream_id": lane}
@@ -345,15 +362,17 @@ class _Connection:
         scanner = StreamScanner(outcome.started)
         prefix = b'{"stream_id":' + orjson.dumps(lane) + b"," if lane is not None else None
         completed: bytes | None = None
-        send = self.send
         try:
             async for chunk in response.iter_body():
                 scanner.feed(chunk)
-                for data in frames.feed(chunk):
-                    if completed is None and event_type(data) == b"response.completed":
-                        completed = data
-                    text = (prefix + data[1:] if prefix is not None else data).decode()
-                    await send({"type": "websocket.send", "text": text})
+                texts = frames.feed(chunk)
+                if not texts:
+                    continue
+                if completed is None:
+                    completed = next((data for data in texts if event_type(data) == b"response.completed"), None)
+                if prefix is not None:
+                    texts = [prefix + data[1:] for data in texts]
+                await self._send_texts(texts)
         except UpstreamError as exc:
             outcome.status, outcome.error_code = 502, "upstream_stream_error"
             await self._error(ProxyError(
@@ -372,7 +391,8 @@ class _Connection:
         if completed is not None:
             done = orjson.loads(completed).get("response") or {}
             if isinstance(done.get("id"), str):
-                self._remember(done["id"], items + list(done.get("output") or ()))
+                output = list(done.get("output") or ())
+                self._remember(done["id"], _Context(context.items + output, context.size + len(orjson.dumps(output))))
 
     async def _relay_error(self, attempt: Attempt, outcome: Outcome, lane: str | None) -> None:
         """An upstream refusal (after routing ran out of candidates) as an error event with its status."""
@@ -397,17 +417,28 @@ class _Connection:
 
     # --- plumbing -------------------------------------------------------------------------
 
-    def _remember(self, response_id: str, items: list) -> None:
-        self.history[response_id] = items
+    def _remember(self, response_id: str, context: _Context) -> None:
+        self.history[response_id] = context
         while len(self.history) > _HISTORY:
             self.history.popitem(last=False)
 
+    async def _send_texts(self, texts: list[bytes]) -> None:
+        """Text frames, one per event: in one message where the server allows, else one each."""
+        if self.batched:
+            await self.send({"type": SEND_TEXTS, "texts": texts})
+            return
+        for text in texts:
+            await self.send({"type": "websocket.send", "text": text.decode()})
+
     async def _send_event(self, event: dict) -> None:
-        await self.send({"type": "websocket.send", "text": orjson.dumps(event).decode()})
+        await self._send_texts([orjson.dumps(event)])
 
     async def _error(self, error: ProxyError, lane: str | None = None, headers: dict[str, str] | None = None) -> None:
         self.stats.errors += 1
         await self._send_event(error_event(error, lane, headers))
+
+
+_NO_CONTEXT = _Context([], 0)
 
 
 def _as_items(value: object) -> list:

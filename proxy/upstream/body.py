@@ -24,8 +24,11 @@ def wants_continuous_usage(endpoint: str, stream: bool) -> bool:
     return stream and endpoint in _USAGE_STREAMS
 
 
-def rewrite_body(raw: bytes, body: dict, model: str, inject_usage: bool, continuous_usage: bool = False) -> bytes:
-    """``raw`` with the top-level model set to ``model`` and, if asked, usage in the stream."""
+def rewrite_body(raw: bytes | None, body: dict, model: str, inject_usage: bool, continuous_usage: bool = False) -> bytes:
+    """``raw`` with the top-level model set to ``model`` and, if asked, usage in the stream;
+    ``body`` encoded that way when there are no client bytes to keep (``raw`` None)."""
+    if raw is None:
+        return _reencode(body, model, inject_usage, continuous_usage)
     out = raw
     if body["model"] != model:
         matches = _MODEL_FIELD.findall(raw)

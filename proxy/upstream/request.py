@@ -19,27 +19,31 @@ class ModelRequest:
     """A parsed client request: the raw bytes to forward plus the few fields routing needs."""
 
     endpoint: str                 # a key of ENDPOINT_PATHS
-    raw: bytes                    # the body exactly as the client sent it
+    raw: bytes | None             # the body exactly as the client sent it; None for a WebSocket turn,
+                                  # which has no such bytes (it is encoded for the upstream it lands on)
     body: dict                    # parsed once; read-only
     model: str
     stream: bool
     request_id: str
+    size: int                     # bytes of the whole body, sent or not: the prompt-size estimate
     client_wants_usage: bool = False
     max_output_tokens: int | None = None
     extra: dict = field(default_factory=dict)
 
     @classmethod
-    def from_body(cls, endpoint: str, raw: bytes, body: dict, request_id: str) -> "ModelRequest":
+    def from_body(cls, endpoint: str, raw: bytes | None, body: dict, request_id: str, size: int = 0) -> "ModelRequest":
+        """``size`` is needed only without ``raw``: the encoded size of ``body``, known or estimated."""
         stream = endpoint in STREAMABLE and body.get("stream") is True
         options = body.get("stream_options")
         wants_usage = isinstance(options, dict) and options.get("include_usage") is True
         max_out = next((body[k] for k in _MAX_TOKEN_FIELDS if isinstance(body.get(k), int)), None)
-        return cls(endpoint, raw, body, body["model"], stream, request_id, wants_usage, max_out)
+        size = len(raw) if raw is not None else size
+        return cls(endpoint, raw, body, body["model"], stream, request_id, size, wants_usage, max_out)
 
     @property
     def input_estimate(self) -> int:
         """Prompt tokens estimated from the body size (~4 bytes a token): cheap and never low by much."""
-        return max(1, len(self.raw) // 4)
+        return max(1, self.size // 4)
 
 
 @dataclass(slots=True)

@@ -348,21 +348,16 @@ class SocketTarget:
 
     def _continuation(self, req: ModelRequest, pin: SocketPin) -> bytes:
         """``response.create`` naming the previous response and carrying only the new input items."""
-        body = dict(req.body)
-        body["input"] = pin.delta or []
-        body["previous_response_id"] = pin.previous
+        body = dict(req.body, input=pin.delta or [], previous_response_id=pin.previous)
         body.pop("stream", None)
-        raw = rewrite_body(orjson.dumps(body), body, self.deployment.model, False)
-        return b'{"type":"response.create",' + raw[1:]
+        return b'{"type":"response.create",' + rewrite_body(None, body, self.deployment.model, False)[1:]
 
     def _frame(self, req: ModelRequest) -> bytes:
-        """``response.create`` with the body's fields flat beside ``type`` (a byte splice, no re-encode)."""
-        body = req.body
+        """``response.create`` with the body's fields flat beside ``type`` (a byte splice of the
+        client's bytes when there are any)."""
+        body, raw = req.body, req.raw
         if "stream" in body and body["stream"] is not True:
-            body = {k: v for k, v in body.items() if k != "stream"}
-            raw = orjson.dumps(body)
-        else:
-            raw = req.raw
+            body, raw = {k: v for k, v in body.items() if k != "stream"}, None
         raw = rewrite_body(raw, body, self.deployment.model, False).lstrip()
         return b'{"type":"response.create",' + raw[1:]
 
