@@ -276,3 +276,34 @@ def test_turn_served_by_another_deployment_resumes_upstream_in_full(proxy, ws_si
         assert proxy.outcomes[-1].deployment == "ws-wafer"
         assert "previous_response_id" not in sock.last_request and len(sock.last_request["input"]) == 5
     assert sock.connections == 1, "the conversation kept its socket through the other lane's turn"
+
+
+def test_an_upstream_socket_silent_past_idle_s_ends_the_turn_with_a_timeout(tmp_path):
+    """Gaps between events are watched per turn: a stall after the first output ends the turn
+    in-band (502, upstream_stream_error) and the stalled socket is dropped, not pooled."""
+    policy = """\
+version: 1
+auth: open
+deployments:
+  - {{name: ws-slow, provider: cerebras, model: sim-spark, base_url: "{url}/v1", hardware: wafer,
+      websocket: true, timeouts: {{connect_s: 1, first_byte_s: 5, idle_s: 0.3}}}}
+routes:
+  - {{name: slow, candidates: [ws-slow]}}
+"""
+    with simulator("wafer", ttft_ms=5, tokens_per_s=1) as sim:  # a second between tokens
+        with record_outcomes(proxy_from_yaml(tmp_path, policy.format(url=sim.url))) as proxy:
+            with ws_client.connect("ws" + proxy.url[4:] + "/v1/responses") as ws:
+                ws.send(json.dumps({"type": "response.create", "model": "slow", "input": "x", "max_output_tokens": 5}))
+                started = time.monotonic()
+                events = []
+                while not events or events[-1]["type"] not in ("error", "response.completed"):
+                    events.append(json.loads(ws.recv(timeout=10)))
+                waited = time.monotonic() - started
+            assert events[-1]["type"] == "error" and events[-1]["status"] == 502, events[-1]
+            assert "timeout" in events[-1]["error"]["message"]
+            assert 0.3 < waited < 3, "five tokens a second apart would take 5 s"
+            assert [e for e in events if e["type"] == "response.output_text.delta"], "the stall came after output"
+            wait_for(lambda: proxy.outcomes)
+            assert proxy.outcomes[-1].error_code == "upstream_stream_error"
+            target = proxy.app.state.runtime.router.targets["ws-slow"]
+            assert target.pool.open == 0 and not target.pool.idle
