@@ -12,6 +12,10 @@ same seeded coding-agent conversation in rounds, interleaving the modes:
   (b+) ws-ws   WebSocket client -> Laneway -> the conversation's pinned upstream socket
                (Laneway forwards previous_response_id + new items)
   (c) http-ws  HTTP client -> Laneway -> pooled upstream socket, full context every turn
+  (a0) http-new  (a) without the history: each turn carries only what a WebSocket turn carries
+               (instructions, tools, the new items). Not a client mode but a floor: (a) - (a0)
+               is the per-turn work that depends on re-sending the history, the most any
+               transport can take away from (a).
 
 The conversation (seeded, `--seed`): 10 KB of instructions and 16 tool schemas (28.6 KB together)
 sent on every turn, as Codex does on both transports (WebSocket mode trims only `input`); a user
@@ -122,7 +126,8 @@ Sample = tuple[int, float, float, int, int]
 class HttpClient:
     """Responses over HTTP, like Codex without WebSocket: the whole conversation in every request."""
 
-    def __init__(self, base_url: str, model: str, convo: Conversation, proxy_pid: int | None) -> None:
+    def __init__(self, base_url: str, model: str, convo: Conversation, proxy_pid: int | None,
+                 history: bool = True) -> None:
         origin = Origin.parse(base_url)
         self.pool = OriginPool(origin, max_idle=8)
         self.head = (b"POST %s/responses HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
@@ -130,12 +135,13 @@ class HttpClient:
         self.model = model
         self.convo = convo
         self.pid = proxy_pid
+        self.history = history
 
     async def conversation(self) -> list[Sample]:
         items: list[dict] = []
         out = []
         for turn in range(TURNS):
-            items += self.convo.first_input(turn)
+            items = items + self.convo.first_input(turn) if self.history else self.convo.first_input(turn)
             body = orjson.dumps({**self.convo.request(self.model, items), "stream": True})
             cpu = cpu_ns(self.pid) if self.pid else 0
             started = time.perf_counter()
@@ -153,7 +159,8 @@ class HttpClient:
             if response.status != 200 or done < 0:
                 raise SystemExit(f"{self.model}: turn {turn} failed (HTTP {response.status}): {tail[-300:]!r}")
             completed = orjson.loads(tail[done + 6 : tail.index(b"\n\n", done)])
-            items += completed["response"]["output"]  # the assistant's reply joins the history
+            if self.history:
+                items += completed["response"]["output"]  # the assistant's reply joins the history
             out.append((turn, total, first, cpu, len(body)))
         return out
 
@@ -233,9 +240,13 @@ def report(samples: dict[str, list[Sample]], args: argparse.Namespace, convo: Co
         cells = [statistics.median(s[4] for s in values) / 1000, statistics.median(s[1] for s in values) * 1e3,
                  statistics.median(s[2] for s in values) * 1e3]
         cells += [None, None] if direct else [rows[name][0], rows[name][1]]
-        cells += [None, None] if direct else [rows[name][2] * 1e3, rows[name][3] * 1e3]
+        # (a0) has no direct twin without history to subtract, so no added latency
+        cells += [None, None] if direct or name.startswith("(a0)") else [rows[name][2] * 1e3, rows[name][3] * 1e3]
         print(f"{name:13s}" + "".join(f"{'' if c is None else format(c, '.2f'):>13s}" for c in cells))
     a = rows["(a) http"]
+    floor_cut = (1 - rows["(a0) http-new"][0] / a[0]) * 100
+    print(f"history-dependent share of (a): {floor_cut:.0f}% of its proxy CPU/turn p50 ((a) {a[0]:.2f} ms, "
+          f"(a0) {rows['(a0) http-new'][0]:.2f} ms): the most a transport that skips the history can remove")
     for name in ("(b) ws", "(b+) ws-ws", "(c) http-ws"):
         r = rows[name]
         print(f"{name} vs (a): proxy CPU/turn p50 {(r[0] / a[0] - 1) * 100:+.0f}%, p99 {(r[1] / a[1] - 1) * 100:+.0f}%; "
@@ -283,6 +294,7 @@ def main() -> int:
             "(b) ws": WsClient(proxy_ws, "plain", convo, pid, args.deflate),
             "(b+) ws-ws": WsClient(proxy_ws, "upgraded", convo, pid, args.deflate),
             "(c) http-ws": HttpClient(proxy_http, "upgraded", convo, pid),
+            "(a0) http-new": HttpClient(proxy_http, "plain", convo, pid, history=False),
         }
         samples = uvloop.run(measure(clients, args.conversations))
     finally:
