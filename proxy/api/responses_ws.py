@@ -168,7 +168,7 @@ class _Connection:
         self.send = send
         self.batched = batched  # the server takes several frames in one message (proxy.api.ws_server)
         self.history: OrderedDict[str, _Context] = OrderedDict()
-        self.lanes: dict[str | None, deque[dict]] = {}
+        self.lanes: dict[str | None, deque[tuple[dict, int]]] = {}  # (event, its frame size) per lane
         self.tasks: dict[str | None, asyncio.Task] = {}
         self.pins: dict[str | None, SocketPin] = {}  # per lane: the upstream socket its conversation holds
         self.last_active = 0.0
