@@ -167,7 +167,7 @@ def test_client_disconnect_mid_stream_charges_what_was_produced_and_frees_the_sl
                 break  # read a little, then hang up
         limiter = server.app.state.limiter
         deadline = time.monotonic() + 5
-        while limiter._by_outcome and time.monotonic() < deadline:
+        while limiter._live and time.monotonic() < deadline:
             time.sleep(0.02)
         settled(limiter)
         after = post(server, max_tokens=5)

@@ -13,11 +13,11 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from proxy.call import Outcome
 from proxy.config import load_policy
 from proxy.metrics import families
 from proxy.metrics.observer import RequestMetrics, status_label
 from proxy.metrics.redis_probe import RedisProbe
-from proxy.upstream.request import Outcome
 from tests.redis_support import RedisServer
 from tests.support import proxy_from_yaml
 

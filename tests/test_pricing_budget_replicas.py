@@ -11,12 +11,13 @@ import orjson
 import pytest
 import redis
 
+from proxy.api.errors import http_error
+from proxy.call import Outcome
 from proxy.config.loader import load_policy
-from proxy.errors import ProxyError
+from proxy.errors import Refused
 from proxy.pricing.budgets import COUNTER_PREFIX, Budgets
 from proxy.store.memory import MemoryStore
 from proxy.store.redis_store import RedisStore
-from proxy.upstream.request import Outcome
 from tests.redis_support import free_port, redis_cluster, redis_server  # noqa: F401  (fixtures)
 from tests.support import proxy_from_yaml, simulator
 from tests.test_pricing_ledger import wait_for
@@ -176,9 +177,9 @@ def test_budget_store_outage_follows_on_store_error(tmp_path):
 
     # fail_open: this replica counts locally, and still enforces the limit on its own traffic.
     assert asyncio.run(reserve("fail_open", "0.5")).store_errors == 1
-    with pytest.raises(ProxyError) as refused:
+    with pytest.raises(Refused) as refused:
         asyncio.run(reserve("fail_open", "0.5", "0.6"))
-    assert (refused.value.status, refused.value.code) == (429, "insufficient_quota")
-    with pytest.raises(ProxyError) as closed:
+    assert (http_error(refused.value).status, refused.value.code) == (429, "insufficient_quota")
+    with pytest.raises(Refused) as closed:
         asyncio.run(reserve("fail_closed", "0.5"))
-    assert (closed.value.status, closed.value.code) == (503, "budget_store_unavailable")
+    assert (http_error(closed.value).status, closed.value.code) == (503, "budget_store_unavailable")

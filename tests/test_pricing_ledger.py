@@ -11,8 +11,8 @@ import openai
 import pytest
 import redis
 
+from proxy.call import Outcome
 from proxy.pricing.ledger import KEY_PREFIX, SEP, Ledger, MemoryUsageStore, RedisUsageStore
-from proxy.upstream.request import Outcome
 from tests.redis_support import RedisServer
 from tests.support import proxy_from_yaml, simulator
 

@@ -7,9 +7,11 @@ import time
 import orjson
 import pytest
 
+from proxy.api.errors import http_error
+from proxy.call import ModelRequest, Outcome
 from proxy.config import PolicyError, parse_policy
 from proxy.config.schema import BreakerSettings
-from proxy.errors import ProxyError
+from proxy.errors import Refused
 from proxy.pricing.catalogue import activate, book_for
 from proxy.routing.breaker import CLOSED, HALF_OPEN, OPEN, Breaker
 from proxy.routing.headroom import ProviderHeadroom
@@ -17,7 +19,6 @@ from proxy.routing.hints import NO_HINTS, Hints
 from proxy.routing.live import RoutingState
 from proxy.routing.stats import Sketch
 from proxy.routing.strategies import order_candidates, predict
-from proxy.upstream.request import ModelRequest, Outcome
 
 POLICY = """\
 version: 1
@@ -153,7 +154,7 @@ def test_cost_puts_unpriced_models_last():
     pol = parse_policy(POLICY.format(strategy="cost", extra="").replace("  m-gpu:", "  m-other:"))
     activate(book_for(pol))
     assert order(pol, request(max_tokens=100))[0] == ["wafer", "gpu"], "gpu's model has no price: not assumed free"
-    with pytest.raises(ProxyError) as info:
+    with pytest.raises(Refused) as info:
         order(pol, request(max_tokens=100), Hints(max_cost_usd=1e-9))
     assert "cheapest is estimated" in info.value.message
 
@@ -213,16 +214,16 @@ def test_max_latency_hint_demotes_slow_candidates_even_for_fallback_routes():
 def test_max_cost_hint_drops_dear_candidates_or_refuses():
     req = request(max_tokens=1000)
     assert order(policy("latency"), req, Hints(max_cost_usd=0.005))[0] == ["gpu"]
-    with pytest.raises(ProxyError) as info:
+    with pytest.raises(Refused) as info:
         order(policy("latency"), req, Hints(max_cost_usd=0.0000001))
-    assert info.value.status == 400 and info.value.code == "max_cost_exceeded"
+    assert http_error(info.value).status == 400 and info.value.code == "max_cost_exceeded"
 
 
 def test_bad_hint_values_are_400():
-    with pytest.raises(ProxyError) as info:
+    with pytest.raises(Refused) as info:
         Hints.parse(None, b"soon", None)
-    assert info.value.status == 400 and info.value.param == "x-laneway-max-latency-ms"
-    with pytest.raises(ProxyError):
+    assert http_error(info.value).status == 400 and info.value.param == "x-laneway-max-latency-ms"
+    with pytest.raises(Refused):
         Hints.parse(None, None, b"-1")
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+from proxy.call import Outcome
 from proxy.config.schema import Priors
 from proxy.routing.share import StatsSharing
 from proxy.routing.stats import LatencyStats
-from proxy.upstream.request import Outcome
 from tests.redis_support import free_port, redis_server  # noqa: F401  (fixture)
 
 PRIORS = Priors(ttft_ms=500, tokens_per_s=100)

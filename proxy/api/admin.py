@@ -9,8 +9,8 @@ import os
 import time
 
 from proxy.api.asgi import Receive, Scope, Send, header, send_error, send_json
+from proxy.api.errors import ProxyError
 from proxy.api.state import ProxyState
-from proxy.errors import ProxyError
 
 
 class PolicyStatus:

@@ -11,8 +11,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from proxy.api.asgi import Receive, Scope, Send
+from proxy.api.errors import ProxyError
 from proxy.api.state import ProxyState
-from proxy.errors import ProxyError
 from proxy.pricing.ledger import LedgerUnavailable
 from proxy.pricing.reports import GROUPINGS, parse_instant
 

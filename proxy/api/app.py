@@ -14,12 +14,13 @@ from starlette.routing import Route
 from proxy.api.admin import PolicyStatus
 from proxy.api.admin_cost import AdminCost
 from proxy.api.asgi import Receive, Scope, Send, send_json
+from proxy.api.errors import ProxyError
 from proxy.api.openai_http import ModelEndpoint
+from proxy.api.pipeline import Pipeline
 from proxy.api.responses_ws import ResponsesSocket
 from proxy.api.state import ProxyState
 from proxy.config import load_policy
 from proxy.config.reload import PolicyReloader
-from proxy.errors import ProxyError
 from proxy.metrics.service import CONTENT_TYPE, Metrics
 
 log = logging.getLogger("laneway")
@@ -33,16 +34,17 @@ class LanewayApp:
 
     def __init__(self, state: ProxyState) -> None:
         self.state = state
+        pipeline = Pipeline(state)
         self._fast = {
-            ("POST", "/v1/chat/completions"): ModelEndpoint(state, "chat"),
-            ("POST", "/v1/completions"): ModelEndpoint(state, "completions"),
-            ("POST", "/v1/responses"): ModelEndpoint(state, "responses"),
-            ("POST", "/v1/embeddings"): ModelEndpoint(state, "embeddings"),
+            ("POST", "/v1/chat/completions"): ModelEndpoint(pipeline, "chat"),
+            ("POST", "/v1/completions"): ModelEndpoint(pipeline, "completions"),
+            ("POST", "/v1/responses"): ModelEndpoint(pipeline, "responses"),
+            ("POST", "/v1/embeddings"): ModelEndpoint(pipeline, "embeddings"),
             ("GET", "/v1/models"): self.models,
             ("GET", "/admin/policy"): PolicyStatus(state),
         }
-        self.responses_socket = ResponsesSocket(state)
-        self.metrics = Metrics(state, self.responses_socket.stats)
+        self.responses_socket = ResponsesSocket(pipeline)
+        self.metrics = Metrics(state, state.observers, self.responses_socket.stats)
         self._fast[("GET", "/metrics")] = self.serve_metrics
         self._sampling: asyncio.Task | None = None
         self._rest = Starlette(

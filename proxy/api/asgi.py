@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable, Iterable
 
 import orjson
 
-from proxy.errors import ProxyError
+from proxy.api.errors import ProxyError
 
 Scope = dict
 Message = dict

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import hashlib
 
+from proxy.api.errors import ProxyError
 from proxy.config.schema import ApiKey, Policy
-from proxy.errors import ProxyError
 
 ANONYMOUS = ApiKey(name="anonymous", sha256="", team=None)
 _CACHE_LIMIT = 10_000

@@ -8,20 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 import orjson
 
 from proxy.api.asgi import Receive, Scope, Send, header, read_body, request_id, send_bytes, send_error
-from proxy.api.state import ProxyState, Runtime
-from proxy.errors import ProxyError
-from proxy.limits.limiter import CURRENT_TICKET
-from proxy.pricing.budgets import admit_route
-from proxy.routing.hints import NO_HINTS, Hints
-from proxy.routing.router import Attempt
-from proxy.upstream.http_pool import UpstreamError
-from proxy.upstream.request import ModelRequest, Outcome
-from proxy.upstream.scan import StreamScanner, Usage, UsageChunkFilter, extract_usage
+from proxy.api.errors import ProxyError, http_error
+from proxy.api.pipeline import Call, Pipeline, read_hints
+from proxy.call import ModelRequest, UpstreamError, Usage
+from proxy.errors import Refused
+from proxy.routing.attempts import Attempt
+from proxy.upstream.scan import StreamScanner, UsageChunkFilter, extract_usage
 
 log = logging.getLogger("laneway")
 
@@ -30,162 +26,133 @@ _RELAYED = frozenset({b"content-type", b"retry-after", b"retry-after-ms", b"x-sh
 
 
 class ModelEndpoint:
-    """ASGI handler for one of /v1/chat/completions, /v1/completions, /v1/responses, /v1/embeddings."""
+    """ASGI handler for one of /v1/chat/completions, /v1/completions, /v1/responses, /v1/embeddings:
+    the HTTP transport of the pipeline."""
 
-    def __init__(self, state: ProxyState, endpoint: str) -> None:
-        self.state = state
+    def __init__(self, pipeline: Pipeline, endpoint: str) -> None:
+        self.pipeline = pipeline
         self.endpoint = endpoint
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        started = time.perf_counter()
-        rid = request_id(scope)
-        runtime = self.state.runtime
-        outcome = Outcome(rid, self.endpoint, route="", key_name="", team=None, started=started)
+        pipeline = self.pipeline
+        call = pipeline.call(self.endpoint, request_id(scope))
+        rid = call.outcome.request_id
         try:
-            key = runtime.auth.check(header(scope, b"authorization"))
-            outcome.key_name, outcome.team = key.name, key.team
+            runtime = call.runtime
+            pipeline.authenticated(call, runtime.auth.check(header(scope, b"authorization")))
+            call.hints = read_hints(scope["headers"])
             raw = await read_body(receive, scope, runtime.policy.server.max_body_bytes)
-            req = self._parse(raw, rid)
-            attempt = await route_request(runtime, req, outcome, read_hints(scope))
-        except ProxyError as error:
-            outcome.status, outcome.error_code = error.status, error.code
-            outcome.finished = time.perf_counter()
+            req = pipeline.request(call, self._decode(raw), raw)
+            attempt = await pipeline.run(call)
+        except (ProxyError, Refused) as exc:
+            error = http_error(exc) if isinstance(exc, Refused) else exc
+            pipeline.refused(call, error)
             await send_error(send, error, rid)
-            self.state.finish(outcome)
             return
-        for lost in attempt.losers:  # hedged attempts that lost the race consumed something too
-            self.state.finish(lost.outcome(outcome))
-        headers = _response_headers(attempt, rid)
-        if runtime.limiter is not None:
-            headers += runtime.limiter.response_headers(outcome)  # the client's own x-ratelimit-*
+        headers = _response_headers(attempt, rid) + call.rate_limit_headers()
         try:
             if req.stream and attempt.response.status == 200:
-                await self._relay_stream(attempt, req, outcome, headers, receive, send)
+                await _relay_stream(call, attempt, req, headers, receive, send)
             else:
-                await self._relay_whole(attempt, req, outcome, headers, send)
+                await _relay_whole(call, attempt, req, headers, receive, send)
         finally:
-            outcome.finished = time.perf_counter()
-            self.state.finish(outcome)
+            pipeline.finish(call)
 
-    def _parse(self, raw: bytes, rid: str) -> ModelRequest:
+    @staticmethod
+    def _decode(raw: bytes) -> dict:
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             raise ProxyError(400, f"The request body is not valid JSON: {exc}.", code="invalid_json") from None
         if not isinstance(body, dict):
             raise ProxyError(400, "The request body must be a JSON object.", code="invalid_json")
-        model = body.get("model")
-        if not isinstance(model, str) or not model:
-            raise ProxyError(400, "'model' is required: a route name or a model listed by GET /v1/models.", code="missing_model", param="model")
-        return ModelRequest.from_body(self.endpoint, raw, body, rid)
+        return body
 
-    async def _relay_whole(self, attempt: Attempt, req: ModelRequest, outcome: Outcome, headers: list, send: Send) -> None:
-        try:
-            body = await attempt.response.read()
-        except UpstreamError as exc:
-            error = ProxyError(502, f"The upstream broke off its response ({exc.kind}). Retry the request.", code="upstream_error")
-            outcome.status, outcome.error_code = error.status, error.code
-            await send_error(send, error, req.request_id)
+
+class _ClientWatch:
+    """Cancels the relaying task when the client disconnects, so the upstream exchange is aborted
+    (the provider stops generating) and the call's slot is freed; ``gone`` tells the relay why."""
+
+    __slots__ = ("gone", "_done", "_relay", "_watcher")
+
+    def __init__(self, receive: Receive) -> None:
+        self.gone = False
+        self._done = False
+        self._relay = asyncio.current_task()
+        self._watcher = asyncio.ensure_future(receive())
+        self._watcher.add_done_callback(self._on_message)
+
+    def _on_message(self, fut: asyncio.Future) -> None:
+        if fut.cancelled() or fut.exception() is not None or self._done:
             return
-        if attempt.response.status == 200:
-            take_usage(outcome, extract_usage(body) or Usage(input_tokens=req.input_estimate, reported=False))
-        await send_bytes(send, attempt.response.status, body, headers, content_type=_content_type(attempt))
+        if fut.result().get("type") == "http.disconnect":
+            self.gone = True
+            self._relay.cancel()
 
-    async def _relay_stream(self, attempt: Attempt, req: ModelRequest, outcome: Outcome, headers: list, receive: Receive, send: Send) -> None:
-        response = attempt.response
-        scanner = StreamScanner(outcome.started)
-        usage_filter = UsageChunkFilter() if attempt.injected_usage else None
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", _content_type(attempt)), *headers]})
-        relay = asyncio.current_task()
-        state = {"done": False, "gone": False}
+    def stop(self) -> None:
+        """The response is complete (or failed): a disconnect from now on changes nothing."""
+        self._done = True
+        self._watcher.cancel()
 
-        def on_client_message(fut: asyncio.Future) -> None:
-            if fut.cancelled() or fut.exception() is not None or state["done"]:
-                return
-            if fut.result().get("type") == "http.disconnect":
-                state["gone"] = True
-                relay.cancel()
-
-        watcher = asyncio.ensure_future(receive())
-        watcher.add_done_callback(on_client_message)
-        try:
-            async for chunk in response.iter_body():
-                scanner.feed(chunk)
-                out = usage_filter.feed(chunk) if usage_filter else chunk
-                if out:
-                    await send({"type": "http.response.body", "body": out, "more_body": True})
-            tail = usage_filter.flush() if usage_filter else b""
-            state["done"] = True
-            await send({"type": "http.response.body", "body": tail, "more_body": False})
-        except asyncio.CancelledError:
-            if not state["gone"]:
-                raise
-            relay.uncancel()
-            outcome.status, outcome.error_code = 499, "client_disconnected"
-            abandon = getattr(response, "abandon", None)  # pass-through responses: count what already arrived
-            if abandon is not None:
-                scanner.feed(abandon())
-        except UpstreamError as exc:
-            state["done"] = True
-            outcome.status, outcome.error_code = 502, "upstream_stream_error"
-            await send({"type": "http.response.body", "body": _stream_error(req.endpoint, exc), "more_body": False})
-        finally:
-            state["done"] = True
-            watcher.cancel()
-            outcome.first_token_at = scanner.first_token_at
-            take_usage(outcome, scanner.usage_or_estimate(req.input_estimate))
+    def uncancel(self) -> None:
+        self._relay.uncancel()
 
 
-async def route_request(runtime: Runtime, req: ModelRequest, outcome: Outcome, hints: Hints = NO_HINTS) -> Attempt:
-    """Resolve and dispatch one parsed request, noting on ``outcome`` where it went.
-
-    Every model call takes this path — an HTTP request or a WebSocket turn — so routing,
-    limits and accounting treat both transports alike. Raises ProxyError on refusal.
-    """
-    route = runtime.router.resolve(req.model)
-    outcome.route, outcome.stream = route.name, req.stream
-    limiter = runtime.limiter
-    ticket = limiter.ticket(outcome.key_name, req.input_estimate, req.max_output_tokens) if limiter is not None else None
-    if ticket is not None:
-        limiter.bind(outcome, ticket)  # settled by ProxyState.finish(outcome), however the request ends
-    CURRENT_TICKET.set(ticket)  # the router admits each candidate against it
-    budgets = runtime.budgets
-    if budgets is not None and budgets.applies(outcome.key_name, outcome.team):
-        route, soft = await admit_route(budgets, route, req, outcome)  # reserves its cost; 429 over a hard limit
-        attempt = await runtime.router.dispatch(route, req, hints)
-        if soft:
-            attempt.reason = "budget_soft:cheapest_first," + attempt.reason
-    else:
-        attempt = await runtime.router.dispatch(route, req, hints)
-    dep = attempt.deployment
-    outcome.deployment, outcome.hardware, outcome.reason = dep.name, dep.hardware, attempt.reason
-    outcome.upstream_started = attempt.sent_at
-    outcome.status = attempt.response.status
-    return attempt
+async def _relay_whole(call: Call, attempt: Attempt, req: ModelRequest, headers: list, receive: Receive, send: Send) -> None:
+    outcome, response = call.outcome, attempt.response
+    watch = _ClientWatch(receive)
+    try:
+        body = await response.read()
+    except UpstreamError as exc:
+        watch.stop()
+        error = ProxyError(502, f"The upstream broke off its response ({exc.kind}). Retry the request.", code="upstream_error")
+        outcome.status, outcome.error_code = error.status, error.code
+        await send_error(send, error, req.request_id)
+        return
+    except asyncio.CancelledError:
+        if not watch.gone:
+            raise
+        watch.uncancel()
+        outcome.status, outcome.error_code = 499, "client_disconnected"
+        rest = response.abandon()  # a whole body that had partly arrived may say its usage
+        outcome.take_usage(extract_usage(rest) or Usage(input_tokens=req.input_estimate, reported=False))
+        return
+    finally:
+        watch.stop()
+    if response.status == 200:
+        outcome.take_usage(extract_usage(body) or Usage(input_tokens=req.input_estimate, reported=False))
+    await send_bytes(send, response.status, body, headers, content_type=_content_type(attempt))
 
 
-def read_hints(scope: Scope) -> Hints:
-    """The client's x-laneway-* routing hints; one pass over the headers, nothing built when there are none."""
-    lane = max_latency = max_cost = None
-    for name, value in scope["headers"]:
-        if name.startswith(b"x-laneway-"):
-            if name == b"x-laneway-lane":
-                lane = value
-            elif name == b"x-laneway-max-latency-ms":
-                max_latency = value
-            elif name == b"x-laneway-max-cost-usd":
-                max_cost = value
-    if lane is None and max_latency is None and max_cost is None:
-        return NO_HINTS
-    return Hints.parse(lane, max_latency, max_cost)
-
-
-def take_usage(outcome: Outcome, usage: Usage) -> None:
-    outcome.input_tokens = usage.input_tokens
-    outcome.output_tokens = usage.output_tokens
-    outcome.cached_tokens = usage.cached_tokens
-    outcome.reasoning_tokens = usage.reasoning_tokens
-    outcome.usage_reported = usage.reported
+async def _relay_stream(call: Call, attempt: Attempt, req: ModelRequest, headers: list, receive: Receive, send: Send) -> None:
+    outcome, response = call.outcome, attempt.response
+    scanner = StreamScanner(outcome.started)
+    usage_filter = UsageChunkFilter() if attempt.injected_usage else None
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", _content_type(attempt)), *headers]})
+    watch = _ClientWatch(receive)
+    try:
+        async for chunk in response.iter_body():
+            scanner.feed(chunk)
+            out = usage_filter.feed(chunk) if usage_filter else chunk
+            if out:
+                await send({"type": "http.response.body", "body": out, "more_body": True})
+        tail = usage_filter.flush() if usage_filter else b""
+        watch.stop()
+        await send({"type": "http.response.body", "body": tail, "more_body": False})
+    except asyncio.CancelledError:
+        if not watch.gone:
+            raise
+        watch.uncancel()
+        outcome.status, outcome.error_code = 499, "client_disconnected"
+        scanner.feed(response.abandon())  # count what already arrived
+    except UpstreamError as exc:
+        watch.stop()
+        outcome.status, outcome.error_code = 502, "upstream_stream_error"
+        await send({"type": "http.response.body", "body": _stream_error(req.endpoint, exc), "more_body": False})
+    finally:
+        watch.stop()
+        outcome.first_token_at = scanner.first_token_at
+        outcome.take_usage(scanner.usage_or_estimate(req.input_estimate))
 
 
 def _content_type(attempt: Attempt) -> bytes:

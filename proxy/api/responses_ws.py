@@ -1,12 +1,13 @@
 """Responses WebSocket mode on ``GET /v1/responses``: one socket, many turns.
 
-Each ``response.create`` becomes the HTTP request it stands for and takes the same path as
-``POST /v1/responses`` (``route_request``: routing, limits, accounting), so a turn is routed,
+Each ``response.create`` becomes the HTTP request it stands for and takes the same pipeline as
+``POST /v1/responses`` (``proxy.api.pipeline``: routing, limits, accounting), so a turn is routed,
 rate-limited and billed like any request and may change lane between turns. The upstream's
 SSE events are relayed one text frame each. The connection keeps the last few responses'
 full input + output, so ``previous_response_id`` expands into a complete request that any
-upstream — HTTP-only, or another lane than the last turn's — can serve. Each lane also holds
-a ``SocketPin``: when the turn lands on the upstream socket that served the previous response,
+upstream — HTTP-only, or another lane than the last turn's — can serve. Each stream
+(``stream_id``: turns of one stream run in order, streams in parallel) also holds a
+``SocketPin``: when the turn lands on the upstream socket that served the previous response,
 only ``previous_response_id`` and the new items go upstream.
 """
 from __future__ import annotations
@@ -22,15 +23,14 @@ from typing import NamedTuple
 import orjson
 
 from proxy.api.asgi import Receive, Scope, Send, header
-from proxy.api.openai_http import read_hints, route_request, take_usage
-from proxy.api.state import ProxyState
+from proxy.api.errors import ProxyError, http_error
+from proxy.api.pipeline import Call, Pipeline, read_hints
 from proxy.api.ws_server import SEND_TEXTS
+from proxy.call import ModelRequest, Outcome, UpstreamError
 from proxy.config.schema import ApiKey
-from proxy.errors import ProxyError
+from proxy.errors import Refused
+from proxy.routing.attempts import Attempt
 from proxy.routing.hints import Hints
-from proxy.routing.router import Attempt
-from proxy.upstream.http_pool import UpstreamError
-from proxy.upstream.request import ModelRequest, Outcome
 from proxy.upstream.scan import StreamScanner
 from proxy.upstream.ws_pool import SocketPin
 
@@ -113,14 +113,14 @@ def error_event(error: ProxyError, stream_id: str | None = None, headers: dict[s
 class ResponsesSocket:
     """ASGI handler for ``websocket`` scopes on /v1/responses; one instance per app."""
 
-    def __init__(self, state: ProxyState) -> None:
-        self.state = state
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
         self.stats = WebSocketStats()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (await receive())["type"] != "websocket.connect":
             return  # gone before the handshake
-        runtime = self.state.runtime
+        runtime = self.pipeline.state.runtime
         if not runtime.policy.server.websocket.enabled:
             self.stats.refused += 1
             await deny(send, ProxyError(
@@ -129,9 +129,10 @@ class ResponsesSocket:
             return
         try:
             key = runtime.auth.check(header(scope, b"authorization"))
-        except ProxyError as error:
+            hints = read_hints(scope["headers"])  # x-laneway-* hints of the handshake apply to every turn
+        except (ProxyError, Refused) as exc:
             self.stats.refused += 1
-            await deny(send, error)
+            await deny(send, http_error(exc) if isinstance(exc, Refused) else exc)
             return
         headers = []
         turn_state = header(scope, b"x-codex-turn-state")
@@ -142,7 +143,7 @@ class ResponsesSocket:
         self.stats.connections_open += 1
         try:
             batched = SEND_TEXTS in scope.get("extensions", {})
-            await _Connection(self.state, self.stats, key, read_hints(scope), receive, send, batched).run()
+            await _Connection(self.pipeline, self.stats, key, hints, receive, send, batched).run()
         finally:
             self.stats.connections_open -= 1
 
@@ -156,11 +157,11 @@ async def deny(send: Send, error: ProxyError) -> None:
 
 
 class _Connection:
-    """One accepted client socket: reads events, runs turns per lane (FIFO), keeps history."""
+    """One accepted client socket: reads events, runs turns per stream (FIFO), keeps history."""
 
-    def __init__(self, state: ProxyState, stats: WebSocketStats, key: ApiKey, hints: Hints,
+    def __init__(self, pipeline: Pipeline, stats: WebSocketStats, key: ApiKey, hints: Hints,
                  receive: Receive, send: Send, batched: bool) -> None:
-        self.state = state
+        self.pipeline = pipeline
         self.stats = stats
         self.key = key
         self.hints = hints  # x-laneway-* routing hints from the handshake apply to every turn
@@ -168,14 +169,14 @@ class _Connection:
         self.send = send
         self.batched = batched  # the server takes several frames in one message (proxy.api.ws_server)
         self.history: OrderedDict[str, _Context] = OrderedDict()
-        self.lanes: dict[str | None, deque[tuple[dict, int]]] = {}  # (event, its frame size) per lane
+        self.streams: dict[str | None, deque[tuple[dict, int]]] = {}  # (event, its frame size) per stream
         self.tasks: dict[str | None, asyncio.Task] = {}
-        self.pins: dict[str | None, SocketPin] = {}  # per lane: the upstream socket its conversation holds
+        self.pins: dict[str | None, SocketPin] = {}  # per stream: the upstream socket its conversation holds
         self.last_active = 0.0
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        settings = self.state.runtime.policy.server.websocket
+        settings = self.pipeline.state.runtime.policy.server.websocket
         deadline = loop.time() + settings.max_connection_minutes * 60
         idle_s = settings.idle_timeout_s
         self.last_active = loop.time()
@@ -214,40 +215,40 @@ class _Connection:
             return
         kind = event.get("type") if isinstance(event, dict) else None
         if kind == "response.create":
-            lane = event.get("stream_id")
-            if lane is not None and not isinstance(lane, str):
+            stream_id = event.get("stream_id")
+            if stream_id is not None and not isinstance(stream_id, str):
                 await self._error(ProxyError(400, "'stream_id' must be a string.", code="invalid_stream_id", param="stream_id"))
                 return
-            self._enqueue(lane, event, len(data))
+            self._enqueue(stream_id, event, len(data))
         elif kind == "response.processed":
             return  # an acknowledgement some Codex builds send; nothing to do
         else:
             await self._error(ProxyError(
                 400, f"Unsupported event type {str(kind)[:64]!r}; send 'response.create'.", code="unsupported_event", param="type"))
 
-    def _enqueue(self, lane: str | None, event: dict, size: int) -> None:
-        """One response in flight per lane; later events on the same lane wait their turn."""
-        queue = self.lanes.get(lane)
+    def _enqueue(self, stream_id: str | None, event: dict, size: int) -> None:
+        """One response in flight per stream; later events of the same stream wait their turn."""
+        queue = self.streams.get(stream_id)
         if queue is not None:
             queue.append((event, size))
             return
-        queue = self.lanes[lane] = deque([(event, size)])
-        self.tasks[lane] = asyncio.get_running_loop().create_task(self._drain(lane, queue))
+        queue = self.streams[stream_id] = deque([(event, size)])
+        self.tasks[stream_id] = asyncio.get_running_loop().create_task(self._drain(stream_id, queue))
 
-    async def _drain(self, lane: str | None, queue: deque[tuple[dict, int]]) -> None:
+    async def _drain(self, stream_id: str | None, queue: deque[tuple[dict, int]]) -> None:
         try:
             while queue:
                 try:
-                    await self._turn(*queue[0], lane)
+                    await self._turn(*queue[0], stream_id)
                 except OSError:
                     return  # the client is gone; the reader sees the disconnect and cleans up
                 except Exception:
-                    log.exception("WebSocket turn failed on lane %r", lane)
-                    await self._error(ProxyError(500, "Laneway failed on this turn; retry it.", code="internal_error"), lane)
+                    log.exception("WebSocket turn failed on stream %r", stream_id)
+                    await self._error(ProxyError(500, "Laneway failed on this turn; retry it.", code="internal_error"), stream_id)
                 queue.popleft()
         finally:
-            self.lanes.pop(lane, None)
-            self.tasks.pop(lane, None)
+            self.streams.pop(stream_id, None)
+            self.tasks.pop(stream_id, None)
             self.last_active = asyncio.get_running_loop().time()
 
     async def _cancel_turns(self) -> None:
@@ -272,42 +273,36 @@ class _Connection:
 
     # --- one turn --------------------------------------------------------------------------
 
-    async def _turn(self, event: dict, frame_size: int, lane: str | None) -> None:
-        runtime = self.state.runtime
-        rid = "req_" + os.urandom(12).hex()
-        outcome = Outcome(rid, "responses", route="", key_name=self.key.name, team=self.key.team,
-                          transport="websocket", started=time.perf_counter())
+    async def _turn(self, event: dict, frame_size: int, stream_id: str | None) -> None:
+        pipeline = self.pipeline
+        call = pipeline.call("responses", "req_" + os.urandom(12).hex(), self.key, self.hints, "websocket")
         try:
             body, context, delta, prior_size = self._expand(event)
             if event.get("generate") is False:
-                runtime.router.resolve(body["model"])
-                await self._warm_up(body, context, lane)
+                call.runtime.router.resolve(body["model"])
+                await self._warm_up(body, context, stream_id)
                 return
             self.stats.turns += 1
             # encoded only if it lands where the whole context must go (HTTP, a fresh socket)
-            req = ModelRequest.from_body("responses", None, body, rid, frame_size + prior_size)
-            pin = self.pins.get(lane)
+            req = pipeline.request(call, body, None, frame_size + prior_size)
+            pin = self.pins.get(stream_id)
             if pin is None:
-                pin = self.pins[lane] = SocketPin()
+                pin = self.pins[stream_id] = SocketPin()
             pin.previous, pin.delta = event.get("previous_response_id"), delta
-            req.extra["pin"] = pin  # an upstream socket target continues the turn on it when it can
-            attempt = await route_request(runtime, req, outcome, self.hints)
-        except ProxyError as error:
-            outcome.status, outcome.error_code = error.status, error.code
-            outcome.finished = time.perf_counter()
-            self.state.finish(outcome)
-            await self._error(error, lane)
+            call.pin = pin  # an upstream socket target continues the turn on it when it can
+            attempt = await pipeline.run(call)
+        except (ProxyError, Refused) as exc:
+            error = http_error(exc) if isinstance(exc, Refused) else exc
+            pipeline.refused(call, error)
+            await self._error(error, stream_id)
             return
-        for lost in attempt.losers:  # hedged attempts that lost the race consumed something too
-            self.state.finish(lost.outcome(outcome))
         try:
             if attempt.response.status == 200:
-                await self._relay(attempt, req, outcome, context, lane)
+                await self._relay(call, attempt, req, context, stream_id)
             else:
-                await self._relay_error(attempt, outcome, lane)
+                await self._relay_error(attempt, call.outcome, stream_id)
         finally:
-            outcome.finished = time.perf_counter()
-            self.state.finish(outcome)
+            pipeline.finish(call)
 
     def _expand(self, event: dict) -> tuple[dict, _Context, list, int]:
         """The HTTP body this event stands for, with ``previous_response_id`` expanded into the
@@ -335,7 +330,7 @@ class _Connection:
         context = _Context(items, past.size + (len(orjson.dumps(delta)) if delta else 0))
         return body, context, delta, past.size
 
-    async def _warm_up(self, body: dict, context: _Context, lane: str | None) -> None:
+    async def _warm_up(self, body: dict, context: _Context, stream_id: str | None) -> None:
         """``generate: false``: a response id to chain from, no model output, no upstream call."""
         self.stats.warmups += 1
         rid = "resp_" + os.urandom(16).hex()
@@ -346,21 +341,21 @@ class _Connection:
                     "previous_response_id": None, "usage": None}
         usage = {"input_tokens": 0, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 0,
                  "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 0}
-        extra = {} if lane is None else {"stream_id": lane}
+        extra = {} if stream_id is None else {"stream_id": stream_id}
         await self._send_event({"type": "response.created", "sequence_number": 0, "response": response, **extra})
         done = {**response, "status": "completed", "usage": usage}
         await self._send_event({"type": "response.completed", "sequence_number": 1, "response": done, **extra})
 
-    async def _relay(self, attempt: Attempt, req: ModelRequest, outcome: Outcome, context: _Context,
-                     lane: str | None) -> None:
-        response = attempt.response
+    async def _relay(self, call: Call, attempt: Attempt, req: ModelRequest, context: _Context,
+                     stream_id: str | None) -> None:
+        outcome, response = call.outcome, attempt.response
         dep = attempt.deployment
-        extra = {} if lane is None else {"stream_id": lane}
+        extra = {} if stream_id is None else {"stream_id": stream_id}
         await self._send_event({"type": "laneway.route", "route": outcome.route, "deployment": dep.name,
                                 "lane": dep.hardware, "reason": attempt.reason, **extra})
         frames = SseFrames()
         scanner = StreamScanner(outcome.started)
-        prefix = b'{"stream_id":' + orjson.dumps(lane) + b"," if lane is not None else None
+        prefix = b'{"stream_id":' + orjson.dumps(stream_id) + b"," if stream_id is not None else None
         completed: bytes | None = None
         try:
             async for chunk in response.iter_body():
@@ -377,24 +372,22 @@ class _Connection:
             outcome.status, outcome.error_code = 502, "upstream_stream_error"
             await self._error(ProxyError(
                 502, f"The upstream stream broke off ({exc.kind}); the response is incomplete. Retry the turn.",
-                code="upstream_stream_error"), lane)
+                code="upstream_stream_error"), stream_id)
         except (asyncio.CancelledError, OSError):
             outcome.status, outcome.error_code = 499, "client_disconnected"
-            abandon = getattr(response, "abandon", None)  # count what arrived but was not relayed
-            if abandon is not None:
-                scanner.feed(abandon())
+            scanner.feed(response.abandon())  # count what arrived but was not relayed
             raise
         finally:
             response.release()  # aborts the upstream exchange unless it finished cleanly
             outcome.first_token_at = scanner.first_token_at
-            take_usage(outcome, scanner.usage_or_estimate(req.input_estimate))
+            outcome.take_usage(scanner.usage_or_estimate(req.input_estimate))
         if completed is not None:
             done = orjson.loads(completed).get("response") or {}
             if isinstance(done.get("id"), str):
                 output = list(done.get("output") or ())
                 self._remember(done["id"], _Context(context.items + output, context.size + len(orjson.dumps(output))))
 
-    async def _relay_error(self, attempt: Attempt, outcome: Outcome, lane: str | None) -> None:
+    async def _relay_error(self, attempt: Attempt, outcome: Outcome, stream_id: str | None) -> None:
         """An upstream refusal (after routing ran out of candidates) as an error event with its status."""
         response = attempt.response
         outcome.error_code = "upstream_status"
@@ -413,7 +406,7 @@ class _Connection:
         error = ProxyError(response.status, str(detail.get("message") or f"The upstream answered {response.status}."),
                            code=detail.get("code"), type=detail.get("type"), param=detail.get("param"))
         relayed = {name.decode(): value.decode("latin-1") for name, value in response.headers if name in _RELAYED_ERROR_HEADERS}
-        await self._error(error, lane, relayed)
+        await self._error(error, stream_id, relayed)
 
     # --- plumbing -------------------------------------------------------------------------
 
@@ -433,9 +426,9 @@ class _Connection:
     async def _send_event(self, event: dict) -> None:
         await self._send_texts([orjson.dumps(event)])
 
-    async def _error(self, error: ProxyError, lane: str | None = None, headers: dict[str, str] | None = None) -> None:
+    async def _error(self, error: ProxyError, stream_id: str | None = None, headers: dict[str, str] | None = None) -> None:
         self.stats.errors += 1
-        await self._send_event(error_event(error, lane, headers))
+        await self._send_event(error_event(error, stream_id, headers))
 
 
 _NO_CONTEXT = _Context([], 0)

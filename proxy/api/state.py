@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from proxy.api.auth import Authenticator
+from proxy.call import Outcome
 from proxy.config.reload import PolicyReloader
 from proxy.config.schema import Policy
 from proxy.limits import Limiter
@@ -15,8 +16,7 @@ from proxy.routing.live import RoutingState
 from proxy.routing.router import Router
 from proxy.routing.share import StatsSharing
 from proxy.upstream.http_pool import UpstreamPools
-from proxy.upstream.request import Outcome
-from proxy.upstream.ws_pool import socket_pools
+from proxy.upstream.ws_pool import SocketPools
 
 log = logging.getLogger("laneway")
 
@@ -28,20 +28,21 @@ class Runtime:
     policy: Policy
     router: Router
     auth: Authenticator
-    budgets: Budgets | None = None  # per key/team spend limits, checked in route_request
-    limiter: Limiter | None = None  # rate limits, admitted per candidate by the router
+    budgets: Budgets | None = None  # per key/team spend limits, reserved by the pipeline
+    limiter: Limiter | None = None  # rate limits: the pipeline borrows a ticket, the router admits candidates on it
 
 
 class ProxyState:
     def __init__(self, policy: Policy) -> None:
         self.pools = UpstreamPools()
+        self.sockets = SocketPools()  # upstream WebSocket pools, like the HTTP pools shared across reloads
         self.routing = RoutingState()  # learnt statistics survive policy reloads
         self.accounting = Accounting(policy)  # price book, usage ledger, budgets; survives reloads
         self.limiter = Limiter.from_policy(policy)  # shared limits state; survives reloads
         self.accounting.budgets.use_store(self.limiter.store, policy.store.on_store_error)  # one shared spend per budget
         self.runtime = self._build(policy)
-        self.observers: list[Callable[[Outcome], None]] = [self.routing.stats.finished]
-        self.observers += [self.accounting.record, self.accounting.budgets.finish, self.limiter.finish_outcome]
+        # Told of every finished request after its ticket and budget hold are given back.
+        self.observers: list[Callable[[Outcome], None]] = [self.routing.stats.finished, self.accounting.record]
         self.reloader: PolicyReloader | None = None  # started by the app's lifespan when the policy is a file
         self.sharing: StatsSharing | None = None  # latency statistics merged with other replicas via Redis
 
@@ -49,12 +50,17 @@ class ProxyState:
         budgets = self.accounting.budgets
         self.limiter.load(policy)
         self.routing.headroom = self.limiter if self.limiter.active else self.routing.provider_headroom
-        return Runtime(policy, Router(policy, self.pools, self.routing), Authenticator(policy), budgets, self.limiter)
+        return Runtime(policy, Router(policy, self.pools, self.sockets, self.routing), Authenticator(policy), budgets,
+                       self.limiter)
 
     def swap(self, policy: Policy) -> None:
         """Make ``policy`` the one new requests see; requests in flight keep the Runtime they began with."""
         self.accounting.use_policy(policy)
         self.runtime = self._build(policy)
+
+    @property
+    def policy(self) -> Policy:
+        return self.runtime.policy
 
     def finish(self, outcome: Outcome) -> None:
         """Hand a finished request to accounting and metrics; never lets them break a response."""
@@ -66,7 +72,7 @@ class ProxyState:
 
     def close(self) -> None:
         self.pools.close()
-        socket_pools(self.pools).close()
+        self.sockets.close()
 
     def share_statistics(self) -> None:
         """With a Redis in the policy (`store.redis_url`), merge latency statistics with the other replicas."""

@@ -1,10 +1,12 @@
 """The limiter: one admission round trip per candidate, reservations reconciled afterwards.
 
-A request gets a Ticket. ``admit(ticket, deployment)`` checks and reserves the client's
-buckets (first time only) and the deployment's (configured windows + the provider's last
-word) in one store call; a deployment that refuses is skipped by routing, a client that
-refuses gets 429. ``finish`` replaces the token reservation with the real usage and frees
-concurrency slots; leases of live requests are renewed in the background so a crashed
+A request borrows a Ticket (``borrow``), a value its caller passes to routing and gives
+back with the real usage (``give_back``), as TensorZero's gateway consumes and returns
+rate-limit tickets. ``Ticket.admit(deployment)`` checks and reserves the client's buckets
+(first time only) and the deployment's (configured windows + the provider's last word) in one
+store call; a deployment that refuses is skipped by routing (DeploymentLimited), a client
+that refuses is refused (ClientLimited). Giving back replaces the token reservation with the
+real usage and frees concurrency slots; leases of live requests are renewed in the background so a crashed
 replica's slots expire on their own. Store trouble follows ``store.on_store_error``.
 """
 from __future__ import annotations
@@ -16,26 +18,20 @@ import math
 import os
 import time
 from collections import Counter
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 
+from proxy.call import DEFAULT_OUTPUT_TOKENS, UpstreamError
 from proxy.config.schema import Policy, StoreSettings
-from proxy.errors import ProxyError
+from proxy.errors import ClientLimited, StoreUnavailable
 from proxy.limits.buckets import limit_buckets, provider_bucket
 from proxy.limits.headroom import Headroom
 from proxy.limits.provider_headers import ProviderReport, parse_headers
-from proxy.store.base import CONCURRENCY, AdmitResult, Bucket, ProviderWindowState, Store, StoreError, bucket_amounts, store_unavailable
+from proxy.store.base import CONCURRENCY, AdmitResult, Bucket, ProviderWindowState, Store, StoreError, bucket_amounts
 from proxy.store.memory import MemoryStore
-from proxy.upstream.http_pool import UpstreamError
 
 log = logging.getLogger("laneway.limits")
 
 _RETRY_STORE_S = 1.0  # after a store error, fail-open serves locally this long before trying Redis again
-
-
-# The ticket of the request being routed; set by the API layer, read by the router's attempts
-# (hedged attempts run in tasks that inherit it).
-CURRENT_TICKET: ContextVar["Ticket | None"] = ContextVar("laneway_ticket", default=None)
 
 
 class DeploymentLimited(UpstreamError):
@@ -49,17 +45,16 @@ class DeploymentLimited(UpstreamError):
         self.deployment = deployment
         self.retry_ms = retry_ms
 
-    def refusal(self, failures: list[str]) -> ProxyError:
-        """429 for a request no candidate could take: the shortest wait any of them named."""
-        wait_ms = self.retry_ms if self.retry_ms > 0 else 1000
-        seconds = max(1, math.ceil(wait_ms / 1000))
-        return ProxyError(
-            429,
-            f"Every deployment that serves this model is at its rate limit (tried: {', '.join(failures)}). "
-            f"Retry after {seconds}s.",
-            code="rate_limit_exceeded",
-            headers={"retry-after": str(seconds), "retry-after-ms": str(wait_ms)},
-        )
+
+@dataclass(frozen=True, slots=True)
+class ClientWindow:
+    """One of the client's own windows after its admission: what the API reports as x-ratelimit-*."""
+
+    what: str        # "requests" | "tokens" | "concurrency"
+    limit: int
+    remaining: int
+    reset_ms: int
+    span_ms: int
 
 
 @dataclass(slots=True)
@@ -78,11 +73,11 @@ class Ticket:
     deployment: str | None = None    # the last deployment admitted
     retry_ms: int = 0                # shortest wait a refusing deployment named
     spilled: bool = False
-    client_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    client_windows: tuple[ClientWindow, ...] = ()
     finished: bool = False
 
     async def admit(self, deployment: str) -> None:
-        """Reserve for ``deployment``; raises DeploymentLimited (skip it) or ProxyError (the client's limit)."""
+        """Reserve for ``deployment``; raises DeploymentLimited (skip it) or ClientLimited (no candidate helps)."""
         if not await self.limiter.admit(self, deployment):
             raise DeploymentLimited(deployment, self.retry_ms)
 
@@ -133,7 +128,6 @@ class Limiter:
         self._clients: dict[str, tuple[tuple[Bucket, ...], tuple[Bucket, ...]]] = {}
         self._deployments: dict[str, tuple[tuple[Bucket, ...], tuple[Bucket, ...]]] = {}
         self._reserve: dict[str, int] = {}
-        self._by_outcome: dict[int, Ticket] = {}
         self._provider_buckets: dict[str, Bucket] = {}
 
     @classmethod
@@ -168,31 +162,17 @@ class Limiter:
         """False when the policy sets no limits at all: requests then skip the limiter entirely."""
         return bool(self._clients or self._deployments)
 
-    def ticket(self, client: str, input_tokens: int, max_output: int | None) -> Ticket | None:
+    def borrow(self, client: str, input_tokens: int, max_output: int | None) -> Ticket | None:
+        """A ticket for one request (None when the policy sets no limits); give it back with ``give_back``."""
         if not self.active:
             return None
         return Ticket(self, self._prefix + str(next(self._ids)), client, input_tokens, max_output)
 
-    def bind(self, outcome: object, ticket: Ticket) -> None:
-        """Tie a ticket to the request's Outcome so ``finish_outcome`` can settle it, whatever the transport."""
-        self._by_outcome[id(outcome)] = ticket
-
-    def response_headers(self, outcome: object) -> list[tuple[bytes, bytes]]:
-        """The client's own x-ratelimit-* headers for a response (empty when its key has no limits)."""
-        ticket = self._by_outcome.get(id(outcome))
-        return ticket.client_headers if ticket is not None else []
-
-    def finish_outcome(self, outcome) -> None:
-        """The request is over (answered, refused, cut off, or abandoned): settle what it used."""
-        ticket = self._by_outcome.pop(id(outcome), None)
-        if ticket is not None:
-            self.finish(ticket, outcome.input_tokens + outcome.output_tokens)
-
     async def admit(self, ticket: Ticket, deployment: str) -> bool:
         """Reserve for ``deployment``: True if admitted, False if its limits refuse (try the next one).
 
-        Raises ProxyError 429 when the client's own limits refuse (no candidate would help),
-        and 503 under fail_closed when the store cannot answer.
+        Raises ClientLimited when the client's own limits refuse (no candidate would help), and
+        StoreUnavailable under fail_closed when the store cannot answer.
         """
         local = self._degraded()
         pick = 1 if local else 0
@@ -210,7 +190,7 @@ class Limiter:
                 self.stats.spills[deployment] += 1
             return True
         if not ticket.client_held:
-            ticket.tokens = ticket.input_tokens + (ticket.max_output or self._reserve.get(deployment, 1024))
+            ticket.tokens = ticket.input_tokens + (ticket.max_output or self._reserve.get(deployment, DEFAULT_OUTPUT_TOKENS))
         amounts = bucket_amounts(buckets, ticket.tokens)
         store = self.fallback if local else self.store
         if ticket.store is not None and ticket.store is not store and ticket.held:
@@ -235,7 +215,7 @@ class Limiter:
         if client:
             ticket.client_held = True
             ticket.held[""] = client
-            ticket.client_headers = _client_headers(client, result, len(client))
+            ticket.client_windows = _client_windows(client, result)
         if own:
             ticket.held[deployment] = own
         self._note_remaining(buckets, result)
@@ -262,8 +242,9 @@ class Limiter:
         if own and ticket.store is not None:
             self._spawn(ticket.store.settle(ticket.rid, own, None))
 
-    def finish(self, ticket: Ticket, used_tokens: int) -> None:
-        """Replace the token reservation with ``used_tokens`` and free concurrency slots."""
+    def give_back(self, ticket: Ticket, used_tokens: int) -> None:
+        """The request is over (answered, refused, cut off or abandoned): replace the token
+        reservation with ``used_tokens`` and free concurrency slots. Idempotent."""
         if ticket.finished:
             return
         ticket.finished = True
@@ -355,7 +336,7 @@ class Limiter:
         self.stats.store_errors += 1
         if self.settings.on_store_error == "fail_closed":
             self._note_incident(exc)
-            raise store_unavailable("Rate limits", "rate_limit_store_unavailable")
+            raise StoreUnavailable.refusing("Rate limits", "rate_limit_store_unavailable")
         self._note_incident(exc)
         self._down_until = time.monotonic() + _RETRY_STORE_S
         return self.fallback
@@ -401,55 +382,22 @@ class Limiter:
         await self.store.aclose()
 
 
-def _client_headers(buckets: tuple[Bucket, ...], result: AdmitResult, count: int) -> list[tuple[bytes, bytes]]:
-    """OpenAI-style x-ratelimit-* for the client's own request and token windows (minute ones first)."""
-    out: list[tuple[bytes, bytes]] = []
-    done: set[str] = set()
-    for bucket, left, reset in sorted(zip(buckets, result.remaining[:count], result.reset_ms[:count]), key=lambda r: r[0].span_ms):
-        what = {"rpm": "requests", "rpd": "requests", "tpm": "tokens", "tpd": "tokens"}.get(bucket.window)
-        if what is None or what in done:
-            continue
-        done.add(what)
-        out += [
-            (b"x-ratelimit-limit-" + what.encode(), b"%d" % bucket.limit),
-            (b"x-ratelimit-remaining-" + what.encode(), b"%d" % max(0, left)),
-            (b"x-ratelimit-reset-" + what.encode(), go_duration(reset / 1000).encode()),
-        ]
-    return out
+def _client_windows(buckets: tuple[Bucket, ...], result: AdmitResult) -> tuple[ClientWindow, ...]:
+    return tuple(ClientWindow(_WHAT[b.window], b.limit, left, reset, b.span_ms)
+                 for b, left, reset in zip(buckets, result.remaining, result.reset_ms))
 
 
-def _client_refusal(bucket: Bucket, retry_ms: int) -> ProxyError:
-    what = "tokens" if bucket.kind == "t" else "requests"
+def _client_refusal(bucket: Bucket, retry_ms: int) -> ClientLimited:
+    what = _WHAT[bucket.window]
     if retry_ms < 0:
-        return ProxyError(
-            429,
+        return ClientLimited(
             f"This request needs more tokens than key '{bucket.owner}' may use per {bucket.window} "
             f"({bucket.limit}); lower max_tokens or shorten the prompt.",
-            code="rate_limit_exceeded",
-            headers={f"x-ratelimit-limit-{what}": str(bucket.limit)},
-        )
+            what=what, limit=bucket.limit, retry_ms=retry_ms)
     seconds = max(1, math.ceil(retry_ms / 1000))
-    headers = {"retry-after": str(seconds), "retry-after-ms": str(retry_ms)}
-    if bucket.window != "concurrency":
-        headers |= {
-            f"x-ratelimit-limit-{what}": str(bucket.limit),
-            f"x-ratelimit-remaining-{what}": "0",
-            f"x-ratelimit-reset-{what}": go_duration(retry_ms / 1000),
-        }
-    limit = f"{bucket.limit} concurrent requests" if bucket.window == "concurrency" else f"{bucket.limit} {what} per {bucket.window}"
-    return ProxyError(
-        429,
-        f"Rate limit reached for key '{bucket.owner}': {limit}. Retry after {seconds}s.",
-        code="rate_limit_exceeded",
-        headers=headers,
-    )
+    limit = f"{bucket.limit} concurrent requests" if what == "concurrency" else f"{bucket.limit} {what} per {bucket.window}"
+    return ClientLimited(f"Rate limit reached for key '{bucket.owner}': {limit}. Retry after {seconds}s.",
+                         what=what, limit=bucket.limit, retry_ms=retry_ms)
 
 
-def go_duration(seconds: float) -> str:
-    """Like OpenAI's reset headers: ``12ms``, ``1.5s``, ``6m0s``."""
-    ms = round(seconds * 1000)
-    if ms < 1000:
-        return f"{max(ms, 0)}ms"
-    minutes, rem = divmod(ms, 60_000)
-    secs = f"{rem / 1000:.3f}".rstrip("0").rstrip(".")
-    return f"{minutes}m{secs}s" if minutes else f"{secs}s"
+_WHAT = {"rpm": "requests", "rpd": "requests", "tpm": "tokens", "tpd": "tokens", "concurrency": "concurrency"}

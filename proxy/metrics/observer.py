@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection
 
+from proxy.call import Outcome
 from proxy.metrics import families as m
-from proxy.upstream.request import Outcome
 
 NONE = "none"
 # Codes ops teams alert on get their own value; any other code collapses to its class.

@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import time
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from proxy.config.reload import PolicyReloader
+from proxy.config.schema import Policy
+from proxy.limits import Limiter
 from proxy.metrics import families as m
 from proxy.metrics.observer import RequestMetrics
+from proxy.pricing.accounting import Accounting
 from proxy.pricing.catalogue import active
 from proxy.pricing.schedules import Tokens, cost
 from proxy.routing.breaker import CLOSED, HALF_OPEN, OPEN
-from proxy.upstream.ws_pool import socket_pools
-
-if TYPE_CHECKING:
-    from proxy.api.state import ProxyState
+from proxy.routing.live import RoutingState
+from proxy.upstream.ws_pool import SocketPools
 
 _BREAKER_VALUE = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}
 _WS_EVENTS = (("turns", "turn"), ("warmups", "warmup"), ("errors", "error"),
@@ -33,8 +35,22 @@ _BUDGET_LIMITS = (("day", "soft", "daily_soft_usd"), ("day", "hard", "daily_hard
                   ("month", "soft", "monthly_soft_usd"), ("month", "hard", "monthly_hard_usd"))
 
 
+class Sources(Protocol):
+    """The components a worker samples, as the app holds them (its ProxyState); read each tick
+    because a reload replaces the policy and the reloader starts after the sampler."""
+
+    limiter: Limiter
+    routing: RoutingState
+    accounting: Accounting
+    sockets: SocketPools
+    reloader: PolicyReloader | None
+
+    @property
+    def policy(self) -> Policy: ...
+
+
 class Sampler:
-    def __init__(self, state: "ProxyState", observer: RequestMetrics, websocket_stats: object | None = None) -> None:
+    def __init__(self, state: Sources, observer: RequestMetrics, websocket_stats: object | None = None) -> None:
         self._state = state
         self._observer = observer
         self._ws = websocket_stats
@@ -43,7 +59,7 @@ class Sampler:
 
     def sample(self) -> None:
         state = self._state
-        policy = state.runtime.policy
+        policy = state.policy
         limiter = state.limiter
         self._routing(state, policy.deployments, provider_view=not limiter.active)
         self._limits(limiter.stats)
@@ -66,7 +82,7 @@ class Sampler:
             counter.inc(value - last)
         self._last[key] = value
 
-    def _routing(self, state: "ProxyState", deployments, provider_view: bool) -> None:
+    def _routing(self, state: Sources, deployments, provider_view: bool) -> None:
         """Breakers; and, without a limiter, the provider's quota as the router learnt it from headers."""
         live = state.routing
         states = live.breakers.states()
@@ -141,9 +157,9 @@ class Sampler:
         m.ws_open.set(stats.connections_open)
 
 
-    def _upstream_sockets(self, state: "ProxyState") -> None:
+    def _upstream_sockets(self, state: Sources) -> None:
         """Summed over the socket pools (one per provider URL and key; deployments can share one)."""
-        pools = list(socket_pools(state.pools).pools.values())
+        pools = list(state.sockets.pools.values())
         for field, kind in _UPSTREAM_WS_EVENTS:
             self._advance(("upstream_ws", field), sum(getattr(p.stats, field) for p in pools), m.upstream_ws_events.labels(kind))
         m.upstream_ws_open.set(sum(p.open for p in pools))

@@ -4,15 +4,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
+from proxy.call import Outcome
 from proxy.metrics.exposition import CONTENT_TYPE, render, worker_exiting
 from proxy.metrics.observer import RequestMetrics
 from proxy.metrics.redis_probe import RedisProbe
-from proxy.metrics.sampler import Sampler
-
-if TYPE_CHECKING:
-    from proxy.api.state import ProxyState
+from proxy.metrics.sampler import Sampler, Sources
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
 SAMPLE_ENV = "LANEWAY_METRICS_SAMPLE_S"  # seconds between snapshot samples in each worker
@@ -20,12 +18,13 @@ log = logging.getLogger("laneway")
 
 
 class Metrics:
-    """Everything one worker does for metrics; registers its observer on ``state``."""
+    """Everything one worker does for metrics; its request observer joins ``observers``."""
 
-    def __init__(self, state: "ProxyState", websocket_stats: object | None = None) -> None:
+    def __init__(self, state: Sources, observers: list[Callable[[Outcome], None]],
+                 websocket_stats: object | None = None) -> None:
         self.state = state
-        self.observer = RequestMetrics(lambda: state.runtime.policy.deployments)
-        state.observers.append(self.observer)
+        self.observer = RequestMetrics(lambda: state.policy.deployments)
+        observers.append(self.observer)
         self.sampler = Sampler(state, self.observer, websocket_stats)
         self.redis = RedisProbe()
         self.interval = float(os.environ.get(SAMPLE_ENV, "1"))
@@ -35,7 +34,7 @@ class Metrics:
         while True:
             self._sample()
             try:
-                await self.redis.probe(self.state.runtime.policy)
+                await self.redis.probe(self.state.policy)
             except Exception:
                 log.exception("Redis latency probe failed; laneway_redis_ping_seconds pauses")
             await asyncio.sleep(self.interval)

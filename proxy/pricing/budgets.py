@@ -14,23 +14,22 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
-from proxy.config.schema import Budget, Deployment, Policy, Route
-from proxy.errors import ProxyError
+from proxy.call import DEFAULT_OUTPUT_TOKENS, ModelRequest, Outcome
+from proxy.config.schema import Budget, Deployment, Policy
+from proxy.errors import BudgetExceeded, StoreUnavailable
 from proxy.pricing.catalogue import active
 from proxy.pricing.ledger import UsageRow
 from proxy.pricing.reports import hour_start
 from proxy.pricing.schedules import Tokens, cost
-from proxy.store.base import Store, StoreError, store_unavailable
+from proxy.store.base import Store, StoreError
 from proxy.store.memory import MemoryStore
-from proxy.upstream.request import ModelRequest, Outcome
 
 log = logging.getLogger("laneway")
 
-OK, SOFT = "ok", "soft"
 ZERO = Decimal(0)
 MICRO = Decimal(1_000_000)
 # One hash tag for every counter: a request's key and team counters are reserved in one script
@@ -76,11 +75,13 @@ class Counter:
 
 @dataclass(slots=True)
 class Hold:
-    """A request's reservation: what it holds, in which store, in which counters."""
+    """A request's reservation, a value its caller gives back to ``finish``: what it holds, in
+    which store, in which counters; ``soft`` says a soft limit is passed (prefer cheaper candidates)."""
 
     counters: list[Counter]
     amount: int
     store: Store
+    soft: bool
 
 
 class Budgets:
@@ -89,7 +90,6 @@ class Budgets:
         self.fallback = MemoryStore()
         self.fail_closed = False
         self._down_until = 0.0                              # monotonic; fail-open counts locally until then
-        self._held: dict[int, Hold] = {}                    # id(outcome) -> its reservation
         self._seen: dict[tuple[str, str, str], int] = {}    # (scope, name, period) -> micro-USD at our last look
         self._tasks: set[asyncio.Task] = set()
         self.refusals = 0
@@ -128,12 +128,26 @@ class Budgets:
                                          expiry, what, soft, hard))
         return found
 
-    async def reserve(self, outcome: Outcome, estimate: Decimal, now: datetime | None = None) -> str:
+    async def borrow(self, outcome: Outcome, candidates: Iterable[str], req: ModelRequest) -> Hold | None:
+        """Reserve the request's estimated cost before dispatch (BudgetExceeded over a hard limit).
+        The estimate is the dearest priced candidate's, since routing may fall back to it; None
+        when no budget applies."""
+        if not self.applies(outcome.key_name, outcome.team):
+            return None
+        out = req.max_output_tokens or DEFAULT_OUTPUT_TOKENS
+        priced = [value for value in (self.estimate(self.deployments[name], req.input_estimate, out)
+                                      for name in candidates if name in self.deployments) if value is not None]
+        hold = await self.reserve(outcome, max(priced) if priced else ZERO)
+        if hold is not None and hold.soft:
+            self.soft_reroutes += 1
+        return hold
+
+    async def reserve(self, outcome: Outcome, estimate: Decimal, now: datetime | None = None) -> Hold | None:
         """Reserve ``estimate`` in every counter of the request's key and team, atomically in one
-        store call: OK, or SOFT when a soft limit is passed; 429 when a hard limit would be."""
+        store call; BudgetExceeded when a hard limit would be passed."""
         counters = self.counters(outcome.key_name, outcome.team, now or datetime.now(timezone.utc))
         if not counters:
-            return OK
+            return None
         amount = micros(estimate)
         keys = [c.key for c in counters]
         hard = [-1 if c.hard is None else limit_micros(c.hard) for c in counters]
@@ -150,27 +164,21 @@ class Budgets:
             scope, name, _ = counter.where
             self._seen[counter.where] = result.spent[0]
             spent = (Decimal(result.spent[0]) / MICRO).quantize(Decimal("0.01"))
-            raise ProxyError(
-                429,
+            raise BudgetExceeded(
                 f"The {counter.what} budget of {scope} '{name}' (${counter.hard}) is used up (${spent} "
-                f"spent or reserved). Ask your Laneway admin to raise it, or retry in the next {counter.what[:-2]} period.",
-                code="insufficient_quota",
-                type="insufficient_quota",
-            )
-        self._held[id(outcome)] = Hold(counters, amount, store)
-        verdict = OK
+                f"spent or reserved). Ask your Laneway admin to raise it, or retry in the next {counter.what[:-2]} period.")
+        soft = False
         for counter, before in zip(counters, result.spent):
             self._seen[counter.where] = before + amount
             if counter.soft is not None and before + amount > limit_micros(counter.soft):
-                verdict = SOFT
-        return verdict
+                soft = True
+        return Hold(counters, amount, store, soft)
 
-    def finish(self, outcome: Outcome) -> None:
-        """Observer: replace the reservation with the real cost (reconciliation). An outcome that
-        reserved nothing (a hedge attempt that lost the race) adds what it consumed."""
+    def finish(self, outcome: Outcome, hold: Hold | None) -> None:
+        """Replace ``hold`` with the outcome's real cost (reconciliation). An outcome that reserved
+        nothing (a hedge attempt that lost the race) adds what it consumed."""
         if not self.enabled:
             return
-        hold = self._held.pop(id(outcome), None)
         if hold is None and not self.applies(outcome.key_name, outcome.team):
             return
         actual = self._cost(outcome)
@@ -212,7 +220,7 @@ class Budgets:
     def _store_failed(self, exc: StoreError) -> Store:
         self.store_errors += 1
         if self.fail_closed:
-            raise store_unavailable("Budgets", "budget_store_unavailable")
+            raise StoreUnavailable.refusing("Budgets", "budget_store_unavailable")
         log.warning("budgets: limit store unreachable (%s); counting this replica's spend locally for %.0fs",
                     exc, _RETRY_STORE_S)
         self._down_until = time.monotonic() + _RETRY_STORE_S
@@ -254,23 +262,3 @@ class Budgets:
             found.append(("team", team, self.by_team[team]))
         return found
 
-
-DEFAULT_OUTPUT_ESTIMATE = 1024  # output tokens reserved when a request sets no max_tokens
-
-
-async def admit_route(budgets: Budgets, route: Route, req: ModelRequest, outcome: Outcome) -> tuple[Route, bool]:
-    """Reserve the request's estimated cost before dispatch (429 over a hard limit). The estimate
-    is the dearest priced candidate's, since routing may fall back to it. Over a soft limit the
-    route's candidates are tried cheapest first (unpriced ones last); returns the route to
-    dispatch and whether it was re-ordered."""
-    out = req.max_output_tokens or DEFAULT_OUTPUT_ESTIMATE
-    estimates = {}
-    for name in route.candidates:
-        dep = budgets.deployments.get(name)
-        estimates[name] = budgets.estimate(dep, req.input_estimate, out) if dep is not None else None
-    priced = [value for value in estimates.values() if value is not None]
-    if await budgets.reserve(outcome, max(priced) if priced else ZERO) != SOFT:
-        return route, False
-    budgets.soft_reroutes += 1
-    order = sorted(route.candidates, key=lambda n: (estimates[n] is None, estimates[n] or ZERO))
-    return replace(route, candidates=tuple(order), strategy="fallback"), True

@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from proxy.call import Outcome
 from proxy.pricing.schedules import Tokens
-from proxy.upstream.request import Outcome
 
 log = logging.getLogger("laneway")
 

@@ -16,17 +16,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
 
-from proxy.config.schema import Deployment, Route
+from proxy.call import ModelRequest, UpstreamError, UpstreamResponse, Usage
+from proxy.config.schema import Deployment
+from proxy.limits.limiter import Ticket
+from proxy.routing.attempts import Attempt, Attempts, Lost
 from proxy.routing.failures import is_failure, no_upstream_error
-from proxy.upstream.http_pool import UpstreamError
-from proxy.upstream.request import ModelRequest, Outcome
-from proxy.upstream.scan import StreamScanner, Usage, extract_usage
-
-if TYPE_CHECKING:
-    from proxy.routing.router import Attempt, Router, UpstreamResponse
+from proxy.upstream.scan import StreamScanner, extract_usage
+from proxy.upstream.ws_pool import SocketPin
 
 
 @dataclass(slots=True)
@@ -35,31 +33,10 @@ class Probe:
 
     deployment: Deployment
     sent_at: float
-    response: "UpstreamResponse | None" = None
+    response: UpstreamResponse | None = None
     chunks: list[bytes] = field(default_factory=list)
     body: AsyncIterator[bytes] | None = None  # the rest of a stream, after the first token
     scanner: StreamScanner | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Lost:
-    """A cancelled hedge attempt: what it consumed, for accounting and statistics."""
-
-    deployment: Deployment
-    sent_at: float
-    usage: Usage
-    first_token_at: float | None
-
-    def outcome(self, winner: Outcome) -> Outcome:
-        """The loser's own Outcome, sharing the winner's request, key and route."""
-        dep, usage = self.deployment, self.usage
-        return replace(
-            winner, deployment=dep.name, hardware=dep.hardware, reason="hedge-lost", status=499,
-            error_code="hedge_lost", input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
-            cached_tokens=usage.cached_tokens, reasoning_tokens=usage.reasoning_tokens,
-            usage_reported=usage.reported, upstream_started=self.sent_at,
-            first_token_at=self.first_token_at, finished=time.perf_counter(),
-        )
 
 
 class Replay:
@@ -90,9 +67,13 @@ class Replay:
     def release(self) -> None:
         self._response.release()
 
+    def abandon(self) -> bytes:
+        return self._response.abandon()
 
-async def _until_first_token(router: "Router", probe: Probe, req: ModelRequest) -> Probe:
-    response = probe.response = await router.try_candidate(probe.deployment, req)
+
+async def _until_first_token(attempts: Attempts, probe: Probe, req: ModelRequest, ticket: Ticket | None,
+                             pin: SocketPin | None) -> Probe:
+    response = probe.response = await attempts.try_candidate(probe.deployment, req, ticket, pin)
     if response.status != 200:
         return probe
     try:
@@ -110,7 +91,7 @@ async def _until_first_token(router: "Router", probe: Probe, req: ModelRequest) 
             probe.chunks.append(chunk)
             scanner.feed(chunk)
     except UpstreamError:  # broke off before its first token: nothing was relayed, so it may fall back
-        router.live.stats.failed_before_response(probe.deployment.name)
+        attempts.live.stats.failed_before_response(probe.deployment.name)
         raise
     return probe
 
@@ -121,14 +102,8 @@ async def _cancel(task: asyncio.Task, probe: Probe, req: ModelRequest) -> Lost:
         await task
     except BaseException:  # cancelled, or failed while being cancelled: either way it is over
         pass
-    rest = b""
     response = probe.response
-    if response is not None:
-        abandon = getattr(response, "abandon", None)
-        if abandon is not None:  # pass-through response: keep the bytes that arrived, drop the connection
-            rest = abandon()
-        else:
-            response.release()  # aborts the upstream exchange: the provider stops generating
+    rest = response.abandon() if response is not None else b""  # aborts the exchange; keeps what had arrived
     scanner = probe.scanner
     if req.stream:
         if scanner is None:
@@ -141,9 +116,9 @@ async def _cancel(task: asyncio.Task, probe: Probe, req: ModelRequest) -> Lost:
     return Lost(probe.deployment, probe.sent_at, usage, scanner.first_token_at if scanner else None)
 
 
-async def hedged_dispatch(router: "Router", route: Route, req: ModelRequest, candidates: list[Deployment],
-                          chosen: str, after_s: float) -> "Attempt":
-    counters = router.live.counters
+async def hedged_dispatch(attempts: Attempts, req: ModelRequest, candidates: list[Deployment], chosen: str,
+                          after_s: float, ticket: Ticket | None, pin: SocketPin | None) -> Attempt:
+    counters = attempts.live.counters
     pending: dict[asyncio.Task, Probe] = {}
     failures: list[str] = []
     last_error: UpstreamError | None = None
@@ -154,7 +129,7 @@ async def hedged_dispatch(router: "Router", route: Route, req: ModelRequest, can
         nonlocal next_index
         probe = Probe(candidates[next_index], time.perf_counter())
         next_index += 1
-        task = asyncio.ensure_future(_until_first_token(router, probe, req))
+        task = asyncio.ensure_future(_until_first_token(attempts, probe, req, ticket, pin))
         pending[task] = probe
         return task
 
@@ -179,7 +154,7 @@ async def hedged_dispatch(router: "Router", route: Route, req: ModelRequest, can
                     continue
                 status = probe.response.status
                 if is_failure(status) and (pending or next_index < len(candidates)):
-                    await router.skip(probe.deployment, probe.response)
+                    await attempts.skip(probe.deployment, probe.response)
                     failures.append(f"{name}={status}")
                     continue
                 losers = tuple([await _cancel(other, pending[other], req) for other in list(pending)])
@@ -187,7 +162,7 @@ async def hedged_dispatch(router: "Router", route: Route, req: ModelRequest, can
                 if task is hedge_task:
                     counters.hedges_won += 1
                 response = Replay(probe) if status == 200 else probe.response
-                attempt = router.attempt(probe.deployment, req, response, chosen, failures, probe.sent_at)
+                attempt = attempts.attempt(probe.deployment, req, response, chosen, failures, probe.sent_at)
                 if hedge_task is not None and not failures:
                     attempt.reason = chosen + (";hedge-won" if task is hedge_task else ";hedged")
                 attempt.losers = losers

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from proxy.errors import ProxyError
+from proxy.errors import InvalidRequest
 
 # Lane names clients use -> hardware tags in the policy; a hardware tag itself is accepted too.
 LANES = {"fast": "wafer", "deep": "gpu"}
@@ -40,6 +40,6 @@ def _positive(raw: bytes | None, header: str) -> float | None:
     except ValueError:
         value = -1.0
     if not (value > 0 and math.isfinite(value)):
-        raise ProxyError(400, f"The {header} header must be a number greater than 0, e.g. {header}: 2000.",
-                         code="invalid_hint", param=header)
+        raise InvalidRequest(f"The {header} header must be a number greater than 0, e.g. {header}: 2000.",
+                             code="invalid_hint", param=header)
     return value

@@ -9,51 +9,32 @@ breakers); every attempt feeds the breakers and the provider-headroom view.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import replace
 
-from proxy.config.schema import Deployment, Policy, Route
-from proxy.errors import ProxyError
-from proxy.limits.limiter import CURRENT_TICKET
+from proxy.call import DEFAULT_OUTPUT_TOKENS, ModelRequest, UpstreamError
+from proxy.config.schema import Policy, Route
+from proxy.errors import ModelNotFound
+from proxy.limits.limiter import Ticket
+from proxy.pricing import price_of
+from proxy.routing.attempts import Attempt, Attempts
 from proxy.routing.failures import is_failure, no_upstream_error
-from proxy.routing.hedge import Lost, hedged_dispatch
+from proxy.routing.hedge import hedged_dispatch
 from proxy.routing.hints import NO_HINTS, Hints
 from proxy.routing.live import RoutingState
 from proxy.routing.strategies import order_candidates
-from proxy.upstream.http_pool import UpstreamError, UpstreamPools
-from proxy.upstream.request import ModelRequest
+from proxy.upstream.http_pool import UpstreamPools
 from proxy.upstream.targets import Target, build_target
-
-
-class UpstreamResponse(Protocol):
-    status: int
-    headers: list[tuple[bytes, bytes]]
-
-    def iter_body(self): ...
-    async def read(self) -> bytes: ...
-    def release(self) -> None: ...
-
-
-@dataclass(slots=True)
-class Attempt:
-    """The response the client will see and how we got it."""
-
-    deployment: Deployment
-    target: Target
-    response: UpstreamResponse
-    reason: str  # "primary" or "fallback:<why the previous candidates failed>"
-    injected_usage: bool  # the upstream stream carries a usage chunk the client did not ask for
-    sent_at: float        # perf_counter when the chosen upstream request was sent
-    losers: tuple[Lost, ...] = ()  # hedged attempts that lost: accounted for what they consumed
+from proxy.upstream.ws_pool import SocketPin, SocketPools
 
 
 class Router:
     """Resolves model names to routes and dispatches along them; one per loaded policy."""
 
-    def __init__(self, policy: Policy, pools: UpstreamPools, live: RoutingState | None = None) -> None:
+    def __init__(self, policy: Policy, pools: UpstreamPools, sockets: SocketPools, live: RoutingState | None = None) -> None:
         self.policy = policy
         self.live = live if live is not None else RoutingState()
-        self.targets: dict[str, Target] = {name: build_target(dep, pools) for name, dep in policy.deployments.items()}
+        self.targets: dict[str, Target] = {name: build_target(dep, pools, sockets) for name, dep in policy.deployments.items()}
+        self.attempts = Attempts(self.live, self.targets)
         self._routes: dict[str, Route] = dict(policy.routes)
         for name, dep in policy.deployments.items():
             single = Route(name=name, candidates=(name,))
@@ -63,11 +44,9 @@ class Router:
     def resolve(self, model: str) -> Route:
         route = self._routes.get(model)
         if route is None:
-            raise ProxyError(
-                404,
+            raise ModelNotFound(
                 f"The model '{model[:200]}' does not exist on this proxy. "
                 f"Use one of: {', '.join(self.model_names())}.",
-                code="model_not_found",
                 param="model",
             )
         return route
@@ -76,76 +55,51 @@ class Router:
         """Route names first (what clients should ask for), then concrete deployments and models."""
         return list(dict.fromkeys(self._routes))
 
-    async def dispatch(self, route: Route, req: ModelRequest, hints: Hints = NO_HINTS) -> Attempt:
+    async def dispatch(self, route: Route, req: ModelRequest, hints: Hints = NO_HINTS, ticket: Ticket | None = None,
+                       pin: SocketPin | None = None, cheapest_first: bool = False) -> Attempt:
+        """Try ``route``'s candidates in the strategy's order until one answers.
+
+        ``ticket`` (the request's rate-limit reservation) admits each candidate; ``pin`` lets a
+        WebSocket conversation continue on the upstream socket that holds it; ``cheapest_first``
+        (a soft budget passed) tries the cheapest priced candidates first, in order.
+        """
+        if not cheapest_first:
+            return await self._dispatch(route, req, hints, ticket, pin)
+        attempt = await self._dispatch(self._cheapest_first(route, req), req, hints, ticket, pin)
+        attempt.reason = "budget_soft:cheapest_first," + attempt.reason
+        return attempt
+
+    async def _dispatch(self, route: Route, req: ModelRequest, hints: Hints, ticket: Ticket | None,
+                        pin: SocketPin | None) -> Attempt:
         candidates, chosen = order_candidates(route, self.policy.deployments, req, hints, self.live, time.monotonic())
+        attempts = self.attempts
         if route.hedge is not None and len(candidates) > 1:
-            return await hedged_dispatch(self, route, req, candidates, chosen, route.hedge.after_ms / 1000.0)
+            return await hedged_dispatch(attempts, req, candidates, chosen, route.hedge.after_ms / 1000.0, ticket, pin)
         failures: list[str] = []
         last_error: UpstreamError | None = None
         for index, dep in enumerate(candidates):
             sent_at = time.perf_counter()
             try:
-                response = await self.try_candidate(dep, req)
+                response = await attempts.try_candidate(dep, req, ticket, pin)
             except UpstreamError as exc:
                 failures.append(f"{dep.name}={exc.kind}")
                 last_error = exc
                 continue
             if index < len(candidates) - 1 and is_failure(response.status):
-                await self.skip(dep, response)
+                await attempts.skip(dep, response)
                 failures.append(f"{dep.name}={response.status}")
                 continue
-            return self.attempt(dep, req, response, chosen, failures, sent_at)
+            return attempts.attempt(dep, req, response, chosen, failures, sent_at)
         assert last_error is not None
         raise no_upstream_error(last_error, failures)
 
-    async def try_candidate(self, dep: Deployment, req: ModelRequest) -> UpstreamResponse:
-        """Send to one candidate with the bookkeeping every attempt needs (breaker, in-flight,
-        headroom); raises UpstreamError when the upstream cannot be reached or times out."""
-        live = self.live
-        name = dep.name
-        ticket = CURRENT_TICKET.get()
-        if ticket is not None:  # one admission round trip; DeploymentLimited ("name=limited") skips it
-            await ticket.admit(name)
-        breaker = live.breakers.get(name, dep.breaker)
-        breaker.begin(time.monotonic())
-        live.stats.started(name)
-        live.provider_headroom.debit(name, req.input_estimate + (req.max_output_tokens or 0))
-        try:
-            response = await self.targets[name].send(req)
-        except UpstreamError:
-            breaker.failure(time.monotonic())
-            live.stats.failed_before_response(name)
-            if ticket is not None:
-                ticket.release(name)
-            raise
-        except BaseException:  # cancelled (a hedge that lost): neither a success nor a failure
-            breaker.abandon()
-            if ticket is not None:
-                ticket.release(name)
-            raise
-        live.provider_headroom.learn(name, response.status, response.headers)
-        if ticket is not None:
-            ticket.observe(name, response.status, response.headers)
-        if is_failure(response.status):
-            breaker.failure(time.monotonic())
-            if ticket is not None:
-                ticket.release(name)
-        else:
-            breaker.success()
-        return response
-
-    async def skip(self, dep: Deployment, response: UpstreamResponse) -> None:
-        """Pass over a candidate that answered 429/5xx: drain its small error body so the connection is reused."""
-        try:
-            await response.read()
-        except UpstreamError:
-            pass
-        self.live.stats.failed_before_response(dep.name)
-
-    def attempt(self, dep: Deployment, req: ModelRequest, response: UpstreamResponse, chosen: str,
-                failures: list[str], sent_at: float) -> Attempt:
-        if failures:
-            self.live.counters.fallbacks += 1
-        reason = chosen if not failures else "fallback:" + ",".join(failures)
-        target = self.targets[dep.name]
-        return Attempt(dep, target, response, reason, target.injects_usage(req), sent_at)
+    def _cheapest_first(self, route: Route, req: ModelRequest) -> Route:
+        """The route's candidates by estimated cost, unpriced last, tried in that order."""
+        deployments = self.policy.deployments
+        out = req.max_output_tokens or DEFAULT_OUTPUT_TOKENS
+        costs: dict[str, float] = {}
+        for name in route.candidates:
+            price = price_of(deployments[name], req.input_estimate, out)
+            costs[name] = float("inf") if price is None else float(price)
+        order = sorted(route.candidates, key=lambda name: costs[name])
+        return replace(route, candidates=tuple(order), strategy="fallback")

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from proxy.call import Outcome
 from proxy.config.schema import Priors
-from proxy.upstream.request import Outcome
 
 # Prompt-size bucket upper bounds in tokens: short turns and long agentic contexts behave differently.
 BUCKETS = (1024, 8192, 32768)

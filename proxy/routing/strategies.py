@@ -14,13 +14,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
+from proxy.call import ModelRequest
 from proxy.config.schema import Deployment, Route
-from proxy.errors import ProxyError
+from proxy.errors import InvalidRequest
 from proxy.pricing import price_of
 from proxy.routing.hints import Hints
 from proxy.routing.live import RoutingState
 from proxy.routing.stats import DEFAULT_OUTPUT_TOKENS
-from proxy.upstream.request import ModelRequest
 
 
 class Prediction:
@@ -133,8 +133,7 @@ def _within_budget(order: list[Deployment], predictions, max_cost: float, route:
     if not kept:
         cheapest = min(predictions[d.name].cost_usd for d in order)
         estimate = f"the cheapest is estimated at ${cheapest:.6f}" if math.isfinite(cheapest) else "none has a known price"
-        raise ProxyError(
-            400,
+        raise InvalidRequest(
             f"No deployment of '{route.name}' fits x-laneway-max-cost-usd={max_cost:g}; {estimate}. "
             "Raise the limit, lower max_tokens, or shorten the prompt.",
             code="max_cost_exceeded",

@@ -11,8 +11,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from proxy.errors import ProxyError
-
 # Bucket kinds.
 REQUESTS = "n"      # sliding-window log, one entry per request
 TOKENS = "t"        # sliding-window log, one entry per request carrying its token amount
@@ -22,17 +20,6 @@ PROVIDER = "p"      # what the provider said it has left, per window, until its 
 
 class StoreError(Exception):
     """The store could not answer in time (or at all); the limiter applies on_store_error."""
-
-
-def store_unavailable(what: str, code: str) -> ProxyError:
-    """The 503 a fail_closed policy answers while the store is unreachable."""
-    return ProxyError(
-        503,
-        f"{what} cannot be checked right now (the limit store is unreachable) and this proxy is "
-        "configured to refuse rather than guess. Retry in a few seconds.",
-        code=code,
-        headers={"retry-after": "1", "retry-after-ms": "1000"},
-    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,25 +17,7 @@ from urllib.parse import urlsplit
 
 import httptools
 
-
-class UpstreamError(Exception):
-    """The upstream could not be reached or broke the exchange; ``kind`` says how."""
-
-    kind = "protocol"
-
-
-class UpstreamConnectError(UpstreamError):
-    kind = "connect"
-
-
-class UpstreamTimeout(UpstreamError):
-    kind = "timeout"
-
-
-class UpstreamClosed(UpstreamError):
-    """The connection ended before the response did (a mid-stream drop)."""
-
-    kind = "closed"
+from proxy.call import UpstreamClosed, UpstreamConnectError, UpstreamError, UpstreamTimeout
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,11 +10,10 @@ from collections.abc import AsyncIterator
 
 import orjson
 
+from proxy.call import ModelRequest, UpstreamConnectError, UpstreamError, UpstreamTimeout
 from proxy.config.schema import Deployment
-from proxy.errors import ProxyError
+from proxy.errors import UnsupportedEndpoint
 from proxy.litellm_import import litellm
-from proxy.upstream.http_pool import UpstreamConnectError, UpstreamError, UpstreamTimeout
-from proxy.upstream.request import ModelRequest
 
 # OpenAI chat parameters forwarded to litellm as given; anything else is dropped by litellm's own mapping.
 _CHAT_PARAMS = (
@@ -26,7 +25,7 @@ _JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
 class LitellmResponse:
-    """Quacks like http_pool.Response: status, headers, iter_body(), read(), release()."""
+    """A litellm result as an ``UpstreamResponse``: the provider's chunks re-encoded as OpenAI SSE."""
 
     def __init__(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes = b"", stream=None) -> None:
         self.status = status
@@ -54,6 +53,11 @@ class LitellmResponse:
         """Drop the provider stream; a cancelled iteration has already closed its HTTP response."""
         self._stream = None
 
+    def abandon(self) -> bytes:
+        """Chunks are re-encoded as they are read, so nothing unread is held."""
+        self.release()
+        return b""
+
 
 class LitellmTarget:
     """Sends chat requests for one deployment through ``litellm.acompletion``."""
@@ -65,14 +69,12 @@ class LitellmTarget:
     def injects_usage(self, req: ModelRequest) -> bool:
         return req.stream and not req.client_wants_usage
 
-    async def send(self, req: ModelRequest) -> LitellmResponse:
+    async def send(self, req: ModelRequest, pin: object = None) -> LitellmResponse:
+        """``pin`` is ignored: litellm speaks HTTP only."""
         if req.endpoint != "chat":
-            raise ProxyError(
-                400,
+            raise UnsupportedEndpoint(
                 f"Deployment '{self.deployment.name}' ({self.deployment.provider}) serves /v1/chat/completions only; "
-                "use a route with an OpenAI-compatible deployment for this endpoint.",
-                code="unsupported_endpoint",
-            )
+                "use a route with an OpenAI-compatible deployment for this endpoint.")
         dep = self.deployment
         params = {name: req.body[name] for name in _CHAT_PARAMS if name in req.body}
         if req.stream:

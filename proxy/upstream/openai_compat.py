@@ -5,10 +5,10 @@ extra headers — is encoded once per deployment, so a request costs one bytes j
 """
 from __future__ import annotations
 
+from proxy.call import ENDPOINT_PATHS, ModelRequest
 from proxy.config.schema import Deployment
 from proxy.upstream.body import needs_usage_injection, rewrite_body, wants_continuous_usage
 from proxy.upstream.http_pool import Origin, Response, UpstreamPools
-from proxy.upstream.request import ENDPOINT_PATHS, ModelRequest
 
 
 class OpenAICompatTarget:
@@ -33,7 +33,8 @@ class OpenAICompatTarget:
         """Whether the upstream stream will carry a usage chunk the client did not ask for."""
         return needs_usage_injection(req.endpoint, req.stream, req.client_wants_usage)
 
-    async def send(self, req: ModelRequest) -> Response:
+    async def send(self, req: ModelRequest, pin: object = None) -> Response:
+        """``pin`` is ignored: HTTP has no socket a conversation could continue on."""
         dep = self.deployment
         continuous = self._continuous_usage and wants_continuous_usage(req.endpoint, req.stream)
         body = rewrite_body(req.raw, req.body, dep.model, self.injects_usage(req), continuous)

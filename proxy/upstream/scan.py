@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
 
 import orjson
+
+from proxy.call import Usage
 
 # First real output: non-empty text, reasoning, or a tool call (chat / completions / responses).
 _FIRST_TOKEN = re.compile(
@@ -21,30 +22,6 @@ _DELTA_EVENT = re.compile(rb'"(?:content|text|delta)":"[^"]')
 _USAGE_KEY = b'"usage":'
 _USAGE_ONLY = re.compile(rb'"choices":\s*\[\]')
 _TAIL_BYTES = 32768
-
-
-@dataclass(slots=True)
-class Usage:
-    """Token counts in one vocabulary for every API (chat, completions, responses, embeddings)."""
-
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cached_tokens: int = 0
-    reasoning_tokens: int = 0
-    reported: bool = True  # False: estimated by the proxy because the upstream never said
-
-    @classmethod
-    def from_openai(cls, usage: dict) -> "Usage":
-        inp = usage.get("prompt_tokens", usage.get("input_tokens", 0)) or 0
-        out = usage.get("completion_tokens", usage.get("output_tokens", 0)) or 0
-        in_details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}
-        out_details = usage.get("completion_tokens_details") or usage.get("output_tokens_details") or {}
-        return cls(
-            input_tokens=int(inp),
-            output_tokens=int(out),
-            cached_tokens=int(in_details.get("cached_tokens") or 0),
-            reasoning_tokens=int(out_details.get("reasoning_tokens") or 0),
-        )
 
 
 def extract_usage(buf: bytes) -> Usage | None:

@@ -3,26 +3,27 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from proxy.call import ModelRequest, UpstreamResponse
 from proxy.config.schema import Deployment
 from proxy.upstream.http_pool import UpstreamPools
 from proxy.upstream.litellm_adapter import LitellmTarget
 from proxy.upstream.openai_compat import OpenAICompatTarget
-from proxy.upstream.request import ModelRequest
-from proxy.upstream.ws_pool import SocketTarget, socket_pools
+from proxy.upstream.ws_pool import SocketPin, SocketPools, SocketTarget
 
 
 class Target(Protocol):
     deployment: Deployment
 
     def injects_usage(self, req: ModelRequest) -> bool: ...
-    async def send(self, req: ModelRequest): ...
+    async def send(self, req: ModelRequest, pin: SocketPin | None = None) -> UpstreamResponse:
+        """``pin``: the client conversation's upstream socket (only socket targets use it)."""
 
 
-def build_target(deployment: Deployment, pools: UpstreamPools) -> Target:
+def build_target(deployment: Deployment, pools: UpstreamPools, sockets: SocketPools) -> Target:
     """OpenAI-compatible providers get raw-byte pass-through; the rest go through litellm."""
     if deployment.openai_compatible:
         http = OpenAICompatTarget(deployment, pools)
         if deployment.websocket:  # Responses turns over persistent upstream sockets, HTTP as fallback
-            return SocketTarget(deployment, http, socket_pools(pools).get(deployment))
+            return SocketTarget(deployment, http, sockets.get(deployment))
         return http
     return LitellmTarget(deployment)

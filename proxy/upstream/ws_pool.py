@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -30,11 +29,10 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from websockets.protocol import State
 
+from proxy.call import ModelRequest, UpstreamClosed, UpstreamTimeout
 from proxy.config.schema import Deployment
 from proxy.upstream.body import rewrite_body
-from proxy.upstream.http_pool import UpstreamClosed, UpstreamPools, UpstreamTimeout
 from proxy.upstream.openai_compat import OpenAICompatTarget
-from proxy.upstream.request import ModelRequest
 
 log = logging.getLogger("laneway")
 
@@ -192,17 +190,6 @@ class SocketPools:
             pool.close()
 
 
-_REGISTRY: weakref.WeakKeyDictionary[UpstreamPools, SocketPools] = weakref.WeakKeyDictionary()
-
-
-def socket_pools(pools: UpstreamPools) -> SocketPools:
-    """The socket pools living beside ``pools`` (same lifetime: the process state)."""
-    found = _REGISTRY.get(pools)
-    if found is None:
-        found = _REGISTRY[pools] = SocketPools()
-    return found
-
-
 class SocketResponse:
     """A turn running on a pooled socket, presented like an HTTP response carrying SSE."""
 
@@ -255,6 +242,12 @@ class SocketResponse:
 
     async def read(self) -> bytes:
         return b"".join([chunk async for chunk in self.iter_body()])
+
+    def abandon(self) -> bytes:
+        """Events are received one at a time as they are relayed, so nothing unread is held; the
+        socket closes (the provider stops generating)."""
+        self.release()
+        return b""
 
     def release(self) -> None:
         """Back to the pool after a whole turn; a turn cut short closes the socket (cancels upstream)."""
@@ -320,6 +313,9 @@ class ErrorResponse:
     def release(self) -> None:
         return None
 
+    def abandon(self) -> bytes:
+        return b""
+
 
 class SocketTarget:
     """Responses turns over pooled upstream sockets; everything else (and every fallback) over HTTP."""
@@ -332,10 +328,9 @@ class SocketTarget:
     def injects_usage(self, req: ModelRequest) -> bool:
         return self.http.injects_usage(req)
 
-    async def send(self, req: ModelRequest):
+    async def send(self, req: ModelRequest, pin: SocketPin | None = None):
         if req.endpoint != "responses":
             return await self.http.send(req)
-        pin = req.extra.get("pin")
         if pin is not None and not pin.busy:
             response = await self._send_pinned(pin, req)
             if response is not None:
