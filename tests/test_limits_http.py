@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from tests.redis_support import redis_server  # noqa: F401  (fixture)
-from tests.support import proxy_from_yaml, simulator
+from tests.support import proxy_from_yaml, record_outcomes, simulator
 
 KEY = "lw-limits-test-key"
 MESSAGES = [{"role": "user", "content": "write a haiku about rate limits"}]
@@ -174,6 +174,29 @@ def test_client_disconnect_mid_stream_charges_what_was_produced_and_frees_the_sl
         assert after.status_code == 200  # slot released
         charged = limit - int(after.headers["x-ratelimit-remaining-tokens"]) - reservation(5)
         assert 0 < charged < len(orjson.dumps(body)) // 4 + 5000  # what was produced, not the whole reservation
+
+
+def test_client_disconnect_while_waiting_for_a_whole_body_cancels_upstream_and_frees_the_slot(limited_proxy, wafer_sim):
+    """Non-streamed: the client hangs up while the upstream is still generating (5000 tokens at
+    4000 tok/s, ~1.3 s): the upstream exchange is aborted at once, the concurrency slot freed and
+    the request billed at the estimate, not the whole reservation."""
+    limit = 100_000
+    with record_outcomes(limited_proxy(key_limits=f"{{tpm: {limit}, concurrency: 1}}")) as server:
+        before = httpx.get(wafer_sim.url + "/sim/stats").json()["disconnects"]
+        body = {"model": "fast", "messages": MESSAGES, "max_tokens": 5000}
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(server.url + "/v1/chat/completions", content=orjson.dumps(body),
+                       headers={"authorization": f"Bearer {KEY}"}, timeout=httpx.Timeout(5, read=0.3))
+        hung_up = time.monotonic()
+        while not server.outcomes and time.monotonic() - hung_up < 5:
+            time.sleep(0.01)
+        assert server.outcomes[-1].status == 499 and time.monotonic() - hung_up < 0.5  # not after the 1.3 s body
+        assert httpx.get(wafer_sim.url + "/sim/stats").json()["disconnects"] == before + 1
+        settled(server.app.state.limiter)
+        after = post(server, model="fast", max_tokens=5)
+        assert after.status_code == 200  # slot released
+        charged = limit - int(after.headers["x-ratelimit-remaining-tokens"]) - reservation(5)
+        assert 0 < charged < 5000  # the prompt estimate, not the 5000-token reservation
 
 
 def test_upstream_drop_mid_stream_reconciles_and_frees_the_slot(limited_proxy, wafer_sim):

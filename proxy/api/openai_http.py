@@ -14,7 +14,7 @@ import orjson
 from proxy.api.asgi import Receive, Scope, Send, header, read_body, request_id, send_bytes, send_error
 from proxy.api.errors import ProxyError, http_error
 from proxy.api.pipeline import Call, Pipeline, read_hints
-from proxy.call import ModelRequest, UpstreamError, Usage
+from proxy.call import ModelRequest, Outcome, UpstreamError, Usage
 from proxy.errors import Refused
 from proxy.routing.attempts import Attempt
 from proxy.upstream.scan import StreamScanner, UsageChunkFilter, extract_usage
@@ -37,25 +37,37 @@ class ModelEndpoint:
         pipeline = self.pipeline
         call = pipeline.call(self.endpoint, request_id(scope))
         rid = call.outcome.request_id
+        watch: _ClientWatch | None = None
         try:
             runtime = call.runtime
             pipeline.authenticated(call, runtime.auth.check(header(scope, b"authorization")))
             call.hints = read_hints(scope["headers"])
             raw = await read_body(receive, scope, runtime.policy.server.max_body_bytes)
             req = pipeline.request(call, self._decode(raw), raw)
+            watch = _ClientWatch(receive)  # from here a hang-up cancels the call: routing, the wait, the relay
             attempt = await pipeline.run(call)
         except (ProxyError, Refused) as exc:
+            if watch is not None:
+                watch.stop()
             error = http_error(exc) if isinstance(exc, Refused) else exc
             pipeline.refused(call, error)
             await send_error(send, error, rid)
             return
+        except asyncio.CancelledError:
+            if watch is None or not watch.gone:
+                raise
+            watch.uncancel()  # gone while the upstream was working (a whole body is generated before its headers)
+            _hung_up(call.outcome, Usage(input_tokens=req.input_estimate, reported=False))
+            pipeline.finish(call)
+            return
         headers = _response_headers(attempt, rid) + call.rate_limit_headers()
         try:
             if req.stream and attempt.response.status == 200:
-                await _relay_stream(call, attempt, req, headers, receive, send)
+                await _relay_stream(call, attempt, req, headers, watch, send)
             else:
-                await _relay_whole(call, attempt, req, headers, receive, send)
+                await _relay_whole(call, attempt, req, headers, watch, send)
         finally:
+            watch.stop()
             pipeline.finish(call)
 
     @staticmethod
@@ -76,6 +88,7 @@ class _ClientWatch:
     __slots__ = ("gone", "_done", "_relay", "_watcher")
 
     def __init__(self, receive: Receive) -> None:
+        """Call it once the request body has been read: what ``receive`` says next is the disconnect."""
         self.gone = False
         self._done = False
         self._relay = asyncio.current_task()
@@ -98,9 +111,9 @@ class _ClientWatch:
         self._relay.uncancel()
 
 
-async def _relay_whole(call: Call, attempt: Attempt, req: ModelRequest, headers: list, receive: Receive, send: Send) -> None:
+async def _relay_whole(call: Call, attempt: Attempt, req: ModelRequest, headers: list, watch: _ClientWatch,
+                       send: Send) -> None:
     outcome, response = call.outcome, attempt.response
-    watch = _ClientWatch(receive)
     try:
         body = await response.read()
     except UpstreamError as exc:
@@ -113,9 +126,8 @@ async def _relay_whole(call: Call, attempt: Attempt, req: ModelRequest, headers:
         if not watch.gone:
             raise
         watch.uncancel()
-        outcome.status, outcome.error_code = 499, "client_disconnected"
         rest = response.abandon()  # a whole body that had partly arrived may say its usage
-        outcome.take_usage(extract_usage(rest) or Usage(input_tokens=req.input_estimate, reported=False))
+        _hung_up(outcome, extract_usage(rest) or Usage(input_tokens=req.input_estimate, reported=False))
         return
     finally:
         watch.stop()
@@ -124,13 +136,14 @@ async def _relay_whole(call: Call, attempt: Attempt, req: ModelRequest, headers:
     await send_bytes(send, response.status, body, headers, content_type=_content_type(attempt))
 
 
-async def _relay_stream(call: Call, attempt: Attempt, req: ModelRequest, headers: list, receive: Receive, send: Send) -> None:
+async def _relay_stream(call: Call, attempt: Attempt, req: ModelRequest, headers: list, watch: _ClientWatch,
+                        send: Send) -> None:
     outcome, response = call.outcome, attempt.response
     scanner = StreamScanner(outcome.started)
     usage_filter = UsageChunkFilter() if attempt.injected_usage else None
-    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", _content_type(attempt)), *headers]})
-    watch = _ClientWatch(receive)
     try:
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", _content_type(attempt)), *headers]})
         async for chunk in response.iter_body():
             scanner.feed(chunk)
             out = usage_filter.feed(chunk) if usage_filter else chunk
@@ -144,7 +157,7 @@ async def _relay_stream(call: Call, attempt: Attempt, req: ModelRequest, headers
             raise
         watch.uncancel()
         outcome.status, outcome.error_code = 499, "client_disconnected"
-        scanner.feed(response.abandon())  # count what already arrived
+        scanner.feed(response.abandon())  # count what already arrived (usage taken below)
     except UpstreamError as exc:
         watch.stop()
         outcome.status, outcome.error_code = 502, "upstream_stream_error"
@@ -153,6 +166,11 @@ async def _relay_stream(call: Call, attempt: Attempt, req: ModelRequest, headers
         watch.stop()
         outcome.first_token_at = scanner.first_token_at
         outcome.take_usage(scanner.usage_or_estimate(req.input_estimate))
+
+
+def _hung_up(outcome: Outcome, usage: Usage) -> None:
+    outcome.status, outcome.error_code = 499, "client_disconnected"
+    outcome.take_usage(usage)
 
 
 def _content_type(attempt: Attempt) -> bytes:

@@ -1,0 +1,97 @@
+"""Hedged dispatch against real simulated upstreams: who wins, what the loser cost, fallback."""
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+
+from proxy.call import ModelRequest
+from proxy.config.loader import parse_policy
+from proxy.errors import UpstreamUnavailable
+from proxy.routing.router import Router
+from proxy.upstream.http_pool import UpstreamPools
+from proxy.upstream.ws_pool import SocketPools
+from tests.support import free_port, simulator
+
+POLICY = """\
+version: 1
+auth: open
+deployments:
+  - {{name: late, provider: openai, model: m-late, base_url: '{late}/v1'}}
+  - {{name: quick, provider: openai, model: m-quick, base_url: '{quick}/v1'}}
+  - {{name: dead, provider: openai, model: m-dead, base_url: 'http://127.0.0.1:{dead}/v1', timeouts: {{connect_s: 0.3}}}}
+routes:
+  - {{name: race, candidates: [late, quick], hedge: {{after_ms: 50}}}}
+  - {{name: quick-first, candidates: [quick, late], hedge: {{after_ms: 300}}}}
+  - {{name: dead-first, candidates: [dead, quick], hedge: {{after_ms: 300}}}}
+  - {{name: all-dead, candidates: [dead, dead-too], hedge: {{after_ms: 50}}}}
+"""
+
+
+@pytest.fixture(scope="module")
+def sims():
+    with simulator("gpu", ttft_ms=1500, tokens_per_s=4000) as late, simulator("wafer", ttft_ms=5, tokens_per_s=4000) as quick:
+        yield late, quick
+
+
+@pytest.fixture
+def loop():
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+@pytest.fixture
+def router(sims, loop):
+    late, quick = sims
+    for server in sims:
+        httpx.post(server.url + "/sim/reset").raise_for_status()
+    text = POLICY.format(late=late.url, quick=quick.url, dead=free_port())
+    text = text.replace("  - {name: dead,", "  - {name: dead-too, provider: openai, model: m-dead2, base_url: 'http://127.0.0.1:%d/v1', "
+                        "timeouts: {connect_s: 0.3}}\n  - {name: dead," % free_port())
+    pools = UpstreamPools()
+    router = Router(parse_policy(text), pools, SocketPools())
+    yield router
+    pools.close()  # in the loop's lifetime: its idle connections belong to it
+
+
+def dispatch(loop: asyncio.AbstractEventLoop, router: Router, route: str, stream: bool = True):
+    """One dispatch and the whole body."""
+    body = {"model": route, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8, "stream": stream}
+
+    async def run():
+        attempt = await router.dispatch(router.resolve(route), ModelRequest.from_body("chat", None, body, "req_h", size=200))
+        return attempt, await attempt.response.read()
+    return loop.run_until_complete(run())
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_the_hedge_wins_over_a_candidate_slow_to_its_first_token(loop, router, sims, stream):
+    attempt, body = dispatch(loop, router, "race", stream)
+    assert attempt.deployment.name == "quick" and attempt.reason.endswith(";hedge-won")
+    assert b"usage" in body and router.live.counters.hedges_started == 1 and router.live.counters.hedges_won == 1
+    (lost,) = attempt.losers
+    assert lost.deployment.name == "late" and lost.first_token_at is None
+    assert lost.usage.reported is False and lost.usage.output_tokens == 0  # cancelled before any output
+    late, _ = sims
+    assert httpx.get(late.url + "/sim/stats").json()["disconnects"] == 1  # the loser's exchange was aborted
+
+
+def test_no_hedge_when_the_first_candidate_answers_in_time(loop, router):
+    attempt, _ = dispatch(loop, router, "quick-first")
+    assert attempt.deployment.name == "quick" and attempt.losers == ()
+    assert router.live.counters.hedges_started == 0 and "hedge" not in attempt.reason
+
+
+def test_a_candidate_failing_before_its_first_token_falls_back_like_an_unhedged_request(loop, router):
+    attempt, _ = dispatch(loop, router, "dead-first")
+    assert attempt.deployment.name == "quick" and attempt.reason == "fallback:dead=connect"
+    assert attempt.losers == ()
+
+
+def test_every_candidate_failing_is_an_upstream_refusal(loop, router):
+    with pytest.raises(UpstreamUnavailable) as refused:
+        dispatch(loop, router, "all-dead")
+    assert "dead=connect" in refused.value.message and "dead-too=connect" in refused.value.message
+    assert refused.value.timed_out is False
