@@ -9,7 +9,9 @@ falls back along the remaining candidates. A cancelled loser is accounted, as it
 on its own deployment, for what its upstream had sent before the cancel: the usage those bytes
 carry (exact for streams from providers that report usage in every chunk, e.g. vLLM's
 ``continuous_usage_stats``), else the prompt estimate plus one token per output event, marked
-estimated.
+estimated; a streamed loser cancelled before the provider answered at all is billed nothing.
+A hedge leg that our own limits refuse was never sent: it is not a failure of the route (no
+fallback is counted; the reason says ``;hedge-refused``).
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from dataclasses import dataclass, field
 
 from proxy.call import ModelRequest, UpstreamError, UpstreamResponse, Usage
 from proxy.config.schema import Deployment
-from proxy.limits.limiter import Ticket
+from proxy.limits.limiter import DeploymentLimited, Ticket
 from proxy.routing.attempts import Attempt, Attempts, Lost
 from proxy.routing.failures import is_failure, no_upstream_error
 from proxy.upstream.scan import StreamScanner, extract_usage
@@ -103,6 +105,8 @@ async def _cancel(task: asyncio.Task, probe: Probe, req: ModelRequest) -> Lost:
     except BaseException:  # cancelled, or failed while being cancelled: either way it is over
         pass
     response = probe.response
+    if response is None and req.stream:  # no headers yet: the provider had not taken the stream on
+        return Lost(probe.deployment, probe.sent_at, Usage(reported=False), None)
     rest = response.abandon() if response is not None else b""  # aborts the exchange; keeps what had arrived
     scanner = probe.scanner
     if req.stream:
@@ -121,6 +125,7 @@ async def hedged_dispatch(attempts: Attempts, req: ModelRequest, candidates: lis
     counters = attempts.live.counters
     pending: dict[asyncio.Task, Probe] = {}
     failures: list[str] = []
+    refused: list[str] = []  # hedge legs our own limits refused: never sent, so not failures of the route
     last_error: UpstreamError | None = None
     next_index = 0
     hedge_task: asyncio.Task | None = None
@@ -149,8 +154,11 @@ async def hedged_dispatch(attempts: Attempts, req: ModelRequest, candidates: lis
                 try:
                     task.result()
                 except UpstreamError as exc:
-                    failures.append(f"{name}={exc.kind}")
                     last_error = exc
+                    if task is hedge_task and isinstance(exc, DeploymentLimited) and pending:
+                        refused.append(f"{name}={exc.kind}")
+                    else:
+                        failures.append(f"{name}={exc.kind}")
                     continue
                 status = probe.response.status
                 if is_failure(status) and (pending or next_index < len(candidates)):
@@ -164,7 +172,8 @@ async def hedged_dispatch(attempts: Attempts, req: ModelRequest, candidates: lis
                 response = Replay(probe) if status == 200 else probe.response
                 attempt = attempts.attempt(probe.deployment, req, response, chosen, failures, probe.sent_at)
                 if hedge_task is not None and not failures:
-                    attempt.reason = chosen + (";hedge-won" if task is hedge_task else ";hedged")
+                    note = ";hedge-won" if task is hedge_task else ";hedge-refused" if refused else ";hedged"
+                    attempt.reason = chosen + note
                 attempt.losers = losers
                 return attempt
             if not pending and next_index < len(candidates):
@@ -173,4 +182,4 @@ async def hedged_dispatch(attempts: Attempts, req: ModelRequest, candidates: lis
         for task, probe in list(pending.items()):  # the client went away while we waited
             await _cancel(task, probe, req)
     assert last_error is not None
-    raise no_upstream_error(last_error, failures)
+    raise no_upstream_error(last_error, failures + refused)

@@ -9,6 +9,7 @@ import pytest
 from proxy.call import ModelRequest
 from proxy.config.loader import parse_policy
 from proxy.errors import UpstreamUnavailable
+from proxy.limits.limiter import Limiter
 from proxy.routing.router import Router
 from proxy.upstream.http_pool import UpstreamPools
 from proxy.upstream.ws_pool import SocketPools
@@ -21,6 +22,7 @@ deployments:
   - {{name: late, provider: openai, model: m-late, base_url: '{late}/v1'}}
   - {{name: quick, provider: openai, model: m-quick, base_url: '{quick}/v1'}}
   - {{name: dead, provider: openai, model: m-dead, base_url: 'http://127.0.0.1:{dead}/v1', timeouts: {{connect_s: 0.3}}}}
+  - {{name: dead-too, provider: openai, model: m-dead2, base_url: 'http://127.0.0.1:{dead}/v2', timeouts: {{connect_s: 0.3}}}}
 routes:
   - {{name: race, candidates: [late, quick], hedge: {{after_ms: 50}}}}
   - {{name: quick-first, candidates: [quick, late], hedge: {{after_ms: 300}}}}
@@ -48,20 +50,21 @@ def router(sims, loop):
     for server in sims:
         httpx.post(server.url + "/sim/reset").raise_for_status()
     text = POLICY.format(late=late.url, quick=quick.url, dead=free_port())
-    text = text.replace("  - {name: dead,", "  - {name: dead-too, provider: openai, model: m-dead2, base_url: 'http://127.0.0.1:%d/v1', "
-                        "timeouts: {connect_s: 0.3}}\n  - {name: dead," % free_port())
     pools = UpstreamPools()
     router = Router(parse_policy(text), pools, SocketPools())
     yield router
     pools.close()  # in the loop's lifetime: its idle connections belong to it
 
 
-def dispatch(loop: asyncio.AbstractEventLoop, router: Router, route: str, stream: bool = True):
-    """One dispatch and the whole body."""
+def dispatch(loop: asyncio.AbstractEventLoop, router: Router, route: str, stream: bool = True,
+             limiter: Limiter | None = None):
+    """One dispatch and the whole body (admitted against ``limiter`` when given)."""
     body = {"model": route, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8, "stream": stream}
 
     async def run():
-        attempt = await router.dispatch(router.resolve(route), ModelRequest.from_body("chat", None, body, "req_h", size=200))
+        ticket = limiter.borrow("k", 50, 8) if limiter is not None else None
+        attempt = await router.dispatch(router.resolve(route), ModelRequest.from_body("chat", None, body, "req_h", size=200),
+                                        ticket=ticket)
         return attempt, await attempt.response.read()
     return loop.run_until_complete(run())
 
@@ -95,3 +98,14 @@ def test_every_candidate_failing_is_an_upstream_refusal(loop, router):
         dispatch(loop, router, "all-dead")
     assert "dead=connect" in refused.value.message and "dead-too=connect" in refused.value.message
     assert refused.value.timed_out is False
+
+
+def test_a_hedge_leg_our_limits_refuse_is_not_a_failure(loop, router):
+    policy = parse_policy(POLICY.replace("{{name: quick, provider: openai, model: m-quick,",
+                                         "{{name: quick, provider: openai, model: m-quick, limits: {{rpm: 1}},")
+                          .format(late="http://unused", quick="http://unused", dead=1))
+    limiter = Limiter.from_policy(policy)
+    dispatch(loop, router, "quick-first", limiter=limiter)  # spends quick's one request this minute
+    attempt, _ = dispatch(loop, router, "race", limiter=limiter)  # late is slow; the hedge to quick is refused
+    assert attempt.deployment.name == "late" and attempt.reason == "primary;hedge-refused"
+    assert attempt.losers == () and router.live.counters.fallbacks == 0
