@@ -6,7 +6,10 @@ import time
 
 import httpx
 import openai
+import orjson
 import pytest
+from openai.types.responses import ResponseStreamEvent
+from pydantic import TypeAdapter
 
 from tests.conftest import ALICE_KEY
 
@@ -215,6 +218,19 @@ def test_mid_stream_drop_raises_in_the_sdk(proxy, wafer_sim):
         for _ in sdk(proxy).chat.completions.create(model="fast", messages=MESSAGES, max_tokens=40, stream=True):
             pass
     assert "broke off" in str(info.value)
+
+
+def test_mid_stream_drop_on_responses_ends_with_well_formed_error_and_failed_events(proxy, wafer_sim):
+    inject(wafer_sim, "drop_mid_stream")
+    with httpx.stream("POST", proxy.url + "/v1/responses",
+                      json={"model": "fast", "input": "x", "max_output_tokens": 40, "stream": True}) as response:
+        events = [orjson.loads(line[5:]) for line in response.iter_lines() if line.startswith("data:")]
+    parsed = [TypeAdapter(ResponseStreamEvent).validate_python(event) for event in events]  # every event, strictly typed
+    assert [e.sequence_number for e in parsed] == list(range(len(parsed)))
+    error, failed = parsed[-2:]
+    assert (error.type, error.code) == ("error", "upstream_stream_error") and "broke off" in error.message
+    assert failed.type == "response.failed" and "broke off" in failed.response.error.message
+    assert failed.response.id == parsed[0].response.id  # the response the stream had created
 
 
 def test_client_disconnect_cancels_upstream(proxy, gpu_sim):

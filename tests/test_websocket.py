@@ -10,7 +10,9 @@ import httpx
 import openai
 import pytest
 import websockets.sync.client as ws_client
+from openai.types.responses import ResponseStreamEvent
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import TypeAdapter
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from proxy.api.ws_server import UVICORN_WS
@@ -166,6 +168,8 @@ def test_warm_up_returns_an_id_without_calling_upstream(wsproxy, wafer_sim):
         warm = until_done(conn)
         assert [e.type for e in warm] == ["response.created", "response.completed"]
         assert warm[-1].response.output == [] and warm[-1].response.usage.output_tokens == 0
+        for event in warm:  # every field the spec requires, strictly typed
+            TypeAdapter(ResponseStreamEvent).validate_python(event.model_dump(exclude_unset=True))
         assert sim_stats(wafer_sim)["requests"] == 0
 
         conn.response.create(model="codex", input="now answer", previous_response_id=warm[-1].response.id,

@@ -14,6 +14,7 @@ import orjson
 from proxy.api.asgi import Receive, Scope, Send, header, read_body, request_id, send_bytes, send_error
 from proxy.api.errors import ProxyError, http_error
 from proxy.api.pipeline import Call, Pipeline, read_hints
+from proxy.api.responses_events import failure_events, next_sequence_number, response_id_in, sse
 from proxy.call import ModelRequest, Outcome, UpstreamError, Usage
 from proxy.errors import Refused
 from proxy.routing.attempts import Attempt
@@ -141,11 +142,15 @@ async def _relay_stream(call: Call, attempt: Attempt, req: ModelRequest, headers
     outcome, response = call.outcome, attempt.response
     scanner = StreamScanner(outcome.started)
     usage_filter = UsageChunkFilter() if attempt.injected_usage else None
+    first = last = previous = b""  # enough of the stream to end it well-formed if it breaks off
     try:
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", _content_type(attempt)), *headers]})
         async for chunk in response.iter_body():
             scanner.feed(chunk)
+            if not first:
+                first = chunk
+            previous, last = last, chunk
             out = usage_filter.feed(chunk) if usage_filter else chunk
             if out:
                 await send({"type": "http.response.body", "body": out, "more_body": True})
@@ -161,7 +166,7 @@ async def _relay_stream(call: Call, attempt: Attempt, req: ModelRequest, headers
     except UpstreamError as exc:
         watch.stop()
         outcome.status, outcome.error_code = 502, "upstream_stream_error"
-        await send({"type": "http.response.body", "body": _stream_error(req.endpoint, exc), "more_body": False})
+        await send({"type": "http.response.body", "body": _stream_error(req, exc, first, previous, last), "more_body": False})
     finally:
         watch.stop()
         outcome.first_token_at = scanner.first_token_at
@@ -192,14 +197,12 @@ def _response_headers(attempt: Attempt, rid: str) -> list[tuple[bytes, bytes]]:
     return headers
 
 
-def _stream_error(endpoint: str, exc: UpstreamError) -> bytes:
-    """An in-band error event: the SDKs raise on any SSE payload carrying an ``error`` key."""
-    error = {
-        "message": f"The upstream stream broke off ({exc.kind}); the response is incomplete.",
-        "type": "server_error",
-        "param": None,
-        "code": "upstream_stream_error",
-    }
-    if endpoint == "responses":
-        return b"event: error\ndata: " + orjson.dumps({"type": "error", **error, "error": error}) + b"\n\n"
+def _stream_error(req: ModelRequest, exc: UpstreamError, first: bytes, previous: bytes, last: bytes) -> bytes:
+    """The in-band end of a broken stream: Responses gets ``error`` + ``response.failed`` numbered after
+    the last relayed event; chat and completions an ``error`` payload, which the SDKs raise on."""
+    message = f"The upstream stream broke off ({exc.kind}); the response is incomplete."
+    if req.endpoint == "responses":
+        return sse(failure_events(req.body, response_id_in(first), next_sequence_number(previous, last),
+                                  "upstream_stream_error", message))
+    error = {"message": message, "type": "server_error", "param": None, "code": "upstream_stream_error"}
     return b"data: " + orjson.dumps({"error": error}) + b"\n\n"

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -25,6 +24,7 @@ import orjson
 from proxy.api.asgi import Receive, Scope, Send, header
 from proxy.api.errors import ProxyError, http_error
 from proxy.api.pipeline import Call, Pipeline, read_hints
+from proxy.api.responses_events import response_object, zero_usage
 from proxy.api.ws_server import SEND_TEXTS
 from proxy.call import ModelRequest, Outcome, UpstreamError
 from proxy.config.schema import ApiKey
@@ -335,15 +335,10 @@ class _Connection:
         self.stats.warmups += 1
         rid = "resp_" + os.urandom(16).hex()
         self._remember(rid, context)
-        created = int(time.time())
-        response = {"id": rid, "object": "response", "created_at": created, "status": "in_progress",
-                    "model": body["model"], "output": [], "error": None, "incomplete_details": None,
-                    "previous_response_id": None, "usage": None}
-        usage = {"input_tokens": 0, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 0,
-                 "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 0}
+        response = response_object(body, rid, "in_progress")
         extra = {} if stream_id is None else {"stream_id": stream_id}
         await self._send_event({"type": "response.created", "sequence_number": 0, "response": response, **extra})
-        done = {**response, "status": "completed", "usage": usage}
+        done = {**response, "status": "completed", "usage": zero_usage()}
         await self._send_event({"type": "response.completed", "sequence_number": 1, "response": done, **extra})
 
     async def _relay(self, call: Call, attempt: Attempt, req: ModelRequest, context: _Context,
