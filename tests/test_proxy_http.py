@@ -12,6 +12,7 @@ from openai.types.responses import ResponseStreamEvent
 from pydantic import TypeAdapter
 
 from tests.conftest import ALICE_KEY
+from tests.support import proxy_from_yaml, simulator
 
 MESSAGES = [{"role": "user", "content": "write a haiku about latency"}]
 
@@ -103,6 +104,27 @@ def test_completions_embeddings_and_models(proxy):
     ids = [m.id for m in client.models.list()]
     assert ids[:5] == ["codex", "fast", "claude", "broken", "dead-then-gpu"]
     assert {"spark-wafer", "sim-spark", "codex-gpu"} <= set(ids)
+    for name in ("codex", "spark-wafer", "sim-spark"):
+        model = client.models.retrieve(name)
+        assert (model.id, model.object) == (name, "model")
+    assert client.models.retrieve("codex").owned_by == "laneway-route"
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.models.retrieve("no-such-model")
+    assert missing.value.body["code"] == "model_not_found"
+
+
+def test_the_upstream_request_id_and_rate_limit_headers_reach_the_client(tmp_path):
+    with simulator("wafer", ttft_ms=0, tokens_per_s=0, rpm=100, tpm=100_000) as upstream:
+        policy = ("version: 1\nauth: open\ndeployments:\n"
+                  f"  - {{name: w, provider: openai, model: sim-wafer, base_url: '{upstream.url}/v1'}}\n")
+        with proxy_from_yaml(tmp_path, policy) as server:
+            response = httpx.post(server.url + "/v1/chat/completions", headers={"x-request-id": "req-abc"},
+                                  json={"model": "w", "messages": MESSAGES, "max_tokens": 2})
+    assert response.status_code == 200 and response.headers["x-request-id"] == "req-abc"
+    assert response.headers["x-upstream-request-id"]  # the provider's id, kept beside Laneway's
+    relayed = {k: v for k, v in response.headers.items() if k.startswith("x-ratelimit-")}
+    assert relayed["x-ratelimit-limit-requests"] == "100" and int(relayed["x-ratelimit-remaining-requests"]) == 99
+    assert {"x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-requests"} <= relayed.keys()
 
 
 def test_concrete_model_name_routes_to_its_deployment(proxy):
@@ -152,6 +174,10 @@ def test_keys_mode_requires_a_valid_key(make_proxy):
         assert "wrong-key" not in str(info.value)
         ok = sdk(server, key=ALICE_KEY).chat.completions.create(model="codex", messages=MESSAGES, max_tokens=1)
         assert ok.usage.completion_tokens == 1
+        for path in ("/v1/models", "/v1/models/codex"):  # listing models needs a key like every other call
+            assert httpx.get(server.url + path).status_code == 401
+            assert httpx.get(server.url + path, headers={"authorization": "Bearer wrong-key"}).status_code == 401
+            assert httpx.get(server.url + path, headers={"authorization": f"Bearer {ALICE_KEY}"}).status_code == 200
 
 
 def test_body_over_limit_is_413(make_proxy):

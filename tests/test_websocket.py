@@ -214,6 +214,7 @@ def test_error_events_always_carry_status_and_parse_in_the_sdk(wsproxy, wafer_si
         [event] = raw_until_done(ws)
         assert event["status"] == 429 and event["error"]["type"] == "rate_limit_error"
         assert float(event["headers"]["retry-after"]) > 0
+        assert event["error"]["headers"] == event["headers"]  # where the SDK reads them
         ws.send("not json")
         [event] = raw_until_done(ws)
         assert (event["status"], event["error"]["code"]) == (400, "invalid_json")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from urllib.parse import unquote
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -13,14 +14,16 @@ from starlette.routing import Route
 
 from proxy.api.admin import PolicyStatus
 from proxy.api.admin_cost import AdminCost
-from proxy.api.asgi import Receive, Scope, Send, send_json
-from proxy.api.errors import ProxyError
+from proxy.api.asgi import Receive, Scope, Send, header, send_error, send_json
+from proxy.api.errors import ProxyError, http_error
 from proxy.api.openai_http import ModelEndpoint
 from proxy.api.pipeline import Pipeline
 from proxy.api.responses_ws import ResponsesSocket
 from proxy.api.state import ProxyState
 from proxy.config import load_policy
 from proxy.config.reload import PolicyReloader
+from proxy.config.schema import Policy
+from proxy.errors import Refused
 from proxy.metrics.service import CONTENT_TYPE, Metrics
 
 log = logging.getLogger("laneway")
@@ -62,6 +65,9 @@ class LanewayApp:
             if handler is not None:
                 await handler(scope, receive, send)
                 return
+            if scope["method"] == "GET" and scope["path"].startswith("/v1/models/"):
+                await self.model(scope, receive, send)
+                return
         elif scope["type"] == "websocket" and scope["path"] == "/v1/responses":
             await self.responses_socket(scope, receive, send)
             return
@@ -73,12 +79,25 @@ class LanewayApp:
     async def models(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Route names and concrete models, in the shape the SDK's ``models.list()`` expects."""
         runtime = self.state.runtime
-        owners = {name: "laneway-route" for name in runtime.policy.routes}
-        data = [
-            {"id": name, "object": "model", "created": 0, "owned_by": owners.get(name, "laneway")}
-            for name in runtime.router.model_names()
-        ]
+        try:
+            runtime.auth.check(header(scope, b"authorization"))
+        except ProxyError as error:
+            await send_error(send, error)
+            return
+        data = [_model_object(runtime.policy, name) for name in runtime.router.model_names()]
         await send_json(send, 200, {"object": "list", "data": data})
+
+    async def model(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``GET /v1/models/{model}``: one route, deployment or model id (``models.retrieve()``)."""
+        runtime = self.state.runtime
+        name = unquote(scope["path"][len("/v1/models/"):])
+        try:
+            runtime.auth.check(header(scope, b"authorization"))
+            runtime.router.resolve(name)
+        except (ProxyError, Refused) as exc:
+            await send_error(send, http_error(exc) if isinstance(exc, Refused) else exc)
+            return
+        await send_json(send, 200, _model_object(runtime.policy, name))
 
     async def serve_metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Prometheus text exposition: every worker's samples when serving with --workers N."""
@@ -121,6 +140,11 @@ class LanewayApp:
             interval = float(os.environ.get(RELOAD_INTERVAL_ENV) or 0.5)
             self.state.reloader = PolicyReloader(policy, self.state.swap, interval_s=interval)
             self.state.reloader.start()
+
+
+def _model_object(policy: Policy, name: str) -> dict:
+    return {"id": name, "object": "model", "created": 0,
+            "owned_by": "laneway-route" if name in policy.routes else "laneway"}
 
 
 async def _http_exception(request: Request, exc: HTTPException) -> Response:

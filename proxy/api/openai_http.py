@@ -11,10 +11,24 @@ import logging
 
 import orjson
 
-from proxy.api.asgi import Receive, Scope, Send, header, read_body, request_id, send_bytes, send_error
+from proxy.api.asgi import (
+    Receive,
+    Scope,
+    Send,
+    header,
+    read_body,
+    request_id,
+    send_bytes,
+    send_error,
+)
 from proxy.api.errors import ProxyError, http_error
 from proxy.api.pipeline import Call, Pipeline, read_hints
-from proxy.api.responses_events import failure_events, next_sequence_number, response_id_in, sse
+from proxy.api.responses_events import (
+    failure_events,
+    next_sequence_number,
+    response_id_in,
+    sse,
+)
 from proxy.call import ModelRequest, Outcome, UpstreamError, Usage
 from proxy.errors import Refused
 from proxy.routing.attempts import Attempt
@@ -22,8 +36,9 @@ from proxy.upstream.scan import StreamScanner, UsageChunkFilter, extract_usage
 
 log = logging.getLogger("laneway")
 
-# Upstream response headers a client may rely on; provider rate-limit headers are ours, not theirs.
-_RELAYED = frozenset({b"content-type", b"retry-after", b"retry-after-ms", b"x-should-retry"})
+# Upstream response headers a client may rely on, as the provider sent them.
+_RELAYED = frozenset({b"retry-after", b"retry-after-ms", b"x-should-retry", b"openai-processing-ms"})
+_RATE_LIMIT = b"x-ratelimit-"
 
 
 class ModelEndpoint:
@@ -61,7 +76,8 @@ class ModelEndpoint:
             _hung_up(call.outcome, Usage(input_tokens=req.input_estimate, reported=False))
             pipeline.finish(call)
             return
-        headers = _response_headers(attempt, rid) + call.rate_limit_headers()
+        own = call.rate_limit_headers()
+        headers = _response_headers(attempt, rid, relay_rate_limits=not own) + own
         try:
             if req.stream and attempt.response.status == 200:
                 await _relay_stream(call, attempt, req, headers, watch, send)
@@ -185,9 +201,17 @@ def _content_type(attempt: Attempt) -> bytes:
     return b"application/json"
 
 
-def _response_headers(attempt: Attempt, rid: str) -> list[tuple[bytes, bytes]]:
+def _response_headers(attempt: Attempt, rid: str, relay_rate_limits: bool) -> list[tuple[bytes, bytes]]:
+    """Laneway's own headers and what it relays of the provider's: its request id as
+    ``x-upstream-request-id``, and its ``x-ratelimit-*`` (the serving deployment's windows)
+    unless the client has limits of its own at Laneway, which then describe its quota instead."""
     dep = attempt.deployment
-    headers = [(name, value) for name, value in attempt.response.headers if name in _RELAYED and name != b"content-type"]
+    headers = []
+    for name, value in attempt.response.headers:
+        if name in _RELAYED or (relay_rate_limits and name.startswith(_RATE_LIMIT)):
+            headers.append((name, value))
+        elif name == b"x-request-id":
+            headers.append((b"x-upstream-request-id", value))
     headers += [
         (b"x-request-id", rid.encode()),
         (b"x-laneway-deployment", dep.name.encode()),

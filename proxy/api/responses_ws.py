@@ -103,8 +103,8 @@ def error_event(error: ProxyError, stream_id: str | None = None, headers: dict[s
     event = {"type": "error", "status": error.status, "error": payload, "sequence_number": 0,
              "code": payload["code"], "message": payload["message"], "param": payload["param"]}
     retry = headers if headers is not None else {k.lower(): v for k, v in error.headers.items()}
-    if retry:
-        event["headers"] = retry
+    if retry:  # where openai-python's WebSocket error type reads them, and at the top level for Codex
+        payload["headers"] = event["headers"] = retry
     if stream_id is not None:
         event["stream_id"] = stream_id
     return event
