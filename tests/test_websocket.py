@@ -27,6 +27,7 @@ auth: {auth}
 keys:
   - {{name: alice, sha256: {alice_sha}, team: platform}}
 server:
+  max_body_bytes: {max_body}
   websocket: {{enabled: {enabled}, max_connection_minutes: {minutes}, idle_timeout_s: {idle}}}
 deployments:
   - {{name: spark-wafer, provider: cerebras, model: sim-spark, base_url: "{wafer}/v1", hardware: wafer}}
@@ -40,8 +41,9 @@ routes:
 
 @pytest.fixture
 def make_ws_proxy(tmp_path, wafer_sim, gpu_sim):
-    def make(enabled: bool = True, minutes: float = 60, idle: float = 600, auth: str = "open", ws: str = UVICORN_WS):
-        text = POLICY.format(enabled=str(enabled).lower(), minutes=minutes, idle=idle, wafer=wafer_sim.url,
+    def make(enabled: bool = True, minutes: float = 60, idle: float = 600, auth: str = "open", ws: str = UVICORN_WS,
+             max_body: int = 1 << 20):
+        text = POLICY.format(enabled=str(enabled).lower(), minutes=minutes, idle=idle, wafer=wafer_sim.url, max_body=max_body,
                              gpu=gpu_sim.url, auth=auth, alice_sha=hashlib.sha256(ALICE_KEY.encode()).hexdigest())
         return record_outcomes(proxy_from_yaml(tmp_path, text, ws=ws))
 
@@ -426,3 +428,14 @@ deployments:
             assert last["error"]["type"] == "rate_limit_error"
             assert float(last["headers"]["retry-after"]) > 0
     assert sim_stats(wafer_sim)["requests"] == 1
+
+
+def test_a_turn_larger_than_max_body_bytes_is_refused_before_routing(make_ws_proxy, wafer_sim):
+    with make_ws_proxy(max_body=64 * 1024) as server, ws_client.connect(ws_url(server), max_size=None) as ws:
+        big = "é" * 40 * 1024  # 40 Ki characters, 80 KiB of UTF-8: over the limit in bytes
+        ws.send(json.dumps({"type": "response.create", "model": "fast", "input": big}, ensure_ascii=False))
+        [event] = raw_until_done(ws)
+        assert (event["status"], event["error"]["code"]) == (413, "request_too_large")
+        ws.send(json.dumps({"type": "response.create", "model": "fast", "input": "small", "max_output_tokens": 2}))
+        assert raw_until_done(ws)[-1]["type"] == "response.completed"  # the socket stays usable
+    assert sim_stats(wafer_sim)["requests"] == 1 and [o.status for o in server.outcomes] == [200]

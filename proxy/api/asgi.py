@@ -36,11 +36,11 @@ async def read_body(receive: Receive, scope: Scope, limit: int) -> bytes:
     """The whole request body, refusing (413) as soon as it exceeds ``limit`` bytes."""
     declared = header(scope, b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit)
+        raise too_large(limit)
     message = await receive()
     body = message.get("body", b"")
     if len(body) > limit:  # a chunked body (no content-length) can arrive in one message
-        raise _too_large(limit)
+        raise too_large(limit)
     if not message.get("more_body"):
         return body
     parts = [body]
@@ -52,12 +52,13 @@ async def read_body(receive: Receive, scope: Scope, limit: int) -> bytes:
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise _too_large(limit)
+            raise too_large(limit)
         parts.append(chunk)
     return b"".join(parts)
 
 
-def _too_large(limit: int) -> ProxyError:
+def too_large(limit: int) -> ProxyError:
+    """413 for a body (or a WebSocket message) over ``server.max_body_bytes``."""
     return ProxyError(
         413,
         f"Request body is larger than this proxy accepts ({limit} bytes; server.max_body_bytes in the policy).",

@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import orjson
 
-from proxy.api.asgi import Receive, Scope, Send, header
+from proxy.api.asgi import Receive, Scope, Send, header, too_large
 from proxy.api.errors import ProxyError, http_error
 from proxy.api.pipeline import Call, Pipeline, read_hints
 from proxy.api.responses_events import response_object, zero_usage
@@ -208,6 +208,11 @@ class _Connection:
                 pin.drop(reusable=True)
 
     async def _on_event(self, data: str | bytes) -> None:
+        limit = self.pipeline.state.runtime.policy.server.max_body_bytes
+        size = len(data) if isinstance(data, bytes) or data.isascii() else len(data.encode())
+        if size > limit:  # a turn is a request body like any other
+            await self._error(too_large(limit), None)
+            return
         try:
             event = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
