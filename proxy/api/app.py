@@ -20,6 +20,7 @@ from proxy.api.openai_http import ModelEndpoint
 from proxy.api.pipeline import Pipeline
 from proxy.api.responses_ws import ResponsesSocket
 from proxy.api.state import ProxyState
+from proxy.api.stored_responses import StoredResponses
 from proxy.config import load_policy
 from proxy.config.reload import PolicyReloader
 from proxy.config.schema import Policy
@@ -47,6 +48,7 @@ class LanewayApp:
             ("GET", "/admin/policy"): PolicyStatus(state),
         }
         self.responses_socket = ResponsesSocket(pipeline)
+        self.stored_responses = StoredResponses(state)
         self.metrics = Metrics(state, state.observers, self.responses_socket.stats)
         self._fast[("GET", "/metrics")] = self.serve_metrics
         self._sampling: asyncio.Task | None = None
@@ -67,6 +69,9 @@ class LanewayApp:
                 return
             if scope["method"] == "GET" and scope["path"].startswith("/v1/models/"):
                 await self.model(scope, receive, send)
+                return
+            if self.stored_responses.handles(scope["path"]):
+                await self.stored_responses(scope, receive, send)
                 return
         elif scope["type"] == "websocket" and scope["path"] == "/v1/responses":
             await self.responses_socket(scope, receive, send)

@@ -150,6 +150,8 @@ async def _relay_whole(call: Call, attempt: Attempt, req: ModelRequest, headers:
         watch.stop()
     if response.status == 200:
         outcome.take_usage(extract_usage(body) or Usage(input_tokens=req.input_estimate, reported=False))
+        if req.endpoint == "responses":
+            call.response_id = response_id_in(body)
     await send_bytes(send, response.status, body, headers, content_type=_content_type(attempt))
 
 
@@ -172,6 +174,8 @@ async def _relay_stream(call: Call, attempt: Attempt, req: ModelRequest, headers
                 await send({"type": "http.response.body", "body": out, "more_body": True})
         tail = usage_filter.flush() if usage_filter else b""
         watch.stop()
+        if req.endpoint == "responses":
+            call.response_id = response_id_in(first)
         await send({"type": "http.response.body", "body": tail, "more_body": False})
     except asyncio.CancelledError:
         if not watch.gone:

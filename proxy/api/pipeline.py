@@ -14,6 +14,8 @@ relay the response; the pipeline does the rest in two steps, like redis-py's
 """
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from dataclasses import dataclass
 
@@ -26,7 +28,10 @@ from proxy.limits.limiter import Ticket
 from proxy.pricing.budgets import Hold
 from proxy.routing.attempts import Attempt
 from proxy.routing.hints import NO_HINTS, Hints
+from proxy.store.base import StoreError
 from proxy.upstream.ws_pool import SocketPin
+
+log = logging.getLogger("laneway")
 
 
 @dataclass(slots=True)
@@ -41,6 +46,7 @@ class Call:
     hold: Hold | None = None          # budget reservation, reconciled with the actual cost
     pin: SocketPin | None = None      # the upstream socket a WebSocket conversation continues on
     attempt: Attempt | None = None
+    response_id: str | None = None    # the stored response the upstream created (Responses API)
     done: bool = False
 
     def rate_limit_headers(self) -> list[tuple[bytes, bytes]]:
@@ -53,6 +59,7 @@ class Pipeline:
 
     def __init__(self, state: ProxyState) -> None:
         self.state = state
+        self._writes: set[asyncio.Task] = set()
 
     def call(self, endpoint: str, request_id: str, key: ApiKey | None = None, hints: Hints = NO_HINTS,
              transport: str = "http") -> Call:
@@ -89,7 +96,8 @@ class Pipeline:
         if runtime.budgets is not None:
             call.hold = await runtime.budgets.borrow(outcome, route.candidates, req)
         soft = call.hold is not None and call.hold.soft
-        attempt = call.attempt = await runtime.router.dispatch(route, req, call.hints, call.ticket, call.pin, soft)
+        owner = await self._owner(req) if req.endpoint == "responses" else None
+        attempt = call.attempt = await runtime.router.dispatch(route, req, call.hints, call.ticket, call.pin, soft, owner)
         dep = attempt.deployment
         outcome.deployment, outcome.hardware, outcome.reason = dep.name, dep.hardware, attempt.reason
         outcome.upstream_started = attempt.sent_at
@@ -113,7 +121,31 @@ class Pipeline:
             runtime.limiter.give_back(call.ticket, outcome.input_tokens + outcome.output_tokens)
         if runtime.budgets is not None:
             runtime.budgets.finish(outcome, call.hold)
+        if call.response_id is not None and outcome.status == 200 and call.req.body.get("store") is not False:
+            self._spawn(self._remember(call.response_id, outcome.deployment))
         self.state.finish(outcome)
+
+    async def _owner(self, req: ModelRequest) -> str | None:
+        """The deployment holding the response this request continues (None: unknown, or none)."""
+        previous = req.body.get("previous_response_id")
+        if not isinstance(previous, str):
+            return None
+        try:
+            return await self.state.affinity.owner(previous)
+        except StoreError as exc:  # routing as if unknown: the provider itself says if it lacks the response
+            log.warning("response affinity unavailable (%s); routing %s by policy", exc, req.request_id)
+            return None
+
+    async def _remember(self, response_id: str, deployment: str) -> None:
+        try:
+            await self.state.affinity.remember(response_id, deployment)
+        except StoreError as exc:
+            log.warning("response affinity not recorded for %s (%s)", response_id, exc)
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
 
     def refused(self, call: Call, error: ProxyError) -> None:
         """The call ends with ``error`` before any response was relayed."""

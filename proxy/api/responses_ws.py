@@ -384,6 +384,7 @@ class _Connection:
         if completed is not None:
             done = orjson.loads(completed).get("response") or {}
             if isinstance(done.get("id"), str):
+                call.response_id = done["id"]
                 output = list(done.get("output") or ())
                 self._remember(done["id"], _Context(context.items + output, context.size + len(orjson.dumps(output))))
 

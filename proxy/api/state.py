@@ -15,6 +15,7 @@ from proxy.pricing.budgets import Budgets
 from proxy.routing.live import RoutingState
 from proxy.routing.router import Router
 from proxy.routing.share import StatsSharing
+from proxy.store.affinity import AffinityStore, MemoryAffinity, RedisAffinity
 from proxy.upstream.http_pool import UpstreamPools
 from proxy.upstream.ws_pool import SocketPools
 
@@ -43,6 +44,7 @@ class ProxyState:
         self.runtime = self._build(policy)
         # Told of every finished request after its ticket and budget hold are given back.
         self.observers: list[Callable[[Outcome], None]] = [self.routing.stats.finished, self.accounting.record]
+        self.affinity = _affinity(self.limiter)  # response id -> deployment holding it, for continuations
         self.reloader: PolicyReloader | None = None  # started by the app's lifespan when the policy is a file
         self.sharing: StatsSharing | None = None  # latency statistics merged with other replicas via Redis
 
@@ -87,3 +89,12 @@ class ProxyState:
         if self.sharing is not None:
             await self.sharing.aclose()
         await self.limiter.aclose()
+
+
+AFFINITY_TTL_S = 30 * 86_400  # as long as a provider keeps a stored response (OpenAI: 30 days)
+
+
+def _affinity(limiter: Limiter) -> AffinityStore:
+    """Shared through the limiter's Redis when there is one (every replica must find the owner)."""
+    client = getattr(limiter.store, "client", None) if limiter.shared else None
+    return RedisAffinity(client, AFFINITY_TTL_S) if client is not None else MemoryAffinity(AFFINITY_TTL_S)

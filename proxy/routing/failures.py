@@ -1,6 +1,8 @@
 """What counts as a candidate failing, and the refusal a client gets when every candidate failed."""
 from __future__ import annotations
 
+import math
+
 from proxy.call import UpstreamError, UpstreamTimeout
 from proxy.errors import DeploymentsLimited, Refused, UpstreamUnavailable
 from proxy.limits.limiter import DeploymentLimited
@@ -11,13 +13,21 @@ def is_failure(status: int) -> bool:
     return status == 429 or status >= 500
 
 
-def no_upstream_error(error: UpstreamError, failures: list[str]) -> Refused:
-    """Names deployments and failure kinds, never upstream hosts or keys."""
+def no_upstream_error(error: UpstreamError, failures: list[str], holder: str | None = None) -> Refused:
+    """Names deployments and failure kinds, never upstream hosts or keys; ``holder`` names the
+    one deployment a request was bound to (it continues a response stored there)."""
     tried = ", ".join(failures)
     if isinstance(error, DeploymentLimited):
-        wait_s = max(1, -(-error.retry_ms // 1000)) if error.retry_ms > 0 else 1
-        return DeploymentsLimited(f"Every deployment that serves this model is at its rate limit (tried: {tried}). "
-                                  f"Retry after {wait_s}s.", retry_ms=error.retry_ms)
-    if isinstance(error, UpstreamTimeout):
+        wait_s = math.ceil(error.retry_ms / 1000) if error.retry_ms > 0 else 1
+        what = f"{holder} is" if holder else "Every deployment that serves this model is"
+        return DeploymentsLimited(f"{what} at its rate limit (tried: {tried}). Retry after {wait_s}s.",
+                                  retry_ms=error.retry_ms)
+    timed_out = isinstance(error, UpstreamTimeout)
+    if holder:
+        how = "did not answer in time" if timed_out else "cannot be reached"
+        return UpstreamUnavailable(f"{holder} {how} (tried: {tried}); only it can continue that response. "
+                                   "Retry later, or send the whole conversation without previous_response_id.",
+                                   timed_out=timed_out)
+    if timed_out:
         return UpstreamUnavailable(f"No upstream answered in time (tried: {tried}). Retry later.", timed_out=True)
     return UpstreamUnavailable(f"No upstream could be reached (tried: {tried}). Retry later.", timed_out=False)

@@ -12,7 +12,7 @@ import time
 from dataclasses import replace
 
 from proxy.call import DEFAULT_OUTPUT_TOKENS, ModelRequest, UpstreamError
-from proxy.config.schema import Policy, Route
+from proxy.config.schema import Deployment, Policy, Route
 from proxy.errors import ModelNotFound
 from proxy.limits.limiter import Ticket
 from proxy.pricing import price_of
@@ -56,13 +56,16 @@ class Router:
         return list(dict.fromkeys(self._routes))
 
     async def dispatch(self, route: Route, req: ModelRequest, hints: Hints = NO_HINTS, ticket: Ticket | None = None,
-                       pin: SocketPin | None = None, cheapest_first: bool = False) -> Attempt:
+                       pin: SocketPin | None = None, cheapest_first: bool = False, owner: str | None = None) -> Attempt:
         """Try ``route``'s candidates in the strategy's order until one answers.
 
         ``ticket`` (the request's rate-limit reservation) admits each candidate; ``pin`` lets a
         WebSocket conversation continue on the upstream socket that holds it; ``cheapest_first``
-        (a soft budget passed) tries the cheapest priced candidates first, in order.
+        (a soft budget passed) tries the cheapest priced candidates first, in order; ``owner``,
+        the deployment holding the response a request continues, is a hard constraint.
         """
+        if owner is not None and owner in self.policy.deployments:
+            return await self._to_owner(self.policy.deployments[owner], req, ticket, pin)
         if not cheapest_first:
             return await self._dispatch(route, req, hints, ticket, pin)
         attempt = await self._dispatch(self._cheapest_first(route, req), req, hints, ticket, pin)
@@ -92,6 +95,16 @@ class Router:
             return attempts.attempt(dep, req, response, chosen, failures, sent_at)
         assert last_error is not None
         raise no_upstream_error(last_error, failures)
+
+    async def _to_owner(self, dep: Deployment, req: ModelRequest, ticket: Ticket | None, pin: SocketPin | None) -> Attempt:
+        """Only the deployment that holds the previous response can continue it: no fallback."""
+        sent_at = time.perf_counter()
+        try:
+            response = await self.attempts.try_candidate(dep, req, ticket, pin)
+        except UpstreamError as exc:
+            raise no_upstream_error(exc, [f"{dep.name}={exc.kind}"],
+                                    holder=f"The deployment that holds previous_response_id ({dep.name})") from None
+        return self.attempts.attempt(dep, req, response, f"affinity:{dep.name}", [], sent_at)
 
     def _cheapest_first(self, route: Route, req: ModelRequest) -> Route:
         """The route's candidates by estimated cost, unpriced last, tried in that order."""

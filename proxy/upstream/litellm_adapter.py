@@ -69,6 +69,9 @@ class LitellmTarget:
     def injects_usage(self, req: ModelRequest) -> bool:
         return req.stream and not req.client_wants_usage
 
+    async def forward(self, method: str, path: str, request_id: str) -> LitellmResponse:
+        raise UnsupportedEndpoint(f"Deployment '{self.deployment.name}' ({self.deployment.provider}) keeps no stored responses.")
+
     async def send(self, req: ModelRequest, pin: object = None) -> LitellmResponse:
         """``pin`` is ignored: litellm speaks HTTP only."""
         if req.endpoint != "chat":

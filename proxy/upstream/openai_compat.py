@@ -23,7 +23,8 @@ class OpenAICompatTarget:
         if deployment.api_key:
             lines.append(b"Authorization: Bearer " + deployment.api_key.encode())
         lines.extend(f"{name}: {value}".encode() for name, value in deployment.headers.items())
-        fixed = b"\r\n".join(lines) + b"\r\n"
+        fixed = self._fixed = b"\r\n".join(lines) + b"\r\n"
+        self._base_path = origin.base_path
         self._heads = {
             endpoint: f"POST {origin.base_path}{path} HTTP/1.1\r\n".encode() + fixed
             for endpoint, path in ENDPOINT_PATHS.items()
@@ -44,3 +45,11 @@ class OpenAICompatTarget:
         )
         t = dep.timeouts
         return await self._pool.request(head, body, connect_s=t.connect_s, first_byte_s=t.first_byte_s, idle_s=t.idle_s)
+
+    async def forward(self, method: str, path: str, request_id: str) -> Response:
+        """A bodyless call on an object the provider stores (``GET /responses/{id}``, ``DELETE``,
+        ``POST .../cancel``); ``path`` is below the base URL and already checked by the caller."""
+        head = b"%s %s%s HTTP/1.1\r\n%sContent-Length: 0\r\nAccept: application/json\r\nX-Request-Id: %s\r\n\r\n" % (
+            method.encode(), self._base_path.encode(), path.encode(), self._fixed, request_id.encode())
+        t = self.deployment.timeouts
+        return await self._pool.request(head, b"", connect_s=t.connect_s, first_byte_s=t.first_byte_s, idle_s=t.idle_s)

@@ -18,6 +18,9 @@ class Target(Protocol):
     async def send(self, req: ModelRequest, pin: SocketPin | None = None) -> UpstreamResponse:
         """``pin``: the client conversation's upstream socket (only socket targets use it)."""
 
+    async def forward(self, method: str, path: str, request_id: str) -> UpstreamResponse:
+        """A bodyless call on an object the provider stores (a response), at ``path`` below the base URL."""
+
 
 def build_target(deployment: Deployment, pools: UpstreamPools, sockets: SocketPools) -> Target:
     """OpenAI-compatible providers get raw-byte pass-through; the rest go through litellm."""

@@ -328,6 +328,9 @@ class SocketTarget:
     def injects_usage(self, req: ModelRequest) -> bool:
         return self.http.injects_usage(req)
 
+    async def forward(self, method: str, path: str, request_id: str):
+        return await self.http.forward(method, path, request_id)
+
     async def send(self, req: ModelRequest, pin: SocketPin | None = None):
         if req.endpoint != "responses":
             return await self.http.send(req)
