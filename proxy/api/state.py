@@ -5,6 +5,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from proxy.api.access_log import access_log
 from proxy.api.auth import Authenticator
 from proxy.call import Outcome
 from proxy.config.reload import PolicyReloader
@@ -43,6 +44,7 @@ class ProxyState:
         self.runtime = self._build(policy)
         # Told of every finished request after its ticket and budget hold are given back.
         self.observers: list[Callable[[Outcome], None]] = [self.routing.stats.finished, self.accounting.record]
+        self.observers.append(access_log)  # one line per request / WebSocket turn (proxy.api.access_log)
         self.reloader: PolicyReloader | None = None  # started by the app's lifespan when the policy is a file
         self.sharing: StatsSharing | None = None  # latency statistics merged with other replicas via Redis
 

@@ -16,6 +16,8 @@ NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 REFERENCE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
 # A value that is exactly one reference with no default: the only accepted form for secrets.
 WHOLE_REFERENCE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)\}")
+# Shorter values are not secrets, and replacing them would garble messages ("greater than 0").
+MIN_REDACTED = 4
 
 
 class UnsetVariable(LookupError):
@@ -29,14 +31,14 @@ class UnsetVariable(LookupError):
 def interpolate(text: str, env: Mapping[str, str], taken: MutableMapping[str, str] | None = None) -> str:
     """Replace every reference in ``text``; like the shell, ``:-`` also applies to empty values.
 
-    ``taken`` collects each value read from ``env`` with the reference it replaced (defaults
-    are written in the file, so they are not collected).
+    ``taken`` collects each value read from ``env`` (of MIN_REDACTED characters or more) with
+    the reference it replaced; defaults are written in the file, so they are not collected.
     """
 
     def substitute(match: re.Match[str]) -> str:
         value = env.get(match["name"])
         if value:
-            if taken is not None:
+            if taken is not None and len(value) >= MIN_REDACTED:
                 taken[value] = "${" + match["name"] + "}"
             return value
         if match["default"] is not None:

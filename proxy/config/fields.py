@@ -227,6 +227,16 @@ def positive_int(ctx: Context, node: yaml.Node, path: str) -> int:
     return value
 
 
+def positive_int_or_env(ctx: Context, node: yaml.Node, path: str) -> int:
+    """A positive integer, written out or as ``${VAR}`` (a figure the deployment sets, e.g. the replica count)."""
+    if not (isinstance(node, yaml.ScalarNode) and node.tag != _INT and "${" in node.value):
+        return positive_int(ctx, node, path)
+    value = text(ctx, node, path)
+    if not value.isdigit() or int(value) <= 0:
+        raise Invalid(f"must be a whole number greater than 0, got {value!r}")
+    return int(value)
+
+
 def boolean(ctx: Context, node: yaml.Node, path: str) -> bool:
     if not isinstance(node, yaml.ScalarNode) or node.tag != _BOOL:
         raise Invalid(f"expected true or false, got {kind(node)}")

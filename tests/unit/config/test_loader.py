@@ -108,3 +108,15 @@ def test_literal_userinfo_in_a_base_url_is_refused_without_echo():
     found = errors(BASE.replace("https://api.cerebras.ai/v1", "https://me:hunter2@api.cerebras.ai/v1"))
     assert len(found) == 1 and found[0].startswith("<string>:7: deployments[0].base_url: holds literal credentials")
     assert "hunter2" not in found[0]
+
+
+@pytest.mark.parametrize("written, env, replicas", [("3", {}, 3), ("${N}", {"N": "12"}, 12), ("${N:-2}", {}, 2)])
+def test_store_replicas_may_come_from_the_environment(written, env, replicas):
+    assert parse_policy(BASE + f"store:\n  replicas: {written}\n", env=env).store.replicas == replicas
+
+
+@pytest.mark.parametrize("value, shown", [("0", "'0'"), ("-1", "'-1'"), ("three", "'${N}'")])
+def test_a_replica_count_from_the_environment_must_be_a_positive_number(value, shown):
+    """Values under 4 characters are no secrets and are shown; longer ones only by name."""
+    found = errors(BASE + "store:\n  replicas: ${N}\n", {"N": value})
+    assert found == [f"<string>:9: store.replicas: must be a whole number greater than 0, got {shown}"]
