@@ -105,4 +105,5 @@ def test_text_lines_from_every_worker_have_time_and_level(tmp_path, redis):
     ready = {TEXT_LINE.match(line)[2] for line in lines if "laneway[" in line and "worker ready" in line}
     access = [line for line in lines if " laneway.access[" in line]
     assert len(ready) == 2 and len(access) == REQUESTS
-    assert " request " in access[0] and " route=codex " in access[0] and " status=200 " in access[0]
+    fields = json.loads(access[0].split(": request ", 1)[1])
+    assert (fields["route"], fields["status"], fields["key"]) == ("codex", 200, "ci-bot")
