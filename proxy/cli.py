@@ -13,7 +13,7 @@ from importlib.metadata import version
 from urllib.parse import urlsplit
 
 from proxy.config import Policy, PolicyError, hash_key, load_policy
-from proxy.logs import FORMAT_ENV, FORMATS, log_config
+from proxy.api.log_format import FORMAT_ENV, FORMATS, log_config
 
 POLICY_ENV = "LANEWAY_POLICY"  # the policy file, for every command that reads one
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")

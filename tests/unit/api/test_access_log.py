@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 
 from proxy.api.access_log import access_log
-from proxy.upstream.request import Outcome
+from proxy.call import Outcome
 
 
 def outcome(**overrides) -> Outcome:

@@ -6,7 +6,7 @@ import logging
 import os
 import re
 
-from proxy.logs import JsonFormatter, TextFormatter
+from proxy.api.log_format import JsonFormatter, TextFormatter
 
 
 def record(fields: dict | None = None, exc: bool = False) -> logging.LogRecord:
