@@ -13,7 +13,8 @@ SYSTEM_BINS := redis-server npm prometheus
 
 $(BIN)/laneway: requirements-dev.lock pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check --require-hashes -r requirements-dev.lock
+	@echo "installing the locked dependencies into $(VENV) (the first time takes a few minutes)"
+	$(BIN)/pip install --progress-bar on --disable-pip-version-check --require-hashes -r requirements-dev.lock
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $@
 

@@ -7,7 +7,11 @@ it, then measures, alternating direct and proxied blocks so drift hits both alik
   - the proxy process's CPU time per non-streaming request (from /proc, over a bounded run)
   - streaming: proxy CPU per 256-token stream and added time-to-first-token
 
-    .venv/bin/python bench/overhead.py [--requests 3000]
+    .venv/bin/python bench/overhead.py [--requests 3000] [--log-level warning]
+
+The proxy runs at `--log-level info` (the default: one access-log line per request, written
+to a file as a deployment would) unless told otherwise; `--log-level warning` measures
+without the access log.
 
 The load generator uses the proxy's own keep-alive client so its cost is small and equal
 on both paths; load generator, proxy and simulator share this machine's cores.
@@ -150,6 +154,7 @@ async def measure(direct: Target, proxied: Target, proxy_pid: int, n: int) -> di
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--log-level", default="info", help="the proxy's; info writes the access log (default info)")
     args = parser.parse_args()
 
     sim_port, proxy_port = free_port(), free_port()
@@ -162,8 +167,9 @@ def main() -> int:
     policy.close()
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     sim = subprocess.Popen([sys.executable, "-m", "proxy.simulate", "--profile", "instant", "--port", str(sim_port)], env=env, stdout=subprocess.DEVNULL)
+    log = tempfile.TemporaryFile("w")
     proxy = subprocess.Popen([sys.executable, "-m", "proxy.cli", "serve", "--policy", policy.name, "--port", str(proxy_port),
-                              "--log-level", "warning"], env=env)
+                              "--log-level", args.log_level], env=env, stderr=log)
     try:
         wait_listening(sim_port, sim)
         wait_listening(proxy_port, proxy)
@@ -175,6 +181,7 @@ def main() -> int:
             proc.terminate()
             proc.wait(10)
         os.unlink(policy.name)
+        log.close()
 
     for key, value in results.items():
         print(f"{key:32s} {value:10.3f}")

@@ -202,7 +202,7 @@ def test_raw_key_in_sha256_field_is_not_echoed() -> None:
 def test_syntax_error_does_not_quote_the_line() -> None:
     text = BASE + "  api_key: 'sk-live-unterminated\n"
     (message,) = errors(text)
-    assert message.startswith("<string>:15: : YAML syntax error")
+    assert message.startswith("<string>:15: YAML syntax error")
     assert "sk-live" not in message
 
 
@@ -370,18 +370,18 @@ def test_route_to_broken_deployment_is_not_reported_as_unknown() -> None:
 
 def test_yaml_syntax_error_has_line() -> None:
     (message,) = errors(BASE + "routes2: [a, b\n")
-    assert message.startswith("<string>:16: : YAML syntax error")
+    assert message.startswith("<string>:16: YAML syntax error")
 
 
 def test_unquoted_reference_in_flow_mapping_gets_a_hint() -> None:
     text = BASE.replace("    model: gpt-oss-120b", "    model: gpt-oss-120b\n    headers: {X-Org: ${ORG}}")
     (message,) = errors(text)
-    assert message.startswith("<string>:7: : YAML syntax error") and 'quote values that use ${VAR}' in message
+    assert message.startswith("<string>:7: YAML syntax error") and 'quote values that use ${VAR}' in message
 
 
 def test_empty_and_non_mapping_documents() -> None:
-    assert errors("") == ["<string>:1: : the policy is empty; start from policies/example-production.yaml"]
-    assert errors("- a\n- b\n")[0].startswith("<string>:1: : expected a mapping")
+    assert errors("") == ["<string>:1: the policy is empty; start from policies/example-production.yaml"]
+    assert errors("- a\n- b\n")[0].startswith("<string>:1: expected a mapping")
 
 
 def test_unreadable_file(tmp_path: Path) -> None:
@@ -389,7 +389,7 @@ def test_unreadable_file(tmp_path: Path) -> None:
         load_policy(tmp_path / "missing.yaml")
     (error,) = info.value.errors
     assert (error.line, error.field) == (0, "")
-    assert str(error).startswith(f"{tmp_path / 'missing.yaml'}:0: : cannot read policy file")
+    assert str(error).startswith(f"{tmp_path / 'missing.yaml'}: cannot read policy file")
 
 
 def test_non_utf8_file(tmp_path: Path) -> None:
@@ -397,4 +397,4 @@ def test_non_utf8_file(tmp_path: Path) -> None:
     path.write_bytes(b"version: 1\nauth: \xff\n")
     with pytest.raises(PolicyError) as info:
         load_policy(path)
-    assert str(info.value).startswith(f"{path}:2: : the file is not UTF-8")
+    assert str(info.value).startswith(f"{path}:2: the file is not UTF-8")

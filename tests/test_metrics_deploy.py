@@ -33,7 +33,8 @@ def load_all(path: Path) -> list:
 def check_policy(text: str, tmp_path: Path) -> subprocess.CompletedProcess:
     policy = tmp_path / "policy.yaml"
     policy.write_text(text)
-    env = {**os.environ, "LANEWAY_REDIS_URL": "redis://redis:6379/0", "CEREBRAS_API_KEY": "x", "OPENAI_API_KEY": "x"}
+    env = {**os.environ, "LANEWAY_REDIS_URL": "redis://redis:6379/0", "CEREBRAS_API_KEY": "x", "OPENAI_API_KEY": "x",
+           "LANEWAY_REPLICAS": "12"}  # set by deploy/k8s/deployment.yaml
     return subprocess.run([sys.executable, "-m", "proxy.cli", "check", str(policy)], capture_output=True, text=True,
                           timeout=60, cwd=ROOT, env=env)
 

@@ -127,7 +127,7 @@ def test_reloader_refuses_a_missing_or_broken_file_without_swapping(tmp_path, po
     reloader = PolicyReloader(load_policy(path), applied.append, interval_s=0)
     path.write_text("version: 1\nauth: open\ndeployments: [\n")
     assert reloader.reload("manual") is False and applied == []
-    assert reloader.last_error.errors[0].startswith(f"{path}:4: : YAML syntax error")
+    assert reloader.last_error.errors[0].startswith(f"{path}:4: YAML syntax error")
     path.unlink()
     assert not reloader.changed(), "a file missing mid-save is not a change yet"
     path.write_text(policy_text("gpu"))

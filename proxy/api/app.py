@@ -26,11 +26,13 @@ from proxy.config.reload import PolicyReloader
 from proxy.config.schema import Policy
 from proxy.errors import Refused
 from proxy.metrics.service import CONTENT_TYPE, Metrics
+from proxy.store.redis_store import RedisStore
 
 log = logging.getLogger("laneway")
 
 POLICY_ENV = "LANEWAY_POLICY"
 RELOAD_INTERVAL_ENV = "LANEWAY_RELOAD_INTERVAL_S"  # how often each worker checks the policy file; 0: SIGHUP only
+READY_PROBE_S = 0.5  # /readyz waits this long beyond store.timeout_ms for Redis to answer PING
 
 
 class LanewayApp:
@@ -114,8 +116,20 @@ class LanewayApp:
         return JSONResponse({"status": "ok"})
 
     async def readyz(self, request: Request) -> Response:
+        """200 while requests can be admitted: under fail_closed that needs the configured Redis."""
         policy = self.state.runtime.policy
-        return JSONResponse({"status": "ready", "policy": policy.source, "version": policy.version})
+        body: dict[str, object] = {"status": "ready", "policy": policy.source, "version": policy.version}
+        settings = policy.store
+        if not self.state.limiter.shared:
+            body["store"] = "embedded"
+            return JSONResponse(body)
+        reachable = await _reachable(self.state.limiter.store, settings.timeout_ms / 1000 + READY_PROBE_S)
+        body["store"] = "reachable" if reachable else "unreachable"
+        if reachable or settings.on_store_error == "fail_open":  # fail_open admits on per-replica limits
+            return JSONResponse(body)
+        body["status"] = "unavailable"
+        body["reason"] = "the rate-limit store is unreachable and store.on_store_error is fail_closed"
+        return JSONResponse(body, status_code=503)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -125,6 +139,8 @@ class LanewayApp:
                 self.state.share_statistics()
                 self._sampling = asyncio.ensure_future(self.metrics.run())
                 self.state.accounting.start()
+                policy = self.state.runtime.policy
+                log.info("worker ready: policy %s version %s", policy.source, policy.version)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 if self.state.reloader is not None:
@@ -150,6 +166,15 @@ class LanewayApp:
 def _model_object(policy: Policy, name: str) -> dict:
     return {"id": name, "object": "model", "created": 0,
             "owned_by": "laneway-route" if name in policy.routes else "laneway"}
+
+
+async def _reachable(store: RedisStore, timeout_s: float) -> bool:
+    """One PING over the store's redis-py client (the request path's lean connection is left alone)."""
+    try:
+        await asyncio.wait_for(store.client.ping(), timeout_s)
+    except Exception:  # refused, reset, timed out, cluster down: whatever it is, admission cannot use the store
+        return False
+    return True
 
 
 async def _http_exception(request: Request, exc: HTTPException) -> Response:

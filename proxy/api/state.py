@@ -5,6 +5,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from proxy.api.access_log import access_log
 from proxy.api.auth import Authenticator
 from proxy.call import Outcome
 from proxy.config.reload import PolicyReloader
@@ -44,6 +45,7 @@ class ProxyState:
         self.runtime = self._build(policy)
         # Told of every finished request after its ticket and budget hold are given back.
         self.observers: list[Callable[[Outcome], None]] = [self.routing.stats.finished, self.accounting.record]
+        self.observers.append(access_log)  # one line per request / WebSocket turn (proxy.api.access_log)
         self.affinity = _affinity(self.limiter)  # response id -> deployment holding it, for continuations
         self.reloader: PolicyReloader | None = None  # started by the app's lifespan when the policy is a file
         self.sharing: StatsSharing | None = None  # latency statistics merged with other replicas via Redis

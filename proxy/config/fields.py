@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import yaml
 from yaml.constructor import SafeConstructor
 
-from .env import NAME, WHOLE_REFERENCE, UnsetVariable, interpolate
+from .env import NAME, WHOLE_REFERENCE, UnsetVariable, interpolate, literal_part
 from .errors import FieldError
 
 _NULL = "tag:yaml.org,2002:null"
@@ -30,6 +30,12 @@ _FLOAT = "tag:yaml.org,2002:float"
 _BOOL = "tag:yaml.org,2002:bool"
 _KINDS = {"null": "nothing", "bool": "a boolean", "int": "an integer", "float": "a number", "str": "a string"}
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token
+# Headers whose value is a credential: anything but an auth scheme word must come from ${VAR}.
+_CREDENTIAL_HEADER = re.compile(r"(?i)(^|[-_])(authorization|cookie|api[-_]?key|key|token|secret|password)($|[-_])")
+_AUTH_SCHEME = re.compile(r"(?i)(bearer|basic|token|apikey)?")
+# What a pasted key looks like in any header: a provider key prefix, or a scheme and a token.
+_KEY_SHAPE = re.compile(r"\b(sk|pk|rk|gsk|csk|xai)-[A-Za-z0-9_-]{8,}|(?i:\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,})")
+_PASTED = "put it in an environment variable and refer to it with ${VAR} (and rotate it if this file was ever shared)"
 _constructor = SafeConstructor()
 
 
@@ -49,12 +55,17 @@ class Context:
     env: Mapping[str, str]
     errors: list[FieldError] = field(default_factory=list)
     warnings: list[FieldError] = field(default_factory=list)
+    from_env: dict[str, str] = field(default_factory=dict)  # value -> "${NAME}" it came from, for redaction
 
     def error(self, line: int, path: str, message: str) -> None:
         self.errors.append(FieldError(self.file, line, path, message))
 
     def warn(self, line: int, path: str, message: str) -> None:
         self.warnings.append(FieldError(self.file, line, path, message))
+
+    def diagnostics(self, found: list[FieldError]) -> list[FieldError]:
+        """``found`` by line, each showing environment values only as their ``${NAME}``."""
+        return sorted((e.redacted(self.from_env) for e in found), key=lambda e: e.line)
 
 
 Converter = Callable[[Context, yaml.Node, str], Any]
@@ -187,7 +198,7 @@ def text(ctx: Context, node: yaml.Node, path: str) -> str:
     if not isinstance(node, yaml.ScalarNode) or is_null(node):
         raise Invalid(f"expected a string, got {kind(node)}")
     try:
-        value = interpolate(node.value, ctx.env)
+        value = interpolate(node.value, ctx.env, ctx.from_env)
     except UnsetVariable as exc:
         raise Invalid(
             f"environment variable {exc.name} is not set; set it, or give a default: ${{{exc.name}:-value}}"
@@ -214,6 +225,16 @@ def positive_int(ctx: Context, node: yaml.Node, path: str) -> int:
     if value <= 0:
         raise Invalid(f"must be greater than 0, got {value}")
     return value
+
+
+def positive_int_or_env(ctx: Context, node: yaml.Node, path: str) -> int:
+    """A positive integer, written out or as ``${VAR}`` (a figure the deployment sets, e.g. the replica count)."""
+    if not (isinstance(node, yaml.ScalarNode) and node.tag != _INT and "${" in node.value):
+        return positive_int(ctx, node, path)
+    value = text(ctx, node, path)
+    if not value.isdigit() or int(value) <= 0:
+        raise Invalid(f"must be a whole number greater than 0, got {value!r}")
+    return int(value)
 
 
 def boolean(ctx: Context, node: yaml.Node, path: str) -> bool:
@@ -252,6 +273,9 @@ def http_url(ctx: Context, node: yaml.Node, path: str) -> str:
         raise Invalid(
             "must be an http:// or https:// URL like https://api.openai.com/v1 (scheme://host[:port][/path], no query)"
         )
+    written = urlsplit(literal_part(node.value))
+    if written.username or written.password:
+        raise Invalid(f"holds literal credentials (user:password@); {_PASTED}")
     return value
 
 
@@ -309,10 +333,29 @@ def mapping_of(value: Converter, expected: str, *, null_is_empty: bool = True,
     return convert
 
 
-headers = mapping_of(
+_header_values = mapping_of(
     text, "header: value",
     check_key=lambda name: None if _HEADER_NAME.fullmatch(name) else "is not a valid HTTP header name",
 )
+
+
+def headers(ctx: Context, node: yaml.Node, path: str) -> Mapping[str, str]:
+    """Extra upstream headers; a credential written into the file is refused (and not echoed)."""
+    result = _header_values(ctx, node, path)
+    pasted = [(key, value) for key, value in (node.value if result else ()) if _literal_credential(key.value, value.value)]
+    for key, value in pasted:
+        ctx.error(line_of(value), join(path, key.value), f"holds a literal credential; {_PASTED}, e.g. \"Bearer ${{VAR}}\"")
+    if pasted:
+        raise Reported
+    return result
+
+
+def _literal_credential(name: str, raw: str) -> bool:
+    """The part of a header value the file spells out looks like a key, or is more than a scheme word."""
+    written = literal_part(raw).strip()
+    if _KEY_SHAPE.search(written):
+        return True
+    return bool(_CREDENTIAL_HEADER.search(name)) and not _AUTH_SCHEME.fullmatch(written)
 
 
 def list_of(item: Converter, *, empty: str | None = None) -> Converter:
@@ -370,4 +413,6 @@ def redis_url(ctx: Context, node: yaml.Node, path: str) -> str:
     value = text(ctx, node, path)
     if not value.startswith(("redis://", "rediss://", "unix://")):
         raise Invalid("must be a Redis URL like redis://host:6379/0 (or rediss://, unix://); use ${REDIS_URL} to keep passwords out of the file")
+    if urlsplit(literal_part(node.value)).password:
+        raise Invalid(f"holds a literal password; {_PASTED}: redis_url: ${{REDIS_URL}} or redis://:${{REDIS_PASSWORD}}@host:6379/0")
     return value

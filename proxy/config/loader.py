@@ -40,6 +40,7 @@ from .fields import (
     port,
     positive_float,
     positive_int,
+    positive_int_or_env,
     read,
     record,
     secret_reference,
@@ -75,6 +76,8 @@ from .schema import (
 )
 
 FORMAT_VERSION = 1
+# Deeper than any real policy, far below the interpreter's recursion limit (the composer recurses per level).
+MAX_NESTING = 64
 
 
 def _format_version(ctx: Context, node: yaml.Node, path: str) -> int:
@@ -182,7 +185,7 @@ STORE = Spec(
         "redis_url": Field(redis_url),
         "topology": Field(one_of(STORE_TOPOLOGIES, "store topology")),
         "on_store_error": Field(one_of(STORE_ERROR_MODES, "on_store_error mode")),
-        "replicas": Field(positive_int),
+        "replicas": Field(positive_int_or_env),
         "timeout_ms": Field(positive_int),
         "lease_s": Field(positive_float),
     },
@@ -303,7 +306,7 @@ def _parse(text_: str, data: bytes, source: str, env: Mapping[str, str] | None) 
     top = read(ctx, root, "", POLICY)
     _cross_check(ctx, top)
     if ctx.errors:
-        raise PolicyError(sorted(ctx.errors, key=lambda e: e.line))
+        raise PolicyError(ctx.diagnostics(ctx.errors))
     deployments = {d.name: d for d in (_build_deployment(ctx, r) for r in top.values["deployments"])}
     return Policy(
         source=source,
@@ -314,7 +317,7 @@ def _parse(text_: str, data: bytes, source: str, env: Mapping[str, str] | None) 
         deployments=MappingProxyType(deployments),
         routes=MappingProxyType({r.values["name"]: r.build() for r in top.values.get("routes", ())}),
         simulators=tuple(r.build() for r in top.values.get("simulators", ())),
-        warnings=tuple(sorted(ctx.warnings, key=lambda e: e.line)),
+        warnings=tuple(ctx.diagnostics(ctx.warnings)),
         prices=top.values.get("prices", MappingProxyType({})),
         team_budgets=top.values.get("team_budgets", MappingProxyType({})),
         ledger=top.values.get("ledger", LedgerSettings()),
@@ -322,10 +325,35 @@ def _parse(text_: str, data: bytes, source: str, env: Mapping[str, str] | None) 
     )
 
 
+class _TooDeep(Exception):
+    def __init__(self, line: int) -> None:
+        self.line = line
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that stops at MAX_NESTING levels instead of overflowing the stack."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node:
+        if self._depth >= MAX_NESTING:
+            raise _TooDeep(self.peek_event().start_mark.line + 1)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
 def _compose(text_: str, source: str) -> yaml.Node:
     """YAML text -> node tree (nodes keep line numbers; plain values are never needed)."""
     try:
-        root = yaml.compose(text_, Loader=yaml.SafeLoader)
+        root = yaml.compose(text_, Loader=_Loader)
+    except _TooDeep as exc:
+        message = f"nesting too deep (more than {MAX_NESTING} levels of lists or mappings)"
+        raise PolicyError([FieldError(source, exc.line, "", message)]) from None
     except yaml.MarkedYAMLError as exc:
         # Built from problem/context only: the default str() quotes the offending line, which may hold a secret.
         mark = exc.problem_mark or exc.context_mark

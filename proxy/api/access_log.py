@@ -1,0 +1,52 @@
+"""The access log: one line per finished request and per WebSocket turn, at INFO on ``laneway.access``.
+
+An observer of the request's ``Outcome`` (``ProxyState.observers``), so it reports exactly
+what accounting and metrics saw, at the cost of one dict and one log call per request; at
+``--log-level warning`` it costs one level check. It names the key, never the key itself.
+Timings are milliseconds from the request's arrival: ``added_ms`` until the upstream was
+called (Laneway's own share), ``ttft_ms`` to the first token, ``total_ms`` to the end.
+"""
+from __future__ import annotations
+
+import logging
+
+from proxy.call import Outcome
+
+log = logging.getLogger("laneway.access")
+_MESSAGE = ("request", "turn")  # indexed by "is a WebSocket turn"
+
+
+def access_log(outcome: Outcome) -> None:
+    if log.isEnabledFor(logging.INFO):
+        # makeRecord + handle is logger.info() without the caller lookup (a stack walk) on every request
+        record = log.makeRecord(log.name, logging.INFO, __file__, 0, _MESSAGE[outcome.transport == "websocket"], None, None)
+        record.fields = fields(outcome)
+        log.handle(record)
+
+
+def fields(outcome: Outcome) -> dict[str, object]:
+    """The line's fields in a fixed order; None where the request never got that far."""
+    started = outcome.started
+    return {
+        "request_id": outcome.request_id,
+        "endpoint": outcome.endpoint,
+        "transport": outcome.transport,
+        "stream": outcome.stream,
+        "route": outcome.route,
+        "deployment": outcome.deployment,
+        "lane": outcome.hardware,
+        "status": outcome.status,
+        "reason": outcome.reason or None,
+        "error": outcome.error_code,
+        "added_ms": _ms(outcome.upstream_started - started) if outcome.upstream_started else None,
+        "ttft_ms": _ms(outcome.first_token_at - started) if outcome.first_token_at else None,
+        "total_ms": _ms(outcome.finished - started),
+        "tokens_in": outcome.input_tokens,
+        "tokens_out": outcome.output_tokens,
+        "key": outcome.key_name,
+        "team": outcome.team,
+    }
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000.0, 2)

@@ -1,0 +1,50 @@
+"""The access log observer: one INFO line per finished request or WebSocket turn, from its Outcome."""
+from __future__ import annotations
+
+import logging
+
+from proxy.api.access_log import access_log
+from proxy.call import Outcome
+
+
+def outcome(**overrides) -> Outcome:
+    values = dict(request_id="req_1", endpoint="chat", route="codex", key_name="ci-bot", team="platform",
+                  deployment="spark-wafer", hardware="wafer", reason="primary", status=200, stream=True,
+                  input_tokens=12, output_tokens=30, started=10.0, upstream_started=10.0004, first_token_at=10.0104,
+                  finished=10.0504)
+    values.update(overrides)
+    return Outcome(**values)
+
+
+def test_one_line_with_the_outcome_fields(caplog):
+    with caplog.at_level(logging.INFO, logger="laneway.access"):
+        access_log(outcome())
+    [line] = caplog.records
+    assert (line.name, line.levelname, line.getMessage()) == ("laneway.access", "INFO", "request")
+    assert line.fields == {
+        "request_id": "req_1", "endpoint": "chat", "transport": "http", "stream": True, "route": "codex",
+        "deployment": "spark-wafer", "lane": "wafer", "status": 200, "reason": "primary", "error": None,
+        "added_ms": 0.4, "ttft_ms": 10.4, "total_ms": 50.4, "tokens_in": 12, "tokens_out": 30,
+        "key": "ci-bot", "team": "platform",
+    }
+
+
+def test_a_refused_request_has_no_upstream_timings(caplog):
+    with caplog.at_level(logging.INFO, logger="laneway.access"):
+        access_log(outcome(deployment=None, hardware=None, reason="", status=429, error_code="rate_limit_exceeded",
+                           upstream_started=0.0, first_token_at=None, output_tokens=0))
+    fields = caplog.records[0].fields
+    assert (fields["status"], fields["error"], fields["added_ms"], fields["ttft_ms"], fields["reason"]) == (
+        429, "rate_limit_exceeded", None, None, None)
+
+
+def test_a_websocket_turn_is_a_turn_line(caplog):
+    with caplog.at_level(logging.INFO, logger="laneway.access"):
+        access_log(outcome(transport="websocket"))
+    assert caplog.records[0].getMessage() == "turn" and caplog.records[0].fields["transport"] == "websocket"
+
+
+def test_nothing_below_info(caplog):
+    with caplog.at_level(logging.WARNING, logger="laneway.access"):
+        access_log(outcome())
+    assert caplog.records == []
