@@ -208,7 +208,7 @@ def cues_from_messages(messages: list[dict[str, Any]]) -> tuple[str, bool]:
 
 def cues_from_items(items: list[Any]) -> tuple[str, bool]:
     """(text of the latest user message, whether the input ends with a tool call's output)."""
-    last_user = next((i for i in reversed(items) if isinstance(i, str) or i.get("role") == "user"), None)
+    last_user = next((i for i in reversed(items) if i.get("role") == "user"), None)
     text = prompt_text({"input": [last_user]}) if last_user is not None else ""
     last = items[-1] if items else None
     return text, isinstance(last, dict) and str(last.get("type", "")).endswith("_output")

@@ -11,6 +11,8 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+from .text import prompt_text
+
 _CHAT_ROLES = ("system", "assistant", "user", "function", "tool", "developer")
 _RESPONSES_ROLES = ("assistant", "system", "developer", "user")
 _FORMATS = ("text", "json_object", "json_schema")
@@ -244,6 +246,9 @@ def _chat_format(body: dict[str, Any]) -> None:
     if fmt is None:
         return
     _format("response_format", fmt)
+    if fmt["type"] == "json_object" and "json" not in prompt_text({"messages": body.get("messages")}).lower():
+        raise InvalidRequest("'messages' must contain the word 'json' in some form, to use 'response_format' of "
+                             "type 'json_object'.", "messages")
     if fmt["type"] == "json_schema":
         spec = fmt.get("json_schema")
         if spec is None:
@@ -261,6 +266,9 @@ def _responses_format(body: dict[str, Any]) -> None:
     if fmt is None:
         return
     _format("text.format", fmt)
+    if fmt["type"] == "json_object" and "json" not in prompt_text(body).lower():
+        raise InvalidRequest("Response input messages must contain the word 'json' in some form to use "
+                             "'text.format' of type 'json_object'.", "input")
     if fmt["type"] == "json_schema":
         _function_name("text.format.name", fmt.get("name"))
         if fmt.get("schema") is None:
@@ -345,8 +353,6 @@ def completions(body: dict[str, Any]) -> None:
 def _input_items(items: list[Any]) -> None:
     for i, item in enumerate(items):
         p = f"input[{i}]"
-        if isinstance(item, str):
-            continue
         item = _object(p, item)
         if item.get("type", "message") == "message":
             role = item.get("role")

@@ -166,9 +166,11 @@ class SimulatedSocket:
             turn = Turn(rid=rid, model=str(event.get("model") or ""), created=int(time.time()), n=0,
                         input_tokens=0, capped=False)
             renderer = ResponsesRenderer(turn, response_fields(event))
-            frames = sse_frames(renderer.prelude())[:1] + sse_frames(renderer.epilogue())[-1:]
-            for frame in frames:
-                await send({"type": "websocket.send", "text": frame.decode()})
+            done = {**renderer.response("completed"), "output": []}  # warmed up: nothing generated
+            for seq, (kind, response) in enumerate((("created", renderer.response("in_progress")),
+                                                    ("completed", done))):
+                frame = {"type": f"response.{kind}", "response": response, "sequence_number": seq}
+                await send({"type": "websocket.send", "text": orjson.dumps(frame).decode()})
             memory.id, memory.items, memory.epoch = rid, items, self._epoch
             return
         self.turns += 1

@@ -167,7 +167,8 @@ def test_json_modes_are_valid_json(fresh: RunningSimulator) -> None:
     schema_format = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON, "strict": True}}
     done = chat_ok(post(fresh, "/chat/completions", {"model": "m", "messages": USER, "response_format": schema_format}).json())
     jsonschema.validate(json.loads(done.choices[0].message.content), PERSON)
-    obj = chat_ok(post(fresh, "/chat/completions", {"model": "m", "messages": USER, "response_format": {
+    asked = [{"role": "user", "content": "Answer in JSON."}]
+    obj = chat_ok(post(fresh, "/chat/completions", {"model": "m", "messages": asked, "response_format": {
         "type": "json_object"}}).json())
     assert isinstance(json.loads(obj.choices[0].message.content), dict)
     fmt = {"type": "json_schema", "name": "person", "schema": PERSON, "strict": True}
@@ -214,8 +215,10 @@ BAD = [
     ("/chat/completions", {"messages": USER, "stream_options": {"include_usage": True}}, "stream_options", None),
     ("/chat/completions", {"messages": USER, "response_format": {"type": "yaml"}}, "response_format.type",
      "invalid_value"),
+    ("/chat/completions", {"messages": USER, "response_format": {"type": "json_object"}}, "messages", None),
     ("/responses", {}, "input", "missing_required_parameter"),
     ("/responses", {"input": [{"role": "robot", "content": "x"}]}, "input[0].role", "invalid_value"),
+    ("/responses", {"input": ["x"]}, "input[0]", "invalid_type"),
     ("/responses", {"input": "x", "tools": [{"type": "function"}]}, "tools[0].name", "missing_required_parameter"),
     ("/responses", {"input": "x", "max_output_tokens": "many"}, "max_output_tokens", "invalid_type"),
     ("/responses", {"input": "x", "text": {"format": {"type": "json_schema", "name": "p"}}}, "text.format.schema",
