@@ -49,6 +49,7 @@ _VALIDATORS: dict[str, Callable[[dict[str, Any]], None]] = {
     "messages": validate.messages, "embeddings": validate.embeddings,
 }
 _RESPONSE_ROUTES = ("GET", "DELETE", "GET input_items", "POST cancel")
+_WORDS = Plan(None)
 
 
 class _QuietDrops(logging.Filter):
@@ -346,6 +347,8 @@ class SimulatorApp:
 
     def _plan(self, req: _Request) -> Plan:
         body, words = req.body, self.profile.default_output_tokens
+        if "tools" not in body and "response_format" not in body and "text" not in body:
+            return _WORDS  # nothing to call, no format: the token model's words
         if req.kind == "chat":
             last_user, after_tool = cues_from_messages(body["messages"])
             fmt = body.get("response_format")
@@ -357,7 +360,7 @@ class SimulatorApp:
             text = body.get("text") or {}
             return plan(responses_functions(body), body.get("tool_choice"), text.get("format"), last_user,
                         after_tool, words)
-        return Plan(None)
+        return _WORDS
 
     async def _take_fault(self, ctx: _Ctx) -> Fault | None:
         """This request's fault (x-sim-fault header first, then the queue), ("none", 0) when there is

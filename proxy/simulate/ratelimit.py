@@ -35,10 +35,10 @@ DEFAULT_LIMITS: dict[str, tuple[int | None, int, int | None]] = {
 def go_duration(seconds: float) -> str:
     """Format like Go's time.Duration.String() at millisecond precision ("12ms", "1s", "6m0s")."""
     ms = round(seconds * 1000)
-    if ms <= 0:
-        return "0s"
     if ms < 1000:
-        return f"{ms}ms"
+        return f"{ms}ms" if ms > 0 else "0s"
+    if ms < 60_000:
+        return f"{ms / 1000:.3f}".rstrip("0").rstrip(".") + "s"
     hours, rem = divmod(ms, 3_600_000)
     minutes, rem = divmod(rem, 60_000)
     secs = f"{rem / 1000:.3f}".rstrip("0").rstrip(".")
@@ -124,13 +124,14 @@ class RateLimiter:
     def _openai_headers(self, now: float) -> Headers:
         """Requests per minute and tokens per minute (a per-day limit is enforced, not advertised)."""
         rpm = self.rpm if self.rpm is not None else DEFAULT_LIMITS["openai"][0]
+        reset = go_duration(self._reset_in(self._minute, MINUTE, now)).encode()  # one window holds both
         return [
             (b"x-ratelimit-limit-requests", b"%d" % rpm),
             (b"x-ratelimit-limit-tokens", b"%d" % self.tpm),
             (b"x-ratelimit-remaining-requests", b"%d" % max(0, rpm - len(self._minute))),
             (b"x-ratelimit-remaining-tokens", b"%d" % max(0, self.tpm - self._minute_tokens)),
-            (b"x-ratelimit-reset-requests", go_duration(self._reset_in(self._minute, MINUTE, now)).encode()),
-            (b"x-ratelimit-reset-tokens", go_duration(self._reset_in(self._minute, MINUTE, now)).encode()),
+            (b"x-ratelimit-reset-requests", reset),
+            (b"x-ratelimit-reset-tokens", reset),
         ]
 
     def _cerebras_headers(self, now: float) -> Headers:

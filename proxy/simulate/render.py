@@ -95,12 +95,14 @@ class ChatRenderer:
         self._head = {"id": t.rid, "object": "chat.completion.chunk", "created": t.created, "model": t.model,
                       "service_tier": "default", "system_fingerprint": "fp_sim"}
         self._usage_null = b',"usage":null' if t.include_usage else b""
-        head = b"data: " + _open(self._head) + b',"choices":[{"index":%d,"delta":'
+        head = b"data: " + _open(self._head) + b',"choices":[{"index":'
         opening = b'{"tool_calls":[{"index":0,"function":{"arguments":"' if t.call else b'{"content":"'
         closing = b'"}}]}' if t.call else b'"}'
-        self._prefixes = [head % c + opening for c in range(t.choices)]
+        self._prefixes = [head + b"%d" % c + b',"delta":' + opening for c in range(t.choices)]
         self._close = closing + b',"logprobs":null,"finish_reason":null}]'
         self._suffix = self._close + self._usage_null + b"}\n\n"
+        if t.choices == 1 and t.pieces is None and not t.continuous_usage:
+            self.token = self._word  # type: ignore[method-assign]  # the hot path: one choice of words
 
     def _finish(self) -> str:
         return "length" if self.t.capped else "tool_calls" if self.t.call else "stop"
@@ -137,7 +139,10 @@ class ChatRenderer:
     def prelude(self) -> bytes:
         t = self.t
         usage = _openai_usage(t, 0) if t.continuous_usage else None
-        return b"".join(self._chunk(c, self._first_delta(c), None, usage) for c in range(t.choices))
+        return b"".join([self._chunk(c, self._first_delta(c), None, usage) for c in range(t.choices)])
+
+    def _word(self, i: int) -> bytes:
+        return self._prefixes[0] + token_bytes(i) + self._suffix
 
     def token(self, i: int) -> bytes:
         t = self.t
@@ -151,7 +156,7 @@ class ChatRenderer:
         return b"".join(out)
 
     def epilogue(self) -> bytes:
-        out = b"".join(self._chunk(c, {}, self._finish()) for c in range(self.t.choices))
+        out = b"".join([self._chunk(c, {}, self._finish()) for c in range(self.t.choices)])
         if self.t.include_usage:
             out += _data({**self._head, "choices": [], "usage": _openai_usage(self.t)})
         return out + DONE
@@ -181,6 +186,8 @@ class CompletionRenderer:
         return b""
 
     def token(self, i: int) -> bytes:
+        if len(self._tok_suffixes) == 1:
+            return self._tok_prefix + self.t.piece(i) + self._tok_suffixes[0]
         piece = self.t.piece(i)
         return b"".join([self._tok_prefix + piece + suffix for suffix in self._tok_suffixes])
 

@@ -8,12 +8,13 @@ as Codex send fields the public spec does not list yet.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .text import prompt_text
 
 _CHAT_ROLES = ("system", "assistant", "user", "function", "tool", "developer")
+_PLAIN_ROLES = frozenset(("system", "user", "developer", "assistant"))
 _RESPONSES_ROLES = ("assistant", "system", "developer", "user")
 _FORMATS = ("text", "json_object", "json_schema")
 _TOOL_CHOICES = ("none", "auto", "required")
@@ -99,22 +100,15 @@ def _model(body: dict[str, Any]) -> None:
         raise _wrong_type("model", "a string", model)
 
 
-def _sampling(body: dict[str, Any]) -> None:
-    """Fields every generating endpoint shares."""
-    _model(body)
-    _number(body, "temperature", 0, 2)
-    _number(body, "top_p", 0, 1)
-    _typed(body, "stream", bool, "a boolean")
-    _typed(body, "user", str, "a string")
-    _typed(body, "parallel_tool_calls", bool, "a boolean")
-    _typed(body, "store", bool, "a boolean")
-    metadata = body.get("metadata")
-    if metadata is not None:
-        if not isinstance(metadata, dict):
-            raise _wrong_type("metadata", "an object", metadata)
-        for k, v in metadata.items():
-            if not isinstance(v, str):
-                raise _wrong_type(f"metadata.{k}", "a string", v)
+def _metadata(body: dict[str, Any], key: str) -> None:
+    metadata = body[key]
+    if metadata is None:
+        return
+    if not isinstance(metadata, dict):
+        raise _wrong_type(key, "an object", metadata)
+    for k, v in metadata.items():
+        if not isinstance(v, str):
+            raise _wrong_type(f"{key}.{k}", "a string", v)
 
 
 def _stream_options(body: dict[str, Any]) -> None:
@@ -283,6 +277,9 @@ def _chat_messages(body: dict[str, Any]) -> None:
                              "empty array instead.", "messages", "empty_array")
     awaiting: list[str] = []  # tool_call ids of the last assistant message not yet answered
     for i, message in enumerate(messages):
+        if (not awaiting and type(message) is dict and message.get("role") in _PLAIN_ROLES
+                and type(message.get("content")) is str and "tool_calls" not in message):
+            continue  # the common case, checked in one go
         p = f"messages[{i}]"
         message = _object(p, message)
         role = message.get("role")
@@ -320,34 +317,61 @@ def _chat_messages(body: dict[str, Any]) -> None:
                              + ", ".join(awaiting), "messages", "invalid_value")
 
 
-def _output_cap(body: dict[str, Any], keys: tuple[str, ...], lo: int) -> None:
-    for key in keys:
-        _integer(body, key, lo)
+Check = Callable[[dict[str, Any], str], None]
+
+
+def _num(lo: float, hi: float) -> Check:
+    return lambda body, key: _number(body, key, lo, hi)
+
+
+def _int(lo: int, hi: int | None = None) -> Check:
+    return lambda body, key: _integer(body, key, lo, hi)
+
+
+def _of(kind: type | tuple[type, ...], expected: str) -> Check:
+    return lambda body, key: _typed(body, key, kind, expected)
+
+
+def _whole(check: Callable[[dict[str, Any]], None]) -> Check:
+    return lambda body, _key: check(body)
+
+
+# Per endpoint, the optional fields checked when present (a request pays only for what it sends).
+_COMMON: dict[str, Check] = {
+    "temperature": _num(0, 2), "top_p": _num(0, 1), "stream": _of(bool, "a boolean"), "user": _of(str, "a string"),
+    "parallel_tool_calls": _of(bool, "a boolean"), "store": _of(bool, "a boolean"), "metadata": _metadata,
+}
+_CHAT: dict[str, Check] = {
+    **_COMMON, "n": _int(1, 128), "max_tokens": _int(1), "max_completion_tokens": _int(1),
+    "presence_penalty": _num(-2, 2), "frequency_penalty": _num(-2, 2), "logprobs": _of(bool, "a boolean"),
+    "top_logprobs": _int(0, 20), "seed": _int(-(2**63), 2**63 - 1), "stream_options": _whole(_stream_options),
+    "response_format": _whole(_chat_format),
+}
+_COMPLETIONS: dict[str, Check] = {**_COMMON, "n": _int(1, 128), "max_tokens": _int(0),
+                                  "stream_options": _whole(_stream_options)}
+
+
+def _fields(body: dict[str, Any], table: dict[str, Check]) -> None:
+    for key in body:
+        check = table.get(key)
+        if check is not None:
+            check(body, key)
 
 
 def chat(body: dict[str, Any]) -> None:
     """POST /v1/chat/completions."""
-    _sampling(body)
+    _model(body)
     _chat_messages(body)
-    _integer(body, "n", 1, 128)
-    _output_cap(body, ("max_tokens", "max_completion_tokens"), 1)
-    _number(body, "presence_penalty", -2, 2)
-    _number(body, "frequency_penalty", -2, 2)
-    _typed(body, "logprobs", bool, "a boolean")
-    _integer(body, "top_logprobs", 0, 20)
-    _integer(body, "seed", -(2**63), 2**63 - 1)
-    _stream_options(body)
-    _chat_format(body)
-    _tool_choice(body, chat_tool_names(body), chat=True)
+    _fields(body, _CHAT)
+    if "tools" in body or "tool_choice" in body:
+        _tool_choice(body, chat_tool_names(body), chat=True)
 
 
 def completions(body: dict[str, Any]) -> None:
     """POST /v1/completions."""
-    _sampling(body)
+    _model(body)
     _required(body, "prompt", (str, list), "one of a string or array")
-    _integer(body, "n", 1, 128)
-    _output_cap(body, ("max_tokens",), 0)
-    _stream_options(body)
+    _fields(body, _COMPLETIONS)
 
 
 def _input_items(items: list[Any]) -> None:
@@ -363,9 +387,21 @@ def _input_items(items: list[Any]) -> None:
                 raise missing(f"{p}.content")
 
 
+def _truncation(body: dict[str, Any], key: str) -> None:
+    if body[key] is not None:
+        _one_of(key, body[key], ("auto", "disabled"))
+
+
+_RESPONSES: dict[str, Check] = {
+    **_COMMON, "instructions": _of((str, list), "a string"), "previous_response_id": _of(str, "a string"),
+    "background": _of(bool, "a boolean"), "max_output_tokens": _int(1), "top_logprobs": _int(0, 20),
+    "truncation": _truncation, "text": _whole(_responses_format),
+}
+
+
 def responses(body: dict[str, Any]) -> None:
     """POST /v1/responses (and a WebSocket ``response.create``)."""
-    _sampling(body)
+    _model(body)
     value = body.get("input")
     if value is None:
         if body.get("previous_response_id") is None and body.get("prompt") is None and body.get("generate") is not False:
@@ -374,16 +410,9 @@ def responses(body: dict[str, Any]) -> None:
         _input_items(value)
     elif not isinstance(value, str):
         raise _wrong_type("input", "one of a string or array of input items", value)
-    _typed(body, "instructions", (str, list), "a string")
-    _typed(body, "previous_response_id", str, "a string")
-    _typed(body, "background", bool, "a boolean")
-    _output_cap(body, ("max_output_tokens",), 1)
-    _integer(body, "top_logprobs", 0, 20)
-    truncation = body.get("truncation")
-    if truncation is not None:
-        _one_of("truncation", truncation, ("auto", "disabled"))
-    _responses_format(body)
-    _tool_choice(body, responses_tool_names(body), chat=False)
+    _fields(body, _RESPONSES)
+    if "tools" in body or "tool_choice" in body:
+        _tool_choice(body, responses_tool_names(body), chat=False)
 
 
 def embeddings(body: dict[str, Any]) -> None:

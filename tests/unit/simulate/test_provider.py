@@ -328,3 +328,9 @@ def test_cerebras_headers_on_every_answer() -> None:
         assert ok.headers["x-ratelimit-limit-requests-day"] == "1000000000"
         assert 59 < float(limited.headers["x-ratelimit-reset-tokens-minute"]) <= 60
         assert "." in limited.headers["x-ratelimit-reset-tokens-minute"]
+
+
+def test_model_names_are_data_not_templates(fresh: RunningSimulator) -> None:
+    body = {"model": "50%d-model", "messages": USER, "max_tokens": 2, "stream": True, "n": 2}
+    chunks = [strict(ChatCompletionChunk, e) for e in sse_events(post(fresh, "/chat/completions", body).text)]
+    assert {c.model for c in chunks} == {"50%d-model"} and {c.choices[0].index for c in chunks} == {0, 1}
