@@ -343,6 +343,8 @@ class SimulatorApp:
         answer = self._plan(req)
         turn.n, turn.capped = answer.size(cap, capped)
         turn.choices, turn.pieces, turn.call = choices, answer.pieces, answer.call
+        if kind == "chat" and body.get("logprobs") is True:
+            turn.top_logprobs = body.get("top_logprobs") or 0
         return turn, input_tokens + choices * (cap if capped else turn.n)
 
     def _plan(self, req: _Request) -> Plan:

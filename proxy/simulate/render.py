@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import orjson
 
 from .answer import Function
-from .text import output_text, token_bytes
+from .text import output_text, token, token_bytes
 
 
 @dataclass(slots=True)
@@ -32,6 +32,7 @@ class Turn:
     choices: int = 1  # chat/completions `n`
     pieces: tuple[str, ...] | None = None  # structured output (JSON, call arguments); None = the token model
     call: Function | None = None  # the answer is a call of this function, its arguments the pieces
+    top_logprobs: int | None = None  # chat `logprobs: true` (with this many alternatives); None: not asked
 
     @property
     def text(self) -> str:
@@ -40,6 +41,14 @@ class Turn:
     def piece(self, i: int) -> bytes:
         """Token ``i`` escaped for inside a JSON string."""
         return token_bytes(i) if self.pieces is None else orjson.dumps(self.pieces[i])[1:-1]
+
+    def logprob(self, i: int) -> dict[str, Any]:
+        """Token ``i``'s logprobs entry: the model is certain, its alternatives far behind."""
+        tok = token(i) if self.pieces is None else self.pieces[i]
+        alternatives = [(tok, 0.0)] + [(f"alt{j}", -4.0 * j) for j in range(1, self.top_logprobs or 0)]
+        return {"token": tok, "logprob": 0.0, "bytes": list(tok.encode()),
+                "top_logprobs": [{"token": a, "logprob": lp, "bytes": list(a.encode())}
+                                 for a, lp in alternatives[: self.top_logprobs or 0]]}
 
     @property
     def output_tokens(self) -> int:
@@ -99,9 +108,10 @@ class ChatRenderer:
         opening = b'{"tool_calls":[{"index":0,"function":{"arguments":"' if t.call else b'{"content":"'
         closing = b'"}}]}' if t.call else b'"}'
         self._prefixes = [head + b"%d" % c + b',"delta":' + opening for c in range(t.choices)]
-        self._close = closing + b',"logprobs":null,"finish_reason":null}]'
-        self._suffix = self._close + self._usage_null + b"}\n\n"
-        if t.choices == 1 and t.pieces is None and not t.continuous_usage:
+        self._closing = closing
+        self._suffix = closing + b',"logprobs":null,"finish_reason":null}]' + self._usage_null + b"}\n\n"
+        self._plain = not t.continuous_usage and t.top_logprobs is None  # every token chunk alike
+        if t.choices == 1 and t.pieces is None and self._plain:
             self.token = self._word  # type: ignore[method-assign]  # the hot path: one choice of words
 
     def _finish(self) -> str:
@@ -116,7 +126,9 @@ class ChatRenderer:
 
     def complete(self) -> bytes:
         t = self.t
-        choices = [{"index": c, "message": self._message(c), "logprobs": None, "finish_reason": self._finish()}
+        logprobs = None if t.top_logprobs is None else {
+            "content": [t.logprob(i) for i in range(t.n)], "refusal": None}
+        choices = [{"index": c, "message": self._message(c), "logprobs": logprobs, "finish_reason": self._finish()}
                    for c in range(t.choices)]
         body = {"id": t.rid, "object": "chat.completion", "created": t.created, "model": t.model,
                 "choices": choices, "usage": _openai_usage(t), "service_tier": "default",
@@ -147,12 +159,15 @@ class ChatRenderer:
     def token(self, i: int) -> bytes:
         t = self.t
         piece = t.piece(i)
-        if not t.continuous_usage:
+        if self._plain:
             return b"".join([prefix + piece + self._suffix for prefix in self._prefixes])
+        logprobs = b"null" if t.top_logprobs is None else orjson.dumps({"content": [t.logprob(i)], "refusal": None})
         out = []
         for c, prefix in enumerate(self._prefixes):
-            usage = orjson.dumps(_openai_usage(t, i * t.choices + c + 1))
-            out.append(prefix + piece + self._close + b',"usage":' + usage + b"}\n\n")
+            usage = (b',"usage":' + orjson.dumps(_openai_usage(t, i * t.choices + c + 1)) if t.continuous_usage
+                     else self._usage_null)
+            out.append(prefix + piece + self._closing + b',"logprobs":' + logprobs + b',"finish_reason":null}]'
+                       + usage + b"}\n\n")
         return b"".join(out)
 
     def epilogue(self) -> bytes:

@@ -334,3 +334,18 @@ def test_model_names_are_data_not_templates(fresh: RunningSimulator) -> None:
     body = {"model": "50%d-model", "messages": USER, "max_tokens": 2, "stream": True, "n": 2}
     chunks = [strict(ChatCompletionChunk, e) for e in sse_events(post(fresh, "/chat/completions", body).text)]
     assert {c.model for c in chunks} == {"50%d-model"} and {c.choices[0].index for c in chunks} == {0, 1}
+
+
+def test_chat_logprobs_when_asked(fresh: RunningSimulator) -> None:
+    body = {"model": "m", "messages": USER, "max_tokens": 3, "logprobs": True, "top_logprobs": 2}
+    done = chat_ok(post(fresh, "/chat/completions", body).json())
+    content = done.choices[0].logprobs.content
+    assert [e.token for e in content] == ["tok1 ", "tok2 ", "tok3 "] and content[0].bytes == list(b"tok1 ")
+    assert [a.token for a in content[0].top_logprobs] == ["tok1 ", "alt1"] and content[0].logprob == 0.0
+    raw = post(fresh, "/chat/completions", {**body, "stream": True, "stream_options": {"include_usage": True}}).text
+    for event in sse_events(raw):
+        conforms("CreateChatCompletionStreamResponse", event)
+    chunks = [strict(ChatCompletionChunk, e) for e in sse_events(raw)]
+    streamed = [c.choices[0].logprobs.content[0].token for c in chunks if c.choices and c.choices[0].logprobs]
+    assert streamed == ["tok1 ", "tok2 ", "tok3 "]
+    assert chat_ok(post(fresh, "/chat/completions", {**body, "logprobs": False}).json()).choices[0].logprobs is None
