@@ -230,7 +230,7 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize(("path", "body", "param", "code"), BAD, ids=[f"{p}:{b}"[:60] for p, b, _, _ in BAD])
+@pytest.mark.parametrize(("path", "body", "param", "code"), BAD, ids=[f"{p}:{q}:{c}" for p, _, q, c in BAD])
 def test_bad_requests_get_openais_400(fresh: RunningSimulator, path: str, body: dict, param: str, code: str | None) -> None:
     r = post(fresh, path, {"model": "m", **body})
     assert r.status_code == 400, r.text
@@ -349,3 +349,11 @@ def test_chat_logprobs_when_asked(fresh: RunningSimulator) -> None:
     streamed = [c.choices[0].logprobs.content[0].token for c in chunks if c.choices and c.choices[0].logprobs]
     assert streamed == ["tok1 ", "tok2 ", "tok3 "]
     assert chat_ok(post(fresh, "/chat/completions", {**body, "logprobs": False}).json()).choices[0].logprobs is None
+
+
+def test_completions_embeddings_models_conform(fresh: RunningSimulator) -> None:
+    done = post(fresh, "/completions", {"model": "m", "prompt": "x", "max_tokens": 2, "n": 2}).json()
+    conforms("CreateCompletionResponse", done)
+    assert [c["text"] for c in done["choices"]] == [output_text(2)] * 2 and done["usage"]["completion_tokens"] == 4
+    conforms("CreateEmbeddingResponse", post(fresh, "/embeddings", {"model": "e", "input": "x"}).json())
+    conforms("ListModelsResponse", httpx.get(fresh.base_url + "/models").json())
