@@ -213,14 +213,18 @@ def test_rate_limit_openai_dialect() -> None:
             c.chat.completions.create(model="m", messages=MSGS, max_tokens=5000)
 
 
-def test_rate_limit_cerebras_dialect_and_no_headers(fresh: RunningSimulator) -> None:
+def test_rate_limit_cerebras_dialect_and_default_headers(fresh: RunningSimulator) -> None:
     with serve_in_thread(get_profile("instant", rpd=100, tpm=500, dialect="cerebras")) as s:
         h = httpx.post(s.base_url + "/chat/completions", json={"model": "m", "messages": MSGS}).headers
         assert h["x-ratelimit-limit-requests-day"] == "100" and h["x-ratelimit-remaining-requests-day"] == "99"
         assert float(h["x-ratelimit-reset-requests-day"]) > 86000 and h["x-ratelimit-limit-tokens-minute"] == "500"
         assert float(h["x-ratelimit-reset-tokens-minute"]) > 59 and "x-ratelimit-limit-requests" not in h
     h = httpx.post(fresh.base_url + "/chat/completions", json={"model": "m", "messages": MSGS}).headers
-    assert not [k for k in h if k.startswith("x-ratelimit")]
+    # no limits configured: the provider still advertises its (default) quota, as a real one always does
+    assert sorted(k for k in h if k.startswith("x-ratelimit")) == [
+        "x-ratelimit-limit-requests", "x-ratelimit-limit-tokens", "x-ratelimit-remaining-requests",
+        "x-ratelimit-remaining-tokens", "x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"]
+    assert (h["x-ratelimit-limit-requests"], h["x-ratelimit-remaining-requests"]) == ("30000", "29999")
 
 
 # --- faults -----------------------------------------------------------------------------------

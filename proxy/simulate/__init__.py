@@ -1,12 +1,15 @@
 """Simulated LLM providers (OpenAI and Anthropic shapes) for the demo, tests and benchmarks."""
 
+from .answer import MARKER as TOOL_MARKER
 from .profiles import PROFILES, Profile, get_profile
-from .provider import SimulatorApp, Stats, build_app, parse_fault
+from .provider import SimulatorApp, build_app
 from .server import RunningSimulator, serve_in_thread
+from .state import Stats, parse_fault
 from .text import count_input_tokens, output_text
 
 __all__ = [
     "PROFILES",
+    "TOOL_MARKER",
     "Profile",
     "RunningSimulator",
     "SimulatorApp",

@@ -2,39 +2,37 @@
 
 Raw ASGI and precomputed byte templates keep the per-request cost to a few
 microseconds, so the simulator is not the bottleneck when it stands in as the
-upstream of a proxy benchmark. See `text` for the token model.
+upstream of a proxy benchmark. See `text` for the token model, `answer` for what
+the model says (tool calls, JSON modes), `validate` for the 400s.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import os
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 
+from . import validate
+from .answer import Plan, as_items, chat_functions, cues_from_items, cues_from_messages, plan, responses_functions
+from .asgi import HeaderSeq, Receive, Scope, Send, SimulatedDrop, norm_path
 from .profiles import Profile
-from .ratelimit import Headers, RateLimiter, retry_headers
-from .render import AnthropicRenderer, ChatRenderer, CompletionRenderer, Renderer, ResponsesRenderer, Turn
-from .text import count_input_tokens, count_text_tokens, embedding, requested_output
+from .ratelimit import Headers, retry_headers
+from .render import (
+    AnthropicRenderer, ChatRenderer, CompletionRenderer, Renderer, ResponsesRenderer, Turn, response_fields,
+)
+from .state import Fault, ProviderState, parse_fault
+from .store import Stored
+from .text import count_input_tokens, count_text_tokens, embedding, embedding_base64, requested_output
 from .ws import SimulatedSocket
-
-Scope = dict[str, Any]
-Message = dict[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-HeaderSeq = Sequence[tuple[bytes, bytes]]
-Fault = tuple[str, float]  # (mode, argument: HTTP status or milliseconds)
 
 BATCH_S = 0.010  # pace streams with one sleep per ~10 ms of tokens, not one per token
 JSON = b"application/json"
 SSE = b"text/event-stream; charset=utf-8"
-_ERROR_STATUSES = (400, 429, 500, 503)
 _OPENAI_ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
                        429: "rate_limit_error", 500: "server_error", 503: "server_error"}
 _ANTHROPIC_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
@@ -46,10 +44,12 @@ _FAULT_MESSAGES = {
     503: ("Simulated: the server is overloaded, please retry.", "service_unavailable"),
 }
 _ID_PREFIX = {"chat": "chatcmpl-", "completions": "cmpl-", "responses": "resp_", "messages": "msg_"}
-
-
-class SimulatedDrop(Exception):
-    """Raised mid-response so uvicorn closes the connection abruptly (drop_mid_stream fault)."""
+_VALIDATORS: dict[str, Callable[[dict[str, Any]], None]] = {
+    "chat": validate.chat, "completions": validate.completions, "responses": validate.responses,
+    "messages": validate.messages, "embeddings": validate.embeddings,
+}
+_RESPONSE_ROUTES = ("GET", "DELETE", "GET input_items", "POST cancel")
+_WORDS = Plan(None)
 
 
 class _QuietDrops(logging.Filter):
@@ -64,58 +64,6 @@ def _install_log_filter() -> None:
     log = logging.getLogger("uvicorn.error")
     if not any(isinstance(f, _QuietDrops) for f in log.filters):
         log.addFilter(_QuietDrops())
-
-
-def parse_fault(spec: str) -> Fault:
-    """Parse a fault mode: 400, 429, 500, 503, hang, drop_mid_stream or slow_first_byte:<ms>."""
-    spec = spec.strip()
-    if spec.isdigit() and int(spec) in _ERROR_STATUSES:
-        return "error", float(spec)
-    if spec in ("hang", "drop_mid_stream"):
-        return spec, 0.0
-    head, _, arg = spec.partition(":")
-    if head == "slow_first_byte":
-        try:
-            ms = float(arg)
-        except ValueError:
-            ms = -1.0
-        if ms >= 0:
-            return head, ms
-    raise ValueError(f"unknown fault {spec!r}; valid: 400, 429, 500, 503, hang, drop_mid_stream, slow_first_byte:<ms>")
-
-
-class Stats:
-    """Counters served by GET /sim/stats. `requests` counts every authorised, parseable model
-    request (faulted and rate-limited ones included);
-    `input_tokens` only admitted ones; `output_tokens` only tokens actually sent."""
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self.requests = self.input_tokens = self.output_tokens = 0
-        self.disconnects = self.rate_limited = self.faults = 0
-        self.by_model: dict[str, list[int]] = {}  # model -> [requests, input_tokens, output_tokens]
-
-    def model(self, name: str) -> list[int]:
-        row = self.by_model.get(name)
-        if row is None:
-            row = self.by_model[name] = [0, 0, 0]
-        return row
-
-    def snapshot(self) -> dict[str, Any]:
-        return {
-            "requests": self.requests,
-            "input_tokens": self.input_tokens,
-            "output_tokens": self.output_tokens,
-            "disconnects": self.disconnects,
-            "rate_limited": self.rate_limited,
-            "faults": self.faults,
-            "by_model": {
-                m: {"requests": r, "input_tokens": i, "output_tokens": o}
-                for m, (r, i, o) in list(self.by_model.items())
-            },
-        }
 
 
 def _wake(fut: asyncio.Future[None]) -> None:
@@ -162,7 +110,7 @@ class ClientWatch:
 class _Ctx:
     """Per-request state gathered in one pass over the headers."""
 
-    __slots__ = ("receive", "send", "request_id", "key", "fault", "anthropic", "watcher")
+    __slots__ = ("receive", "send", "request_id", "key", "fault", "anthropic", "watcher", "started", "query")
 
     def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.receive, self.send = receive, send
@@ -171,6 +119,8 @@ class _Ctx:
         self.fault: bytes | None = None
         self.anthropic = False
         self.watcher: ClientWatch | None = None
+        self.started = time.perf_counter()
+        self.query: bytes = scope.get("query_string", b"")
         for name, value in scope["headers"]:
             if name == b"authorization":
                 if value[:7].lower() == b"bearer ":
@@ -188,25 +138,29 @@ class _Ctx:
         return self.watcher
 
 
-def _norm_path(path: str) -> str:
-    """'/v1/chat/completions', '/chat/completions' and '/v1/v1/...' all map to 'chat/completions'."""
-    path = path.strip("/")
-    while path.startswith("v1/") or path == "v1":
-        path = path[3:]
-    return path
+class _Request:
+    """One validated generation request: what to answer, and for Responses what to store."""
+
+    __slots__ = ("kind", "body", "model", "turn", "drop", "items", "conversation")
+
+    def __init__(self, kind: str, body: dict[str, Any], model: str) -> None:
+        self.kind, self.body, self.model = kind, body, model
+        self.items: list[Any] = []  # Responses: this request's own input items
+        self.conversation: list[Any] = []  # Responses: everything the model sees (previous turns included)
 
 
 class SimulatorApp:
-    """The ASGI application; `stats`, `faults` and `limiter` are inspectable in-process."""
+    """The ASGI application; `stats`, `faults`, `limiter` and `store` are inspectable in-process."""
 
     def __init__(self, profile: Profile, require_key: str | None = None) -> None:
+        self.state = ProviderState(profile, require_key.encode() if require_key else None)
         self.profile = profile
-        self.stats = Stats()
-        self.limiter = RateLimiter(profile)
-        self.faults: deque[Fault] = deque()
-        self._key = require_key.encode() if require_key else None
-        self._ids = itertools.count(1)
-        self.websocket = SimulatedSocket(self)  # Responses WebSocket mode on /v1/responses
+        self.stats = self.state.stats
+        self.limiter = self.state.limiter
+        self.faults = self.state.faults
+        self.store = self.state.store
+        self._background: dict[str, asyncio.Task[None]] = {}
+        self.websocket = SimulatedSocket(self.state)  # Responses WebSocket mode on /v1/responses
         self._models_body = orjson.dumps(
             {"object": "list", "data": [{"id": m, "object": "model", "created": 0, "owned_by": "laneway-sim"}
                                         for m in profile.model_ids]}
@@ -231,12 +185,15 @@ class SimulatorApp:
                 await _lifespan(receive, send)
             return
         ctx = _Ctx(scope, receive, send)
-        handler = self._routes.get((scope["method"], _norm_path(scope["path"])))
+        method, path = scope["method"], norm_path(scope["path"])
+        handler = self._routes.get((method, path))
         try:
-            if handler is None:
-                await self._error(ctx, 404, f"Unknown request URL: {scope['method']} {scope['path']}", "unknown_url")
-            else:
+            if handler is not None:
                 await handler(ctx)
+            elif path.startswith("responses/"):
+                await self._stored(ctx, method, path.split("/")[1:])
+            else:
+                await self._error(ctx, 404, f"Unknown request URL: {method} {scope['path']}", "unknown_url")
         finally:
             if ctx.watcher is not None:
                 ctx.watcher.close()
@@ -249,8 +206,9 @@ class SimulatorApp:
             h.append((b"content-length", b"%d" % length))
         else:
             h.append((b"cache-control", b"no-cache"))
-        if ctx.request_id is not None:
-            h.append((b"x-request-id", ctx.request_id))
+        h.append((b"x-request-id", ctx.request_id if ctx.request_id is not None else
+                  b"req_sim%016x" % self.state.next_id()))
+        h.append((b"openai-processing-ms", b"%d" % ((time.perf_counter() - ctx.started) * 1000)))
         await ctx.send({"type": "http.response.start", "status": status, "headers": h})
 
     async def _respond(self, ctx: _Ctx, status: int, body: bytes, headers: HeaderSeq = ()) -> None:
@@ -258,15 +216,21 @@ class SimulatorApp:
         await ctx.send({"type": "http.response.body", "body": body})
 
     async def _error(self, ctx: _Ctx, status: int, message: str, code: str | None = None,
-                     headers: HeaderSeq = ()) -> None:
+                     headers: HeaderSeq = (), param: str | None = None) -> None:
         if ctx.anthropic:
             err = {"type": _ANTHROPIC_ERROR_TYPES.get(status, "api_error"), "message": message}
             body = orjson.dumps({"type": "error", "error": err})
         else:
             err = {"message": message, "type": _OPENAI_ERROR_TYPES.get(status, "server_error"),
-                   "param": None, "code": code}
+                   "param": param, "code": code}
             body = orjson.dumps({"error": err})
         await self._respond(ctx, status, body, headers)
+
+    async def _invalid(self, ctx: _Ctx, exc: validate.InvalidRequest) -> None:
+        await self._error(ctx, 400, exc.message, exc.code, self._quota_headers(), exc.param)
+
+    def _quota_headers(self) -> Headers:
+        return self.limiter.headers(time.monotonic())
 
     async def _read_json(self, ctx: _Ctx) -> dict[str, Any] | None:
         """The request body as a JSON object, or None after answering 400."""
@@ -289,7 +253,7 @@ class SimulatorApp:
         return body
 
     def _authorized(self, ctx: _Ctx) -> bool:
-        return self._key is None or ctx.key == self._key
+        return self.state.key is None or ctx.key == self.state.key
 
     # --- model endpoints ------------------------------------------------------------------
 
@@ -310,6 +274,14 @@ class SimulatorApp:
         row = stats.model(model)
         stats.requests += 1
         row[0] += 1
+        req = _Request(kind, body, model)
+        try:
+            _VALIDATORS[kind](body)
+            if kind == "responses":
+                self._continue(req)
+        except validate.InvalidRequest as exc:
+            await self._invalid(ctx, exc)
+            return
         fault = await self._take_fault(ctx)
         if fault is None:
             return
@@ -324,33 +296,73 @@ class SimulatorApp:
         if mode == "slow_first_byte" and not await ctx.watch().pause(arg / 1000):
             stats.disconnects += 1
             return
-        try:
-            n, capped = (0, False) if kind == "embeddings" else requested_output(
-                body, self.profile.default_output_tokens)
-            input_tokens = count_input_tokens(body)
-        except ValueError as exc:
-            await self._error(ctx, 400, str(exc))
+        turn, charge = self._turn(req)
+        now = time.monotonic()
+        wait = self.limiter.admit(now, charge)
+        rl_headers = self.limiter.headers(now)
+        if wait:
+            stats.rate_limited += 1
+            msg = f"Rate limit reached for {model}: please try again in {wait:.3f}s."
+            await self._error(ctx, 429, msg, "rate_limit_exceeded", rl_headers + retry_headers(wait))
             return
-        rl_headers: Headers = []
-        if self.limiter.enabled:
-            now = time.monotonic()
-            wait = self.limiter.admit(now, input_tokens + n)
-            rl_headers = self.limiter.headers(now)
-            if wait:
-                stats.rate_limited += 1
-                msg = f"Rate limit reached for {model}: please try again in {wait:.3f}s."
-                await self._error(ctx, 429, msg, "rate_limit_exceeded", rl_headers + retry_headers(wait))
-                return
-        stats.input_tokens += input_tokens
-        row[1] += input_tokens
+        stats.input_tokens += turn.input_tokens
+        row[1] += turn.input_tokens
         if kind == "embeddings":
             await self._embeddings(ctx, body, model, rl_headers)
             return
-        await self._answer(ctx, kind, body, Turn(
-            rid=f"{_ID_PREFIX[kind]}sim{next(self._ids):016x}", model=model, created=int(time.time()), n=n,
-            input_tokens=input_tokens, capped=capped,
-            include_usage=_include_usage(body), continuous_usage=_continuous_usage(body),
-        ), mode == "drop_mid_stream", rl_headers, row)
+        await self._answer(ctx, req, turn, mode == "drop_mid_stream", rl_headers, row)
+
+    def _continue(self, req: _Request) -> None:
+        """Responses: this request's items and the whole conversation (a stored previous response's
+        context first); InvalidRequest for a previous_response_id the store does not hold."""
+        body = req.body
+        req.items = as_items(body.get("input"))
+        previous = body.get("previous_response_id")
+        context: list[Any] = []
+        if previous is not None:
+            entry = self.store.get(previous)
+            if entry is None:
+                raise validate.InvalidRequest(f"Previous response with id '{previous}' not found.",
+                                              "previous_response_id", "previous_response_not_found")
+            context = entry.context
+        req.conversation = context + req.items
+
+    def _turn(self, req: _Request) -> tuple[Turn, int]:
+        """The generation this request gets, and the tokens it is charged at admission."""
+        body, kind = req.body, req.kind
+        counted = body if kind != "responses" or not body.get("previous_response_id") else {
+            **body, "input": req.conversation}
+        input_tokens = count_input_tokens(counted)
+        rid = f"{_ID_PREFIX.get(kind, '')}sim{self.state.next_id():016x}"
+        turn = Turn(rid=rid, model=req.model, created=int(time.time()), n=0, input_tokens=input_tokens,
+                    capped=False, include_usage=_include_usage(body), continuous_usage=_continuous_usage(body))
+        if kind == "embeddings":
+            return turn, input_tokens
+        cap, capped = requested_output(body, self.profile.default_output_tokens)
+        choices = body.get("n") or 1 if kind in ("chat", "completions") else 1
+        answer = self._plan(req)
+        turn.n, turn.capped = answer.size(cap, capped)
+        turn.choices, turn.pieces, turn.call = choices, answer.pieces, answer.call
+        if kind == "chat" and body.get("logprobs") is True:
+            turn.top_logprobs = body.get("top_logprobs") or 0
+        return turn, input_tokens + choices * (cap if capped else turn.n)
+
+    def _plan(self, req: _Request) -> Plan:
+        body, words = req.body, self.profile.default_output_tokens
+        if "tools" not in body and "response_format" not in body and "text" not in body:
+            return _WORDS  # nothing to call, no format: the token model's words
+        if req.kind == "chat":
+            last_user, after_tool = cues_from_messages(body["messages"])
+            fmt = body.get("response_format")
+            if fmt and fmt.get("type") == "json_schema":
+                fmt = {"type": "json_schema", **fmt["json_schema"]}
+            return plan(chat_functions(body), body.get("tool_choice"), fmt, last_user, after_tool, words)
+        if req.kind == "responses":
+            last_user, after_tool = cues_from_items(req.conversation)
+            text = body.get("text") or {}
+            return plan(responses_functions(body), body.get("tool_choice"), text.get("format"), last_user,
+                        after_tool, words)
+        return _WORDS
 
     async def _take_fault(self, ctx: _Ctx) -> Fault | None:
         """This request's fault (x-sim-fault header first, then the queue), ("none", 0) when there is
@@ -370,35 +382,47 @@ class SimulatorApp:
 
     async def _fault_error(self, ctx: _Ctx, status: int) -> None:
         message, code = _FAULT_MESSAGES[status]
-        headers = self.limiter.headers(time.monotonic())
+        headers = self._quota_headers()
         if status == 429:
             headers += retry_headers(1.0)
         await self._error(ctx, status, message, code, headers)
 
-    async def _answer(self, ctx: _Ctx, kind: str, body: dict[str, Any], turn: Turn, drop: bool,
-                      headers: Headers, row: list[int]) -> None:
+    async def _answer(self, ctx: _Ctx, req: _Request, turn: Turn, drop: bool, headers: Headers,
+                      row: list[int]) -> None:
         renderer: Renderer
-        if kind == "chat":
+        if req.kind == "chat":
             renderer = ChatRenderer(turn)
-        elif kind == "completions":
+        elif req.kind == "completions":
             renderer = CompletionRenderer(turn)
-        elif kind == "responses":
-            renderer = ResponsesRenderer(turn, body.get("max_output_tokens"))
+        elif req.kind == "responses":
+            renderer = ResponsesRenderer(turn, response_fields(req.body))
         else:
             renderer = AnthropicRenderer(turn)
-        produce = self._stream if body.get("stream") is True else self._unary
+        stream = req.body.get("stream") is True
+        if isinstance(renderer, ResponsesRenderer) and req.body.get("background") is True and not stream:
+            await self._background_start(ctx, req, renderer, headers, row)
+            return
+        produce = self._stream if stream else self._unary
         sent, gone = await produce(ctx, renderer, turn.n, drop, headers)
-        self.stats.output_tokens += sent
-        row[2] += sent
+        self.stats.output_tokens += sent * turn.choices
+        row[2] += sent * turn.choices
         if gone:
             self.stats.disconnects += 1
         elif drop:
             raise SimulatedDrop(f"simulated drop after {sent} of {turn.n} tokens")
+        elif isinstance(renderer, ResponsesRenderer):
+            self._keep(req, renderer, renderer.final_status)
+
+    def _keep(self, req: _Request, r: ResponsesRenderer, status: str) -> None:
+        """Store a Responses answer (``store`` defaults to true) for retrieval and continuation."""
+        if req.body.get("store", True) is not True:
+            return
+        output = r.output_items() if status in ("completed", "incomplete") else []
+        self.store.put(Stored.of(r.response(status), req.items, req.conversation + output))
 
     async def _unary(self, ctx: _Ctx, r: Renderer, n: int, drop: bool, headers: Headers) -> tuple[int, bool]:
         """Wait the whole generation time, then answer; returns (tokens sent, client gone)."""
-        p = self.profile
-        delay = p.ttft_ms / 1000 + (n / p.tokens_per_s if p.tokens_per_s > 0 else 0.0)
+        delay = self._generation_s(n)
         if delay > 0 and not await ctx.watch().pause(delay):
             return 0, True
         body = r.complete()
@@ -408,6 +432,10 @@ class SimulatorApp:
         await self._start(ctx, 200, JSON, headers, len(body))
         await ctx.send({"type": "http.response.body", "body": body[: len(body) // 2], "more_body": True})
         return n // 2, False
+
+    def _generation_s(self, n: int) -> float:
+        p = self.profile
+        return p.ttft_ms / 1000 + (n / p.tokens_per_s if p.tokens_per_s > 0 else 0.0)
 
     async def _stream(self, ctx: _Ctx, r: Renderer, n: int, drop: bool, headers: Headers) -> tuple[int, bool]:
         """Stream SSE paced by the profile; returns (tokens sent, client gone)."""
@@ -452,23 +480,80 @@ class SimulatorApp:
         return i, False
 
     async def _embeddings(self, ctx: _Ctx, body: dict[str, Any], model: str, headers: Headers) -> None:
-        raw = body.get("input")
-        items = raw if isinstance(raw, list) else [raw]
-        if raw is None or not items:
-            await self._error(ctx, 400, "'input' is required and must be a string or a list of strings.")
-            return
-        texts = [x if isinstance(x, str) else str(x) for x in items]
+        raw = body["input"]
+        texts = [x if isinstance(x, str) else str(x) for x in (raw if isinstance(raw, list) else [raw])]
         if self.profile.ttft_ms > 0 and not await ctx.watch().pause(self.profile.ttft_ms / 1000):
             self.stats.disconnects += 1
             return
         prompt = sum(count_text_tokens(t) for t in texts)
+        vector = embedding_base64 if body.get("encoding_format") == "base64" else embedding
         out = {
             "object": "list",
-            "data": [{"object": "embedding", "index": i, "embedding": embedding(t)} for i, t in enumerate(texts)],
+            "data": [{"object": "embedding", "index": i, "embedding": vector(t)} for i, t in enumerate(texts)],
             "model": model,
             "usage": {"prompt_tokens": prompt, "total_tokens": prompt},
         }
         await self._respond(ctx, 200, orjson.dumps(out), headers)
+
+    # --- background responses and the stored-response endpoints ---------------------------
+
+    async def _background_start(self, ctx: _Ctx, req: _Request, r: ResponsesRenderer, headers: Headers,
+                                row: list[int]) -> None:
+        """``background: true``: answer at once with the queued response; generate in a task."""
+        self._keep(req, r, "queued")
+        rid = r.t.rid
+
+        async def run() -> None:
+            try:
+                await asyncio.sleep(self._generation_s(r.t.n))
+                self.stats.output_tokens += r.t.n
+                row[2] += r.t.n
+                self._keep(req, r, r.final_status)
+            finally:
+                self._background.pop(rid, None)
+
+        self._background[rid] = asyncio.get_running_loop().create_task(run())
+        await self._respond(ctx, 200, orjson.dumps(r.response("queued")), headers)
+
+    async def _stored(self, ctx: _Ctx, method: str, parts: list[str]) -> None:
+        """GET/DELETE /v1/responses/{id}, GET .../input_items, POST .../cancel."""
+        op = method if len(parts) == 1 else f"{method} {parts[1]}" if len(parts) == 2 else ""
+        if op not in _RESPONSE_ROUTES:
+            await self._error(ctx, 404, f"Unknown request URL: {method} /v1/responses/{'/'.join(parts)}",
+                              "unknown_url")
+            return
+        if not self._authorized(ctx):
+            await self._error(ctx, 401, "Incorrect API key provided.", "invalid_api_key")
+            return
+        rid = parts[0]
+        entry = self.store.get(rid)
+        if entry is None:
+            await self._error(ctx, 404, f"Response with id '{rid}' not found.", None, self._quota_headers())
+            return
+        if op == "GET":
+            out: Any = entry.response
+        elif op == "DELETE":
+            self.store.delete(rid)
+            task = self._background.pop(rid, None)
+            if task is not None:
+                task.cancel()
+            out = {"id": rid, "object": "response", "deleted": True}
+        elif op == "GET input_items":
+            try:
+                out = _page(entry.input_items, ctx.query)
+            except validate.InvalidRequest as exc:
+                await self._invalid(ctx, exc)
+                return
+        else:
+            if entry.response.get("background") is not True:
+                await self._error(ctx, 400, "Cannot cancel a synchronous response.", None, self._quota_headers())
+                return
+            task = self._background.pop(rid, None)
+            if task is not None:
+                task.cancel()
+                entry.response = {**entry.response, "status": "cancelled"}
+            out = entry.response
+        await self._respond(ctx, 200, orjson.dumps(out), self._quota_headers())
 
     # --- listing and ops ------------------------------------------------------------------
 
@@ -482,9 +567,7 @@ class SimulatorApp:
         await self._respond(ctx, 200, orjson.dumps(self.stats.snapshot()))
 
     async def _sim_reset(self, ctx: _Ctx) -> None:
-        self.stats.reset()
-        self.limiter.reset()
-        self.faults.clear()
+        self.state.reset()
         await self._respond(ctx, 200, b'{"ok":true}')
 
     async def _sim_faults(self, ctx: _Ctx) -> None:
@@ -501,6 +584,30 @@ class SimulatorApp:
             return
         self.faults.extend([fault] * count)
         await self._respond(ctx, 200, orjson.dumps({"queued": len(self.faults)}))
+
+
+def _page(items: list[dict[str, Any]], query: bytes) -> dict[str, Any]:
+    """One page of input items (``limit``, ``order``, ``after``), newest first by default."""
+    params = dict(p.split("=", 1) for p in query.decode("latin-1").split("&") if "=" in p)
+    order = params.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise validate.InvalidRequest(f"Invalid value: '{order}'. Supported values are: 'asc' and 'desc'.",
+                                      "order", "invalid_value")
+    try:
+        limit = int(params.get("limit", "20"))
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= 100:
+        raise validate.InvalidRequest("Invalid 'limit': expected an integer between 1 and 100.", "limit",
+                                      "invalid_value")
+    ordered = items if order == "asc" else items[::-1]
+    after = params.get("after")
+    if after is not None:
+        ids = [item["id"] for item in ordered]
+        ordered = ordered[ids.index(after) + 1:] if after in ids else []
+    page = ordered[:limit]
+    return {"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
+            "last_id": page[-1]["id"] if page else None, "has_more": len(ordered) > limit}
 
 
 def _include_usage(body: dict[str, Any]) -> bool:

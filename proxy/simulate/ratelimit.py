@@ -2,6 +2,13 @@
 
 Tokens are charged at admission (input + requested output), like Cerebras,
 so a request that would overflow the window is refused before any work.
+
+A real provider always has limits and always says so: every answer carries its
+dialect's six headers. OpenAI: ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}``
+(per minute, resets as Go durations like ``6m0s``, ``12ms``). Cerebras:
+``-requests-day`` and ``-tokens-minute`` (resets in float seconds). A limit the
+profile leaves unset takes the dialect's default (``DEFAULT_LIMITS``): OpenAI's
+tier-5 figures for its small models, and the figures Cerebras' documentation shows.
 """
 
 from __future__ import annotations
@@ -17,14 +24,21 @@ DAY = 86400.0
 
 Headers = list[tuple[bytes, bytes]]
 
+# dialect -> (requests/minute, tokens/minute, requests/day); None: not limited.
+# Each dialect has a default for the request limit its headers advertise.
+DEFAULT_LIMITS: dict[str, tuple[int | None, int, int | None]] = {
+    "openai": (30_000, 150_000_000, None),
+    "cerebras": (None, 1_000_000_000, 1_000_000_000),
+}
+
 
 def go_duration(seconds: float) -> str:
     """Format like Go's time.Duration.String() at millisecond precision ("12ms", "1s", "6m0s")."""
     ms = round(seconds * 1000)
-    if ms <= 0:
-        return "0s"
     if ms < 1000:
-        return f"{ms}ms"
+        return f"{ms}ms" if ms > 0 else "0s"
+    if ms < 60_000:
+        return f"{ms / 1000:.3f}".rstrip("0").rstrip(".") + "s"
     hours, rem = divmod(ms, 3_600_000)
     minutes, rem = divmod(rem, 60_000)
     secs = f"{rem / 1000:.3f}".rstrip("0").rstrip(".")
@@ -54,14 +68,17 @@ class RateLimiter:
     """Sliding minute window (requests + tokens) and day window (requests)."""
 
     def __init__(self, profile: Profile) -> None:
-        self.rpm, self.tpm, self.rpd = profile.rpm, profile.tpm, profile.rpd
+        rpm, tpm, rpd = DEFAULT_LIMITS[profile.dialect]
+        self.rpm = profile.rpm if profile.rpm is not None else rpm
+        self.tpm = profile.tpm if profile.tpm is not None else tpm
+        self.rpd = profile.rpd if profile.rpd is not None else rpd
         self.cerebras = profile.dialect == "cerebras"
-        self.enabled = any(v is not None for v in (self.rpm, self.tpm, self.rpd))
         self.reset()
 
     def reset(self) -> None:
         self._minute: deque[tuple[float, int]] = deque()  # (admitted at, tokens charged)
-        self._day: deque[tuple[float, int]] = deque()  # (admitted at, 1)
+        self._day: deque[tuple[float, int]] = deque()  # (second admitted in, requests): bounded by a day's seconds
+        self._day_requests = 0
         self._minute_tokens = 0
 
     def _expire(self, now: float) -> None:
@@ -69,7 +86,7 @@ class RateLimiter:
         while minute and minute[0][0] <= now - MINUTE:
             self._minute_tokens -= minute.popleft()[1]
         while day and day[0][0] <= now - DAY:
-            day.popleft()
+            self._day_requests -= day.popleft()[1]
 
     def admit(self, now: float, tokens: int) -> float:
         """Charge one request of `tokens`; return 0 if admitted, else seconds to wait."""
@@ -80,14 +97,19 @@ class RateLimiter:
             waits.append(_wait_until_fits(per_request, len(self._minute), 1, self.rpm, MINUTE, now))
         if self.tpm is not None and self._minute_tokens + tokens > self.tpm:
             waits.append(_wait_until_fits(self._minute, self._minute_tokens, tokens, self.tpm, MINUTE, now))
-        if self.rpd is not None and len(self._day) + 1 > self.rpd:
-            waits.append(_wait_until_fits(self._day, len(self._day), 1, self.rpd, DAY, now))
+        if self.rpd is not None and self._day_requests + 1 > self.rpd:
+            waits.append(_wait_until_fits(self._day, self._day_requests, 1, self.rpd, DAY, now))
         if waits:
             return max(max(waits), 0.001)
         self._minute.append((now, tokens))
         self._minute_tokens += tokens
         if self.rpd is not None:
-            self._day.append((now, 1))
+            second = float(int(now))
+            if self._day and self._day[-1][0] == second:
+                self._day[-1] = (second, self._day[-1][1] + 1)
+            else:
+                self._day.append((second, 1))
+            self._day_requests += 1
         return 0.0
 
     def _reset_in(self, window: deque[tuple[float, int]], span: float, now: float) -> float:
@@ -95,47 +117,35 @@ class RateLimiter:
         return max(0.0, window[0][0] + span - now) if window else 0.0
 
     def headers(self, now: float) -> Headers:
-        """Quota headers in the profile's dialect; empty when no limit is configured."""
-        if not self.enabled:
-            return []
+        """The dialect's six quota headers as of ``now``."""
         self._expire(now)
         return self._cerebras_headers(now) if self.cerebras else self._openai_headers(now)
 
     def _openai_headers(self, now: float) -> Headers:
-        out: Headers = []
-        if self.rpm is not None or self.rpd is not None:
-            if self.rpm is not None:
-                limit, window, span = self.rpm, self._minute, MINUTE
-            else:
-                limit, window, span = self.rpd, self._day, DAY
-            out += [
-                (b"x-ratelimit-limit-requests", b"%d" % limit),
-                (b"x-ratelimit-remaining-requests", b"%d" % max(0, limit - len(window))),
-                (b"x-ratelimit-reset-requests", go_duration(self._reset_in(window, span, now)).encode()),
-            ]
-        if self.tpm is not None:
-            out += [
-                (b"x-ratelimit-limit-tokens", b"%d" % self.tpm),
-                (b"x-ratelimit-remaining-tokens", b"%d" % max(0, self.tpm - self._minute_tokens)),
-                (b"x-ratelimit-reset-tokens", go_duration(self._reset_in(self._minute, MINUTE, now)).encode()),
-            ]
-        return out
+        """Requests per minute and tokens per minute (a per-day limit is enforced, not advertised)."""
+        rpm = self.rpm if self.rpm is not None else DEFAULT_LIMITS["openai"][0]
+        reset = go_duration(self._reset_in(self._minute, MINUTE, now)).encode()  # one window holds both
+        return [
+            (b"x-ratelimit-limit-requests", b"%d" % rpm),
+            (b"x-ratelimit-limit-tokens", b"%d" % self.tpm),
+            (b"x-ratelimit-remaining-requests", b"%d" % max(0, rpm - len(self._minute))),
+            (b"x-ratelimit-remaining-tokens", b"%d" % max(0, self.tpm - self._minute_tokens)),
+            (b"x-ratelimit-reset-requests", reset),
+            (b"x-ratelimit-reset-tokens", reset),
+        ]
 
     def _cerebras_headers(self, now: float) -> Headers:
-        out: Headers = []
-        if self.rpd is not None:
-            out += [
-                (b"x-ratelimit-limit-requests-day", b"%d" % self.rpd),
-                (b"x-ratelimit-remaining-requests-day", b"%d" % max(0, self.rpd - len(self._day))),
-                (b"x-ratelimit-reset-requests-day", b"%.2f" % self._reset_in(self._day, DAY, now)),
-            ]
-        if self.tpm is not None:
-            out += [
-                (b"x-ratelimit-limit-tokens-minute", b"%d" % self.tpm),
-                (b"x-ratelimit-remaining-tokens-minute", b"%d" % max(0, self.tpm - self._minute_tokens)),
-                (b"x-ratelimit-reset-tokens-minute", b"%.2f" % self._reset_in(self._minute, MINUTE, now)),
-            ]
-        return out
+        """Requests per day and tokens per minute, resets in float seconds as Cerebras prints them
+        (a per-minute request limit is enforced, not advertised)."""
+        rpd = self.rpd if self.rpd is not None else DEFAULT_LIMITS["cerebras"][2]
+        return [
+            (b"x-ratelimit-limit-requests-day", b"%d" % rpd),
+            (b"x-ratelimit-limit-tokens-minute", b"%d" % self.tpm),
+            (b"x-ratelimit-remaining-requests-day", b"%d" % max(0, rpd - self._day_requests)),
+            (b"x-ratelimit-remaining-tokens-minute", b"%d" % max(0, self.tpm - self._minute_tokens)),
+            (b"x-ratelimit-reset-requests-day", repr(self._reset_in(self._day, DAY, now)).encode()),
+            (b"x-ratelimit-reset-tokens-minute", repr(self._reset_in(self._minute, MINUTE, now)).encode()),
+        ]
 
 
 def retry_headers(wait: float) -> Headers:

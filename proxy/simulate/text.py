@@ -8,12 +8,15 @@
 * Input: ``max(1, ceil(len(prompt_text) / 4))`` where prompt_text is the
   concatenated text of ``system``, ``instructions``, ``messages``, ``prompt`` and
   ``input`` (strings, lists of strings, or lists of items/parts whose text lives
-  in ``text`` or, recursively, ``content``).
+  in ``text`` or, recursively, ``content``; a function call's ``arguments`` and a
+  tool's ``output`` count too).
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import struct
 from functools import lru_cache
 from typing import Any
 
@@ -62,6 +65,9 @@ def _collect(value: Any, out: list[str]) -> None:
             out.append(text)
         else:
             _collect(value.get("content"), out)
+        for key in ("arguments", "output"):  # a function call and its output are conversation too
+            if isinstance(value.get(key), str):
+                out.append(value[key])
 
 
 def prompt_text(body: dict[str, Any]) -> str:
@@ -86,3 +92,9 @@ def embedding(text: str) -> list[float]:
     """8 floats in [-1, 1) derived from a hash of `text`: same input, same vector."""
     digest = hashlib.blake2b(text.encode(), digest_size=16).digest()
     return [int.from_bytes(digest[i : i + 2], "little") / 32768.0 - 1.0 for i in range(0, 16, 2)]
+
+
+def embedding_base64(text: str) -> str:
+    """`embedding(text)` as OpenAI's ``encoding_format: base64`` sends it: little-endian float32s."""
+    vector = embedding(text)
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()

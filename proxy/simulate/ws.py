@@ -15,17 +15,18 @@ other id is answered ``previous_response_not_found``. ``last_request`` is the la
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
-from .render import ResponsesRenderer, Turn
-from .text import count_input_tokens, output_text, requested_output
-
-if TYPE_CHECKING:
-    from .provider import Receive, Scope, Send, SimulatorApp
+from . import validate
+from .answer import as_items, cues_from_items, plan, responses_functions
+from .asgi import Receive, Scope, Send, SimulatedDrop, bearer_key, norm_path
+from .render import ResponsesRenderer, Turn, response_fields
+from .state import ProviderState
+from .store import Stored
+from .text import count_input_tokens, requested_output
 
 BATCH_S = 0.010
 _ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
@@ -41,15 +42,6 @@ class _Memory:
         self.id: str | None = None
         self.items: list = []
         self.epoch = 0
-
-
-def _items(value: Any) -> list:
-    """Responses ``input`` as a list of items (a bare string is one user message)."""
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [{"type": "message", "role": "user", "content": value}]
-    return list(value) if isinstance(value, list) else [value]
 
 
 def sse_frames(sse: bytes) -> list[bytes]:
@@ -96,10 +88,10 @@ class _Client:
 
 
 class SimulatedSocket:
-    """ASGI handler for ``websocket`` scopes of one SimulatorApp."""
+    """ASGI handler for ``websocket`` scopes of one simulated provider."""
 
-    def __init__(self, app: SimulatorApp) -> None:
-        self.app = app
+    def __init__(self, state: ProviderState) -> None:
+        self.state = state
         self.down = False
         self.connections = 0  # accepted since start
         self.open = 0
@@ -108,7 +100,6 @@ class SimulatedSocket:
         self.continued = 0
         self.last_request: dict[str, Any] | None = None
         self._epoch = 0
-        self._ids = itertools.count(1)
 
     def forget(self) -> None:
         """Every connection forgets its last response, as after a provider restart."""
@@ -117,19 +108,13 @@ class SimulatedSocket:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (await receive())["type"] != "websocket.connect":
             return
-        from .provider import _norm_path
-
-        if _norm_path(scope["path"]) != "responses":
+        if norm_path(scope["path"]) != "responses":
             await _deny(send, 404, "Only /v1/responses speaks WebSocket mode.")
             return
         if self.down:
             await _deny(send, 503, "Simulated: WebSocket mode is unavailable.")
             return
-        key = None
-        for name, value in scope["headers"]:
-            if name == b"authorization" and value[:7].lower() == b"bearer ":
-                key = value[7:].strip()
-        if self.app._key is not None and key != self.app._key:
+        if self.state.key is not None and bearer_key(scope["headers"]) != self.state.key:
             await _deny(send, 401, "Incorrect API key provided.")
             return
         await send({"type": "websocket.accept"})
@@ -161,8 +146,14 @@ class SimulatedSocket:
         if self.down:
             _drop("simulated: WebSocket tier went away")
         self.last_request = dict(event)  # as received, before a continuation is expanded
+        try:
+            validate.responses(event)
+        except validate.InvalidRequest as exc:
+            await _error(send, 400, exc.message, exc.code, param=exc.param)
+            return
         previous = event.get("previous_response_id")
-        items = _items(event.get("input"))
+        own = as_items(event.get("input"))
+        items = own
         if previous is not None:
             if previous != memory.id or memory.epoch != self._epoch:
                 await _error(send, 400, f"Previous response with id '{previous}' not found.", "previous_response_not_found")
@@ -170,34 +161,39 @@ class SimulatedSocket:
             self.continued += 1
             items = memory.items + items
             event["input"] = items  # billed and answered as the whole conversation
-        rid = f"resp_simws{next(self._ids):016x}"
+        rid = f"resp_simws{self.state.next_id():016x}"
         if event.get("generate") is False:
             turn = Turn(rid=rid, model=str(event.get("model") or ""), created=int(time.time()), n=0,
                         input_tokens=0, capped=False)
-            renderer = ResponsesRenderer(turn, None)
-            frames = sse_frames(renderer.prelude())[:1] + sse_frames(renderer.epilogue())[-1:]
-            for frame in frames:
-                await send({"type": "websocket.send", "text": frame.decode()})
+            renderer = ResponsesRenderer(turn, response_fields(event))
+            done = {**renderer.response("completed"), "output": []}  # warmed up: nothing generated
+            for seq, (kind, response) in enumerate((("created", renderer.response("in_progress")),
+                                                    ("completed", done))):
+                frame = {"type": f"response.{kind}", "response": response, "sequence_number": seq}
+                await send({"type": "websocket.send", "text": orjson.dumps(frame).decode()})
             memory.id, memory.items, memory.epoch = rid, items, self._epoch
             return
         self.turns += 1
-        sent = await self._generate(client, send, event, rid)
-        if sent is not None:
-            reply = {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": output_text(sent)}]}
-            memory.id, memory.items, memory.epoch = rid, items + [reply], self._epoch
+        renderer = await self._generate(client, send, event, rid, items)
+        if renderer is not None:
+            output = renderer.output_items()
+            memory.id, memory.items, memory.epoch = rid, items + output, self._epoch
+            if event.get("store", True) is True:
+                self.state.store.put(Stored.of(renderer.response(renderer.final_status), own, items + output))
 
-    async def _generate(self, client: _Client, send: Send, body: dict[str, Any], rid: str) -> int | None:
-        """Run one turn; the output tokens sent when it completed, else None."""
-        app = self.app
-        stats = app.stats
+    async def _generate(self, client: _Client, send: Send, body: dict[str, Any], rid: str,
+                        items: list[Any]) -> ResponsesRenderer | None:
+        """Run one turn; its renderer when it completed, else None."""
+        state = self.state
+        stats = state.stats
         model = body.get("model")
-        model = model if isinstance(model, str) and model else app.profile.model_ids[0]
+        model = model if isinstance(model, str) and model else state.profile.model_ids[0]
         row = stats.model(model)
         stats.requests += 1
         row[0] += 1
         mode, arg = ("none", 0.0)
-        if app.faults:
-            mode, arg = app.faults.popleft()
+        if state.faults:
+            mode, arg = state.faults.popleft()
             stats.faults += 1
         if mode == "error":
             await _error(send, int(arg), f"Simulated error {int(arg)}.", None)
@@ -209,23 +205,24 @@ class SimulatedSocket:
         if mode == "slow_first_byte" and not await client.pause(arg / 1000):
             stats.disconnects += 1
             return None
-        try:
-            n, capped = requested_output(body, app.profile.default_output_tokens)
-            input_tokens = count_input_tokens(body)
-        except ValueError as exc:
-            await _error(send, 400, str(exc), None)
+        cap, capped = requested_output(body, state.profile.default_output_tokens)
+        input_tokens = count_input_tokens(body)
+        last_user, after_tool = cues_from_items(items)
+        text = body.get("text") or {}
+        answer = plan(responses_functions(body), body.get("tool_choice"), text.get("format"), last_user, after_tool,
+                      state.profile.default_output_tokens)
+        n, capped = answer.size(cap, capped)
+        wait = state.limiter.admit(time.monotonic(), input_tokens + (cap if capped else n))
+        if wait:
+            stats.rate_limited += 1
+            await _error(send, 429, f"Rate limit reached for {model}: please try again in {wait:.3f}s.",
+                         "rate_limit_exceeded", {"retry-after": f"{wait:.3f}"})
             return None
-        if app.limiter.enabled:
-            wait = app.limiter.admit(time.monotonic(), input_tokens + n)
-            if wait:
-                stats.rate_limited += 1
-                await _error(send, 429, f"Rate limit reached for {model}: please try again in {wait:.3f}s.",
-                             "rate_limit_exceeded", {"retry-after": f"{wait:.3f}"})
-                return None
         stats.input_tokens += input_tokens
         row[1] += input_tokens
-        turn = Turn(rid=rid, model=model, created=int(time.time()), n=n, input_tokens=input_tokens, capped=capped)
-        renderer = ResponsesRenderer(turn, body.get("max_output_tokens"))
+        turn = Turn(rid=rid, model=model, created=int(time.time()), n=n, input_tokens=input_tokens, capped=capped,
+                    pieces=answer.pieces, call=answer.call)
+        renderer = ResponsesRenderer(turn, response_fields(body))
         drop = mode == "drop_mid_stream"
         sent, gone = await self._stream(client, send, renderer, n // 2 if drop else n)
         stats.output_tokens += sent
@@ -237,11 +234,11 @@ class SimulatedSocket:
             _drop(f"simulated drop after {sent} of {n} tokens")
         for frame in sse_frames(renderer.epilogue()):
             await send({"type": "websocket.send", "text": frame.decode()})
-        return sent
+        return renderer
 
     async def _stream(self, client: _Client, send: Send, r: ResponsesRenderer, limit: int) -> tuple[int, bool]:
         """Prelude and tokens 0..limit-1 paced by the profile; returns (tokens sent, client gone)."""
-        profile = self.app.profile
+        profile = self.state.profile
         for frame in sse_frames(r.prelude()):
             await send({"type": "websocket.send", "text": frame.decode()})
         if profile.ttft_ms > 0 and not await client.pause(profile.ttft_ms / 1000):
@@ -263,8 +260,6 @@ class SimulatedSocket:
 
 def _drop(reason: str) -> None:
     """Cut the socket abruptly: uvicorn closes the transport when the app raises (quietly, for SimulatedDrop)."""
-    from .provider import SimulatedDrop
-
     raise SimulatedDrop(reason)
 
 
@@ -276,9 +271,10 @@ async def _deny(send: Send, status: int, message: str) -> None:
     await send({"type": "websocket.http.response.body", "body": body})
 
 
-async def _error(send: Send, status: int, message: str, code: str | None, headers: dict[str, str] | None = None) -> None:
+async def _error(send: Send, status: int, message: str, code: str | None, headers: dict[str, str] | None = None,
+                 param: str | None = None) -> None:
     event: dict[str, Any] = {"type": "error", "status": status, "error": {
-        "type": _ERROR_TYPES.get(status, "server_error"), "code": code, "message": message, "param": None}}
+        "type": _ERROR_TYPES.get(status, "server_error"), "code": code, "message": message, "param": param}}
     if headers:
         event["headers"] = headers
     await send({"type": "websocket.send", "text": orjson.dumps(event).decode()})
