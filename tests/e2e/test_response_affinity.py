@@ -72,3 +72,17 @@ def test_an_unknown_response_is_404_in_openai_shape(proxy):
     assert missing.value.body["code"] == "response_not_found"
     assert httpx.put(proxy.url + "/v1/responses/resp_x").status_code == 405
     assert httpx.get(proxy.url + "/v1/responses/resp_x/bogus").status_code == 404
+
+
+def test_retrieve_input_items_and_delete_reach_the_holder(proxy, lanes):
+    wafer, gpu = lanes
+    fault(wafer, "503")
+    client = sdk(proxy)
+    created = client.responses.create(model="codex", input="remember me", max_output_tokens=2)
+    fetched = client.responses.with_raw_response.retrieve(created.id)
+    assert fetched.headers["x-laneway-deployment"] == "gpu" and fetched.parse().id == created.id
+    items = client.responses.input_items.list(created.id)
+    assert [item.content[0].text for item in items.data] == ["remember me"]
+    client.responses.delete(created.id)
+    with pytest.raises(openai.NotFoundError):  # the provider's own answer, relayed
+        client.responses.retrieve(created.id)
