@@ -109,20 +109,59 @@ def test_fail_open_bounds_a_hung_redis_by_the_timeout(tmp_path, wafer_sim):
                 os.kill(redis.process.pid, signal.SIGCONT)
 
 
-def test_fail_closed_refuses_with_503_then_recovers(tmp_path, wafer_sim):
+def refused_while_down(url: str, code: str, count: int = 6) -> None:
+    """``count`` requests 50 ms apart (well within the fail-open retry second) are each refused
+    with a 503 naming ``code`` and Retry-After, promptly: none admitted, none an error, none slow."""
+    for _ in range(count):
+        started = time.perf_counter()
+        response = post(url)
+        assert (response.status_code, response.json()["error"]["code"]) == (503, code)
+        assert response.headers["retry-after"] == "1"
+        assert time.perf_counter() - started < 1.0
+        time.sleep(0.05)
+
+
+def test_fail_closed_refuses_every_request_with_503_then_recovers(tmp_path, wafer_sim):
     with RedisServer() as redis:
         text, suffix = policy(redis.url, wafer_sim.url, "fail_closed")
         with proxy_from_yaml(tmp_path, text) as proxy:
             assert post(proxy.url).status_code == 200
             redis.stop()
-            refused = post(proxy.url)
-            assert refused.status_code == 503
-            assert refused.json()["error"]["code"] == "rate_limit_store_unavailable"
-            assert refused.headers["retry-after"] == "1"
-            assert max(timed(proxy.url)[1] for _ in range(3)) < 1.0
+            refused_while_down(proxy.url, "rate_limit_store_unavailable")
+            assert proxy.app.state.limiter.stats.local_admissions == 0
             redis.start()
-            statuses = wait_for_shared(proxy.url, redis, f"lw:{{c:team-{suffix}}}:rpm")
-            assert statuses[-1] == 200 and 500 not in statuses
+            # the first request after Redis is back is admitted, and counted there
+            assert wait_for_shared(proxy.url, redis, f"lw:{{c:team-{suffix}}}:rpm") == [200]
+
+
+BUDGET_POLICY = """\
+version: 1
+auth: keys
+store: {{redis_url: '{redis_url}', on_store_error: fail_closed, timeout_ms: 100}}
+keys:
+  - {{name: team-{suffix}, sha256: {sha}, budget: {{daily_hard_usd: 100}}}}
+deployments:
+  - {{name: wafer-{suffix}, provider: cerebras, model: sim-spark, base_url: '{wafer_url}/v1'}}
+routes:
+  - {{name: fast, candidates: [wafer-{suffix}]}}
+prices:
+  sim-spark:
+    - {{effective_from: 2020-01-01, input_per_mtok: 1, output_per_mtok: 1, status: announced}}
+"""
+
+
+def test_fail_closed_budgets_refuse_every_request_with_503_then_recover(tmp_path, wafer_sim):
+    suffix = uuid.uuid4().hex[:6]
+    with RedisServer() as redis:
+        text = BUDGET_POLICY.format(redis_url=redis.url, suffix=suffix, sha=hashlib.sha256(KEY.encode()).hexdigest(),
+                                    wafer_url=wafer_sim.url)
+        with proxy_from_yaml(tmp_path, text) as proxy:
+            assert post(proxy.url).status_code == 200
+            redis.stop()
+            refused_while_down(proxy.url, "budget_store_unavailable")
+            redis.start()
+            assert post(proxy.url).status_code == 200
+            assert redis.cli("KEYS", f"laneway:budget:*team-{suffix}*") != ""  # counted in Redis again
 
 
 def serve_laneway(policy_path, port: int) -> subprocess.Popen:

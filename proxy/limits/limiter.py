@@ -22,16 +22,15 @@ from dataclasses import dataclass, field
 
 from proxy.call import DEFAULT_OUTPUT_TOKENS, UpstreamError
 from proxy.config.schema import Policy, StoreSettings
-from proxy.errors import ClientLimited, StoreUnavailable
+from proxy.errors import ClientLimited
 from proxy.limits.buckets import limit_buckets, provider_bucket
+from proxy.limits.failover import Failover
 from proxy.limits.headroom import Headroom
 from proxy.limits.provider_headers import ProviderReport, parse_headers
 from proxy.store.base import CONCURRENCY, AdmitResult, Bucket, ProviderWindowState, Store, StoreError, bucket_amounts
 from proxy.store.memory import MemoryStore
 
 log = logging.getLogger("laneway.limits")
-
-_RETRY_STORE_S = 1.0  # after a store error, fail-open serves locally this long before trying Redis again
 
 
 class DeploymentLimited(UpstreamError):
@@ -111,14 +110,13 @@ class Limiter:
 
     def __init__(self, settings: StoreSettings, store: Store | None = None) -> None:
         self.settings = settings
-        self.shared = store is not None
+        self.shared = store is not None  # the store is shared with other replicas (Redis)
         self.store: Store = store if store is not None else MemoryStore()
         self.fallback = MemoryStore()
         self.stats = LimitStats()
+        self.failover = Failover(settings.on_store_error, self.store, self.fallback, self.stats)
         self._ids = itertools.count()
         self._prefix = f"{os.getpid():x}.{os.urandom(4).hex()}."
-        self._down_until = 0.0           # monotonic; fail-open serves locally until then
-        self._incident = False
         self._live: dict[str, Ticket] = {}
         self._renewer: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
@@ -174,8 +172,9 @@ class Limiter:
         Raises ClientLimited when the client's own limits refuse (no candidate would help), and
         StoreUnavailable under fail_closed when the store cannot answer.
         """
-        local = self._degraded()
-        pick = 1 if local else 0
+        # one request keeps one home for all its reservations
+        store = ticket.store if ticket.held and ticket.store is not None else self.failover.choose()
+        pick = 1 if store is self.fallback else 0  # the local store keeps per-replica limits
         client = () if ticket.client_held else self._clients.get(ticket.client, ((), ()))[pick]
         own = self._deployments.get(deployment, ((), ()))[pick]
         if own or deployment in self._speaks:
@@ -192,24 +191,18 @@ class Limiter:
         if not ticket.client_held:
             ticket.tokens = ticket.input_tokens + (ticket.max_output or self._reserve.get(deployment, DEFAULT_OUTPUT_TOKENS))
         amounts = bucket_amounts(buckets, ticket.tokens)
-        store = self.fallback if local else self.store
-        if ticket.store is not None and ticket.store is not store and ticket.held:
-            store = ticket.store  # one request keeps one home for all its reservations
         try:
             result = await store.admit(ticket.rid, buckets, amounts)
         except StoreError as exc:
-            store = self._store_failed(exc)
-            if ticket.held:  # what it holds is in the failed store: settling there may fail too; let it expire
-                ticket.held = {}
-                buckets = own
-                amounts = bucket_amounts(buckets, ticket.tokens)
-            result = await store.admit(ticket.rid, buckets, amounts)
-        if store is self.fallback and self.shared:
-            self.stats.local_admissions += 1
-        elif self._incident:
-            self.store_recovered()
+            self.failover.failed(exc)  # fail_closed: raises StoreUnavailable
+            ticket.held = {}  # what it holds is in the failed store: settling there may fail too; let it expire
+            return await self.admit(ticket, deployment)  # fail_open: again, from the local store
+        if store is not self.fallback:
+            self.failover.answered()
         if not result.admitted:
             return self._refused(ticket, deployment, buckets[result.refused], result.retry_ms)
+        if store is self.fallback:
+            self.failover.admitted_locally()
         ticket.store = store
         ticket.deployment = deployment
         if client:
@@ -286,7 +279,7 @@ class Limiter:
         """Write the newest report for ``deployment``; reports arriving meanwhile replace it."""
         await asyncio.sleep(0)
         windows, exhausted_ms = self._learning.pop(deployment)
-        store = self.fallback if self._degraded() else self.store
+        store = self.fallback if self.failover.serving_locally else self.store
         await store.learn(self._provider_buckets.get(deployment) or provider_bucket(deployment), windows, exhausted_ms)
 
     def _note_provider(self, deployment: str, report: ProviderReport, now: float) -> list[ProviderWindowState]:
@@ -324,34 +317,6 @@ class Limiter:
 
     # --- store trouble, leases, background work ---------------------------------------
 
-    def _degraded(self) -> bool:
-        if not self._incident:
-            return False
-        if time.monotonic() < self._down_until:
-            return True
-        self._down_until = time.monotonic() + _RETRY_STORE_S  # one request probes the store; others stay local
-        return False
-
-    def _store_failed(self, exc: StoreError) -> Store:
-        self.stats.store_errors += 1
-        if self.settings.on_store_error == "fail_closed":
-            self._note_incident(exc)
-            raise StoreUnavailable.refusing("Rate limits", "rate_limit_store_unavailable")
-        self._note_incident(exc)
-        self._down_until = time.monotonic() + _RETRY_STORE_S
-        return self.fallback
-
-    def _note_incident(self, exc: StoreError) -> None:
-        if not self._incident:
-            self._incident = True
-            mode = "serving with per-replica limits" if self.settings.on_store_error == "fail_open" else "refusing requests"
-            log.warning("rate-limit store unreachable (%s); %s until it is back", exc, mode)
-
-    def store_recovered(self) -> None:
-        if self._incident:
-            self._incident = False
-            log.warning("rate-limit store is reachable again; shared limits resume")
-
     def _spawn(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(self._guard(coro))
         self._tasks.add(task)
@@ -361,8 +326,7 @@ class Limiter:
         try:
             await coro
         except StoreError as exc:
-            self.stats.store_errors += 1
-            self._note_incident(exc)
+            self.failover.background_failed(exc)
 
     async def _renew_leases(self) -> None:
         """Keep live requests' concurrency leases from expiring; stops when none are left."""
