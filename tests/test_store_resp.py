@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 
@@ -111,3 +112,64 @@ def test_password_and_database_from_the_url(server):
 
 def test_tls_urls_stay_with_redis_py():
     assert LeanRedis.from_url("rediss://example.invalid:6380/0", 0.5) is None
+
+
+def test_a_paused_server_is_back_pressure_not_an_outage(server):
+    """Replies 200 ms late (past the 100 ms timeout, short of three in a row) are waited for,
+    every caller gets its own, and the connection stays up."""
+
+    async def main():
+        client = LeanRedis.from_url(server.url, 0.1)
+        try:
+            (before,) = await client.execute([(b"CLIENT", "ID")])
+            server.cli("CLIENT", "PAUSE", "200", "ALL")
+            replies = await asyncio.gather(*(client.execute([(b"INCR", "lw:resp:paused")]) for _ in range(50)))
+            (after,) = await client.execute([(b"CLIENT", "ID")])
+            return sorted(r[0] for r in replies), before, after
+        finally:
+            await client.aclose()
+
+    values, before, after = run(main())
+    assert values == list(range(1, 51))
+    assert after == before
+
+
+def test_a_cancelled_call_still_takes_its_reply_off_the_stream(server):
+    async def main():
+        client = LeanRedis.from_url(server.url, 0.5)
+        try:
+            await client.execute([(b"SET", "lw:resp:first", "first")])
+            server.cli("CLIENT", "PAUSE", "100", "ALL")
+            abandoned = asyncio.ensure_future(client.execute([(b"GET", "lw:resp:first")]))
+            await asyncio.sleep(0.02)
+            abandoned.cancel()
+            return await client.execute([(b"INCR", "lw:resp:second")])
+        finally:
+            await client.aclose()
+
+    assert run(main()) == [1]  # its own reply, not the abandoned GET's
+
+
+def test_a_hung_servers_failed_calls_leave_no_unretrieved_errors(server):
+    unretrieved = []
+
+    async def main():
+        asyncio.get_running_loop().set_exception_handler(lambda loop, context: unretrieved.append(context["message"]))
+        client = LeanRedis.from_url(server.url, 0.05)
+        try:
+            await client.execute([(b"PING",)])
+            os.kill(server.process.pid, signal.SIGSTOP)
+            try:
+                await client.execute([(b"PING",), (b"PING",), (b"PING",)])
+            except TimeoutError:
+                failed = True
+            finally:
+                os.kill(server.process.pid, signal.SIGCONT)
+        finally:
+            await client.aclose()
+        await asyncio.sleep(0)
+        gc.collect()  # a pipeline's other errors, had nobody retrieved them, are reported now
+        return failed
+
+    assert run(main())
+    assert unretrieved == []

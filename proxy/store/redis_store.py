@@ -90,8 +90,14 @@ class RedisStore:
         async with self._loading:
             if self._generation > seen:
                 return
-            for script in (self._admit, self._settle, self._renew, self._learn, self._reserve_spend, self._adjust_spend):
-                await self.client.script_load(script.source)
+            sources = [s.source for s in (self._admit, self._settle, self._renew, self._learn, self._reserve_spend, self._adjust_spend)]
+            if self._fast is not None:  # one round trip, beside the admissions rather than in redis-py's pool
+                for reply in await self._fast.execute([(b"SCRIPT", b"LOAD", source) for source in sources]):
+                    if isinstance(reply, Exception):
+                        raise reply
+            else:
+                for source in sources:
+                    await self.client.script_load(source)
             self._generation += 1
 
     async def admit(self, rid: str, buckets: Sequence[Bucket], amounts: Sequence[int]) -> AdmitResult:
@@ -173,7 +179,13 @@ class RedisStore:
         generation = self._generation
         calls = [*pending, (script, keys, args)]
         if self._fast is not None:
-            results = await self._fast.execute([(b"EVALSHA", s.sha, len(k), *k, *a) for s, k, a in calls])
+            results = await self._fast.execute([_evalsha(*call) for call in calls])
+            missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
+            if missing:  # a restarted or flushed Redis: load the scripts, then once more, same connection
+                await self._load(generation)
+                again = await self._fast.execute([_evalsha(*calls[i]) for i in missing])
+                for i, result in zip(missing, again):
+                    results[i] = result
         else:
             pipe = self.client.pipeline(transaction=False)
             for queued, call_keys, call_args in calls:
@@ -267,6 +279,10 @@ class _Script:
     def __init__(self, source: str) -> None:
         self.source = source
         self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+
+def _evalsha(script: _Script, keys: list[str], args: list) -> tuple:
+    return (b"EVALSHA", script.sha, len(keys), *keys, *args)
 
 
 def _by_tag(buckets: Sequence[Bucket]) -> list[list[int]]:
