@@ -27,7 +27,7 @@ from proxy.limits.buckets import limit_buckets, provider_bucket
 from proxy.limits.failover import Failover
 from proxy.limits.headroom import Headroom
 from proxy.limits.provider_headers import ProviderReport, parse_headers
-from proxy.store.base import CONCURRENCY, AdmitResult, Bucket, ProviderWindowState, Store, StoreError, bucket_amounts
+from proxy.store.base import CONCURRENCY, AdmitResult, AmountError, Bucket, ProviderWindowState, Store, StoreError, bucket_amounts
 from proxy.store.memory import MemoryStore
 
 log = logging.getLogger("laneway.limits")
@@ -327,6 +327,8 @@ class Limiter:
             await coro
         except StoreError as exc:
             self.failover.background_failed(exc)
+        except AmountError as exc:  # a caller's mistake: the reservation stays as it was (and expires)
+            log.error("rate limits: %s", exc)
 
     async def _renew_leases(self) -> None:
         """Keep live requests' concurrency leases from expiring; stops when none are left."""

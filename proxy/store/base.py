@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from proxy.errors import InvalidRequest
+
 # Bucket kinds.
 REQUESTS = "n"      # sliding-window log, one entry per request
 TOKENS = "t"        # sliding-window log, one entry per request carrying its token amount
@@ -20,6 +22,23 @@ PROVIDER = "p"      # what the provider said it has left, per window, until its 
 
 class StoreError(Exception):
     """The store could not answer in time (or at all); the limiter applies on_store_error."""
+
+
+MAX_AMOUNT = 2**53 - 1  # the largest integer a Lua number (a double) holds exactly
+
+
+class AmountError(InvalidRequest):
+    """An amount no store takes (not an integer, or out of range): bad input or a caller's bug.
+    Refused before anything is reserved or counted; never mistaken for a store outage."""
+
+    code = "invalid_amount"
+
+
+def check_amount(value: object, what: str, low: int) -> int:
+    """``value`` if it is an integer in [``low``, MAX_AMOUNT] (bools are not integers here)."""
+    if type(value) is not int or not low <= value <= MAX_AMOUNT:
+        raise AmountError(f"{what} must be a whole number from {low} to {MAX_AMOUNT}, not {value!r:.40}")
+    return value
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from proxy.store.base import CONCURRENCY, PROVIDER, REQUESTS, TOKENS, AdmitResult, Bucket, ProviderWindowState, SpendResult
+from proxy.store.base import CONCURRENCY, PROVIDER, REQUESTS, TOKENS, AdmitResult, Bucket, ProviderWindowState, SpendResult, check_amount
 
 
 @dataclass(slots=True)
@@ -79,6 +79,8 @@ class MemoryStore:
         return wait
 
     async def admit(self, rid: str, buckets: Sequence[Bucket], amounts: Sequence[int]) -> AdmitResult:
+        for amount in amounts:
+            check_amount(amount, "tokens", 1)
         now = self._clock()
         used: list[int] = []
         for index, (bucket, amount) in enumerate(zip(buckets, amounts)):
@@ -115,6 +117,8 @@ class MemoryStore:
         return AdmitResult(-1, 0, remaining, resets)
 
     async def settle(self, rid: str, buckets: Sequence[Bucket], tokens: int | None) -> None:
+        if tokens is not None:
+            check_amount(tokens, "used tokens", 0)
         for bucket in buckets:
             if bucket.kind == CONCURRENCY:
                 self._leases.get(bucket.key, {}).pop(rid, None)

@@ -21,7 +21,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError
 
 from proxy.store import scripts
-from proxy.store.base import PROVIDER, TOKENS, AdmitResult, Bucket, ProviderWindowState, SpendResult, StoreError
+from proxy.store.base import MAX_AMOUNT, PROVIDER, TOKENS, AdmitResult, Bucket, ProviderWindowState, SpendResult, StoreError, check_amount
 from proxy.store.resp import LeanRedis
 
 
@@ -101,6 +101,8 @@ class RedisStore:
             self._generation += 1
 
     async def admit(self, rid: str, buckets: Sequence[Bucket], amounts: Sequence[int]) -> AdmitResult:
+        for amount in amounts:
+            check_amount(amount, "tokens", 1)
         if not self.cluster:
             return await self._admit_one(rid, buckets, amounts)
         groups = _by_tag(buckets)
@@ -141,7 +143,7 @@ class RedisStore:
     async def settle(self, rid: str, buckets: Sequence[Bucket], tokens: int | None) -> None:
         """On a standalone server settles ride along with the next admission (or go out within
         ``SETTLE_DELAY_S``), so a request costs one round trip, not two."""
-        extra = "-" if tokens is None else tokens
+        extra = "-" if tokens is None else check_amount(tokens, "used tokens", 0)
         if self.cluster:
             await self._each_group(self._settle, rid, buckets, extra)
             return
@@ -234,7 +236,7 @@ class RedisStore:
     async def reserve_spend(self, keys: Sequence[str], hard: Sequence[int], amount: int,
                             expire_at_ms: Sequence[int]) -> SpendResult:
         """One EVALSHA (with any queued settles in the same pipeline on a standalone server)."""
-        args: list = [amount]
+        args: list = [check_amount(amount, "a budget reservation", 0)]
         for limit, expiry in zip(hard, expire_at_ms):
             args += (limit, expiry)
         try:
@@ -248,7 +250,7 @@ class RedisStore:
 
     async def adjust_spend(self, keys: Sequence[str], delta: int, expire_at_ms: Sequence[int]) -> None:
         """Queued like a settle on a standalone server: it rides with the next admission."""
-        args = [delta, *expire_at_ms]
+        args = [check_amount(delta, "a budget adjustment", -MAX_AMOUNT), *expire_at_ms]
         if not self.cluster:
             self._queue(self._adjust_spend, list(keys), args)
             return
@@ -259,7 +261,7 @@ class RedisStore:
 
     async def seed_spend(self, key: str, amount: int, expire_at_ms: int) -> None:
         try:
-            await self.client.set(key, amount, nx=True, pxat=expire_at_ms)
+            await self.client.set(key, check_amount(amount, "a budget counter", 0), nx=True, pxat=expire_at_ms)
         except RedisError as exc:
             raise StoreError(f"{type(exc).__name__}: {exc}") from None
 

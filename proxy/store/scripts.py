@@ -4,9 +4,31 @@ Time comes from the Redis server (TIME), so replicas with skewed clocks share on
 Buckets are passed as KEYS (token windows take two: the log and its amounts hash); ARGV is
 ``rid``, the bucket specs as one string ``kind:limit:span_ms|...`` (few arguments are cheap to
 send) and the request's tokens: token and provider buckets take that many, the rest take 1.
+
+Every amount is checked before anything is written: a whole number in range, else an error reply
+starting with ``AMOUNT_ERROR`` (RedisStore raises AmountError for it: the caller's mistake, not an
+outage), so no script ever holds a negative reservation or overflows a counter.
+"""
+from proxy.store.base import MAX_AMOUNT
+
+AMOUNT_ERROR = "LANEWAY_AMOUNT"
+
+# whole(value, low): ARGV value as a number if it is a whole number in [low, MAX_AMOUNT], else nil.
+# bad(what, low): the error reply for an amount that is not.
+_AMOUNTS = f"""
+local MAX_AMOUNT = {MAX_AMOUNT}
+local function whole(value, low)
+  if type(value) ~= 'string' or #value > 17 or not string.match(value, '^%-?%d+$') then return nil end
+  local number = tonumber(value)
+  if number < low or number > MAX_AMOUNT then return nil end
+  return number
+end
+local function bad(what, low)
+  return redis.error_reply('{AMOUNT_ERROR} ' .. what .. ' must be a whole number from ' .. low .. ' to ' .. MAX_AMOUNT)
+end
 """
 
-_PRELUDE = """
+_PRELUDE = _AMOUNTS + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local rid = ARGV[1]
@@ -24,6 +46,11 @@ end
 """
 
 ADMIT = _PRELUDE + """
+if not whole(tokens_arg, 0) then return bad('tokens', 0) end
+for i = 1, n do
+  if amounts[i] < 1 then return bad('tokens', 1) end  -- a token or provider bucket takes at least one
+end
+
 -- Drop entries older than the window; return what is left in use.
 local function used_in(i)
   local kind, key = kinds[i], logs[i]
@@ -142,6 +169,7 @@ return out
 # ARGV[3] is the real token count, or '-' to undo the reservation entirely.
 SETTLE = _PRELUDE + """
 local undo = tokens_arg == '-'
+if not undo and not whole(tokens_arg, 0) then return bad('used tokens', 0) end
 for i = 1, n do
   local kind, key = kinds[i], logs[i]
   if kind == 't' then
@@ -193,8 +221,13 @@ return 0
 # Budget counters: plain integers (micro-USD) outside the bucket specs above, since they count
 # money, not tokens. KEYS: the counters; ARGV[1]: the amount; then per key its hard limit
 # (-1: none) and its expiry (epoch ms). Reserves in all or none; answers the totals before.
-SPEND_RESERVE = """
-local amount = tonumber(ARGV[1])
+SPEND_RESERVE = _AMOUNTS + """
+local amount = whole(ARGV[1], 0)
+if not amount then return bad('a budget reservation', 0) end
+for i = 1, #KEYS do
+  if not whole(ARGV[2 * i], -1) then return bad('a hard limit', -1) end
+  if not whole(ARGV[2 * i + 1], 0) then return bad('an expiry', 0) end
+end
 local spent = {}
 for i = 1, #KEYS do
   spent[i] = tonumber(redis.call('GET', KEYS[i]) or '0')
@@ -209,7 +242,11 @@ return {-1, unpack(spent)}
 """
 
 # KEYS: the counters; ARGV[1]: the delta; ARGV[1 + i]: key i's expiry (epoch ms).
-SPEND_ADJUST = """
+SPEND_ADJUST = _AMOUNTS + """
+if not whole(ARGV[1], -MAX_AMOUNT) then return bad('a budget adjustment', -MAX_AMOUNT) end
+for i = 1, #KEYS do
+  if not whole(ARGV[1 + i], 0) then return bad('an expiry', 0) end
+end
 for i = 1, #KEYS do
   redis.call('INCRBY', KEYS[i], ARGV[1])
   redis.call('PEXPIREAT', KEYS[i], ARGV[1 + i])
