@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from overhead import free_port  # noqa: E402
 
 from proxy.config.loader import parse_policy  # noqa: E402
-from proxy.errors import ProxyError  # noqa: E402
+from proxy.errors import ClientLimited, StoreUnavailable  # noqa: E402
 from proxy.limits.limiter import DeploymentLimited, Limiter  # noqa: E402
 
 POLICY = """\
@@ -54,19 +54,20 @@ async def worker_loop(policy_text: str, concurrency: int, seconds: float) -> dic
 
     async def one() -> None:
         while time.monotonic() < deadline:
-            ticket = limiter.ticket("bench", 100, 10)
+            ticket = limiter.borrow("bench", 100, 10)
             try:
                 await ticket.admit("sim")
-            except ProxyError as exc:
-                counts["refused" if exc.status == 429 else "unavailable"] += 1
+            except (ClientLimited, DeploymentLimited):
+                counts["refused"] += 1
                 await asyncio.sleep(0.01)
                 continue
-            except DeploymentLimited:
-                counts["refused"] += 1
+            except StoreUnavailable:
+                counts["unavailable"] += 1
+                await asyncio.sleep(0.01)
                 continue
             counts["admitted"] += 1
             await asyncio.sleep(0)  # the request's upstream call: other tasks run meanwhile
-            limiter.finish(ticket, 110)
+            limiter.give_back(ticket, 110)
 
     await asyncio.gather(*(one() for _ in range(concurrency)))
     await limiter.aclose()

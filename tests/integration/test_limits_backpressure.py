@@ -10,7 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from proxy.config.loader import parse_policy
-from proxy.errors import ProxyError
+from proxy.errors import ClientLimited, StoreUnavailable
 from proxy.limits.limiter import Limiter
 from tests.redis_support import redis_server  # noqa: F401  (fixture)
 
@@ -34,16 +34,16 @@ async def burst(limiter: Limiter, key: str, url: str, workers: int, seconds: flo
 
     async def worker() -> None:
         while time.monotonic() < deadline:
-            ticket = limiter.ticket(key, 10, 10)
+            ticket = limiter.borrow(key, 10, 10)
             try:
                 await ticket.admit(f"dep-{key}")
-            except ProxyError as refused:
-                statuses[refused.status] += 1
+            except (ClientLimited, StoreUnavailable) as refused:
+                statuses[429 if isinstance(refused, ClientLimited) else 503] += 1
                 await asyncio.sleep(0.005)
                 continue
             statuses[200] += 1
             await asyncio.sleep(0)  # the upstream call
-            limiter.finish(ticket, 20)
+            limiter.give_back(ticket, 20)
 
     pauser = aioredis.Redis.from_url(url)
     try:

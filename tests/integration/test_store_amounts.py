@@ -132,8 +132,8 @@ def test_the_limiter_takes_a_bad_amount_for_the_callers_error_not_an_outage(redi
     async def main():
         try:
             with pytest.raises(AmountError):
-                await limiter.ticket(key, 10, -2**63).admit(f"d-{key}")
-            await limiter.ticket(key, 10, 20).admit(f"d-{key}")  # the next request is admitted as usual
+                await limiter.borrow(key, 10, -2**63).admit(f"d-{key}")
+            await limiter.borrow(key, 10, 20).admit(f"d-{key}")  # the next request is admitted as usual
         finally:
             await limiter.aclose()
 
