@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from proxy.store import scripts
 from proxy.store.base import MAX_AMOUNT, PROVIDER, TOKENS, AdmitResult, Bucket, ProviderWindowState, SpendResult, StoreError, check_amount
@@ -26,6 +26,8 @@ from proxy.store.resp import LeanRedis
 
 
 SETTLE_DELAY_S = 0.02
+# what redis-py raises when Redis cannot answer (a Cluster it cannot reach at all is no RedisError)
+_FAILURES = (RedisError, RedisClusterException)
 
 
 def _call_args(rid: str, buckets: Sequence[Bucket], tokens: int | str) -> tuple[list[str], list]:
@@ -136,7 +138,7 @@ class RedisStore:
                 out = await self._with_pending(self._admit, keys, args)
             else:
                 out = await self._eval(self._admit, keys, args)
-        except RedisError as exc:
+        except _FAILURES as exc:
             raise StoreError(f"{type(exc).__name__}: {exc}") from None
         return AdmitResult(int(out[0]), int(out[1]), [int(v) for v in out[2::2]], [int(v) for v in out[3::2]])
 
@@ -172,7 +174,7 @@ class RedisStore:
                 pipe.evalsha(script.sha, len(keys), *keys, *args)
             results = await pipe.execute(raise_on_error=False)
             await self._retry_noscript(pending, results)
-        except RedisError:
+        except _FAILURES:
             self.dropped_settles += len(pending)
 
     async def _with_pending(self, script: "_Script", keys: list[str], args: list):
@@ -221,7 +223,7 @@ class RedisStore:
             calls.append(self._eval(script, keys, args))
         try:
             await asyncio.gather(*calls)
-        except RedisError as exc:
+        except _FAILURES as exc:
             raise StoreError(f"{type(exc).__name__}: {exc}") from None
 
     async def learn(self, bucket: Bucket, windows: Sequence[ProviderWindowState], exhausted_ms: int) -> None:
@@ -230,7 +232,7 @@ class RedisStore:
             args += (w.window, w.kind, w.remaining, w.reset_ms)
         try:
             await self._eval(self._learn, [bucket.key], args)
-        except RedisError as exc:
+        except _FAILURES as exc:
             raise StoreError(f"{type(exc).__name__}: {exc}") from None
 
     async def reserve_spend(self, keys: Sequence[str], hard: Sequence[int], amount: int,
@@ -244,7 +246,7 @@ class RedisStore:
                 out = await self._with_pending(self._reserve_spend, list(keys), args)
             else:
                 out = await self._eval(self._reserve_spend, list(keys), args)
-        except RedisError as exc:
+        except _FAILURES as exc:
             raise StoreError(f"{type(exc).__name__}: {exc}") from None
         return SpendResult(int(out[0]), [int(v) for v in out[1:]])
 
@@ -256,13 +258,13 @@ class RedisStore:
             return
         try:
             await self._eval(self._adjust_spend, list(keys), args)
-        except RedisError as exc:
+        except _FAILURES as exc:
             raise StoreError(f"{type(exc).__name__}: {exc}") from None
 
     async def seed_spend(self, key: str, amount: int, expire_at_ms: int) -> None:
         try:
             await self.client.set(key, check_amount(amount, "a budget counter", 0), nx=True, pxat=expire_at_ms)
-        except RedisError as exc:
+        except _FAILURES as exc:
             raise StoreError(f"{type(exc).__name__}: {exc}") from None
 
     async def aclose(self) -> None:
