@@ -1,0 +1,140 @@
+"""Refuse what OpenAI itself refuses cheaply, before any quota is spent.
+
+Admission reserves ``max_tokens`` (or its aliases) against rate limits and budgets, so a
+negative or boolean value there would be a negative reservation: credit, not a charge. The
+other checks answer a malformed body with the 400 the provider would give, instead of
+admitting, counting and forwarding it. Messages and codes follow OpenAI's wording, so SDKs
+and clients that branch on ``error.code`` / ``error.param`` see what they expect.
+
+One function per endpoint body; each raises ProxyError(400, param=...) on the first fault.
+Absent and ``null`` optional fields are left alone (OpenAI treats ``null`` as unset).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from proxy.api.errors import ProxyError
+
+TOKEN_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+MAX_TOKENS = 2**31 - 1  # OpenAI's integer fields are 32-bit; far above any context window
+MAX_N = 128
+
+
+def chat(body: dict) -> None:
+    messages = body.get("messages")
+    if messages is None:
+        raise _missing("messages")
+    if type(messages) is not list:
+        raise _invalid_type("messages", "an array of objects", messages)
+    if not messages:
+        raise ProxyError(400, "Invalid 'messages': empty array. Expected an array with minimum length 1, "
+                         "but got an empty array instead.", code="empty_array", param="messages")
+    for i, message in enumerate(messages):
+        if type(message) is not dict:
+            raise _invalid_type(f"messages[{i}]", "an object", message)
+    _sampling(body)
+    _integer(body, "n", 1, MAX_N)
+
+
+def completions(body: dict) -> None:
+    _text_input(body, "prompt")
+    _sampling(body)
+    _integer(body, "n", 1, MAX_N)
+
+
+def responses(body: dict) -> None:
+    _text_input(body, "input")
+    _sampling(body)
+
+
+def embeddings(body: dict) -> None:
+    _text_input(body, "input")
+
+
+BY_ENDPOINT: dict[str, Callable[[dict], None]] = {
+    "chat": chat,
+    "completions": completions,
+    "responses": responses,
+    "embeddings": embeddings,
+}
+
+
+def validate(endpoint: str, body: dict) -> None:
+    """Check ``body`` (a JSON object with a model) for ``endpoint``, a key of ENDPOINT_PATHS."""
+    BY_ENDPOINT[endpoint](body)
+
+
+def _sampling(body: dict) -> None:
+    """The fields admission reads (output-token caps, stream) and the cheap numeric ranges."""
+    for name in TOKEN_FIELDS:
+        _integer(body, name, 1, MAX_TOKENS)
+    _number(body, "temperature", 0, 2)
+    _number(body, "top_p", 0, 1)
+    stream = body.get("stream")
+    if stream is not None and type(stream) is not bool:
+        raise _invalid_type("stream", "a boolean", stream)
+    options = body.get("stream_options")
+    if options is not None and type(options) is not dict:
+        raise _invalid_type("stream_options", "an object", options)
+
+
+def _text_input(body: dict, name: str) -> None:
+    value = body.get(name)
+    if value is None:
+        raise _missing(name)
+    if type(value) is not str and type(value) is not list:
+        raise _invalid_type(name, "a string or an array", value)
+
+
+def _integer(body: dict, name: str, low: int, high: int) -> None:
+    value = body.get(name)
+    if value is None:
+        return
+    if type(value) is not int:  # bool is an int subclass: `true` is not a token count
+        raise _invalid_type(name, "an integer", value)
+    if value < low:
+        raise _out_of_range(name, "integer below minimum value", ">=", low, value, "integer_below_min_value")
+    if value > high:
+        raise _out_of_range(name, "integer above maximum value", "<=", high, value, "integer_above_max_value")
+
+
+def _number(body: dict, name: str, low: float, high: float) -> None:
+    value = body.get(name)
+    if value is None:
+        return
+    if type(value) is not float and type(value) is not int:
+        raise _invalid_type(name, "a number", value)
+    if value < low:
+        raise _out_of_range(name, "decimal below minimum value", ">=", low, value, "decimal_below_min_value")
+    if value > high:
+        raise _out_of_range(name, "decimal above maximum value", "<=", high, value, "decimal_above_max_value")
+
+
+def _missing(name: str) -> ProxyError:
+    return ProxyError(400, f"Missing required parameter: '{name}'.", code="missing_required_parameter", param=name)
+
+
+def _invalid_type(name: str, expected: str, value: object) -> ProxyError:
+    return ProxyError(400, f"Invalid type for '{name}': expected {expected}, but got {_json_type(value)} instead.",
+                      code="invalid_type", param=name)
+
+
+def _out_of_range(name: str, what: str, op: str, bound: float, value: float, code: str) -> ProxyError:
+    return ProxyError(400, f"Invalid '{name}': {what}. Expected a value {op} {bound}, but got {value} instead.",
+                      code=code, param=name)
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if type(value) is bool:
+        return "a boolean"
+    if type(value) is int:
+        return "an integer"
+    if type(value) is float:
+        return "a decimal"
+    if type(value) is str:
+        return "a string"
+    if type(value) is list:
+        return "an array"
+    return "an object"
