@@ -201,7 +201,7 @@ class Response:
             return
         self._released = True
         conn = self._conn
-        if conn.complete and not conn.closed and conn.error is None and conn.keep_alive:
+        if conn.complete and not conn.closed and conn.error is None and conn.keep_alive and not conn.transport.is_closing():
             conn.pool._put_back(conn)
         else:
             conn.abort()
@@ -263,8 +263,9 @@ class OriginPool:
     ) -> Response:
         """Send ``head`` (request line + headers, ending in a blank line) and ``body``; wait for headers.
 
-        A reused connection that the upstream had already closed is retried once on a fresh
-        one, but only when not a single response byte arrived — the request never reached it.
+        A reused connection that the upstream had already closed (closing, failing the write, or
+        closed before a single response byte arrived: the request never reached it) is retried
+        once on a fresh one.
         """
         reused = bool(self._idle)
         conn = self._idle.pop() if reused else await self._connect(connect_s)
@@ -277,13 +278,19 @@ class OriginPool:
         return await self._exchange(conn, head, body, first_byte_s, idle_s)
 
     async def _exchange(self, conn: _Connection, head: bytes, body: bytes, first_byte_s: float, idle_s: float) -> Response:
-        if conn.closed or conn.transport is None:
+        transport = conn.transport
+        if conn.closed or transport is None or transport.is_closing():  # the upstream's FIN may not be handled yet
             raise UpstreamClosed("pooled connection was closed")
         loop = asyncio.get_running_loop()
         waiter = conn._headers_waiter = loop.create_future()
-        conn.transport.write(head + body if len(body) < 65536 else head)
-        if len(body) >= 65536:
-            conn.transport.write(body)
+        try:
+            transport.write(head + body if len(body) < 65536 else head)
+            if len(body) >= 65536:
+                transport.write(body)
+        except (RuntimeError, OSError) as exc:  # closed under us: the request never reached the upstream
+            conn._headers_waiter = None
+            conn.abort()
+            raise UpstreamClosed(f"connection closed before the request was sent: {exc}") from None
         timer = loop.call_later(first_byte_s, _expire, waiter, "upstream sent no response within %.1fs" % first_byte_s)
         try:
             await waiter
