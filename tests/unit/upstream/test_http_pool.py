@@ -260,3 +260,51 @@ def test_pools_are_per_origin():
     assert Origin.parse("https://h/v1").host_header == b"h" and Origin.parse("http://h:8080").host_header == b"h:8080"
     with pytest.raises(ValueError):
         Origin.parse("ftp://h")
+
+
+def test_total_s_ends_a_stream_that_never_pauses():
+    """F: chunks every 10 ms never trip idle_s; total_s still ends the exchange."""
+    def drip(upstream: Upstream) -> None:
+        upstream.transport.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        loop = asyncio.get_running_loop()
+
+        def tick() -> None:
+            if not upstream.transport.is_closing():
+                upstream.transport.write(b"1\r\nx\r\n")
+                loop.call_later(0.01, tick)
+        tick()
+
+    async def main() -> None:
+        async with Server(drip) as upstream:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            response = await upstream.pool.request(GET, b"", connect_s=1, first_byte_s=1, idle_s=1, total_s=0.3)
+            received = []
+            with pytest.raises(UpstreamTimeout, match="total_s"):
+                async for chunk in response.iter_body():
+                    received.append(chunk)
+            assert 0.29 <= loop.time() - started < 0.6  # libuv keeps time in whole milliseconds
+            assert len(received) >= 10 and upstream.pool._idle == []
+
+    run(main)
+
+
+def test_total_s_bounds_the_wait_for_headers_too():
+    async def main() -> None:
+        async with Server(lambda upstream: None) as upstream:
+            with pytest.raises(UpstreamTimeout, match="total_s"):
+                await upstream.pool.request(GET, b"", connect_s=1, first_byte_s=5, idle_s=5, total_s=0.05)
+
+    run(main)
+
+
+def test_a_finished_exchange_is_not_cut_by_its_deadline():
+    async def main() -> None:
+        async with Server(lambda upstream: upstream.transport.write(OK)) as upstream:
+            response = await upstream.pool.request(GET, b"", connect_s=1, first_byte_s=1, idle_s=1, total_s=0.05)
+            assert await response.read() == b"{}"
+            await asyncio.sleep(0.1)
+            assert len(upstream.pool._idle) == 1 and not upstream.pool._idle[0].closed
+            assert await upstream.get() == b"{}" and upstream.accepted == 1
+
+    run(main)
