@@ -91,6 +91,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from proxy.api.app import POLICY_ENV as WORKER_POLICY_ENV
+    from proxy.api.http_server import http_protocol
     from proxy.api.ws_server import UVICORN_WS
     from proxy.metrics.workers import multiprocess_dir
     from proxy.simulate.supervisor import Simulators
@@ -122,13 +123,13 @@ def _serve(args: argparse.Namespace) -> int:
                 port=args.port,
                 workers=args.workers,
                 loop="uvloop",
-                http="httptools",
+                http=http_protocol(policy.server),
                 ws=UVICORN_WS,
                 log_config=logging_config,
                 log_level=args.log_level,
                 access_log=False,  # Laneway's own access log (proxy.api.access_log) replaces uvicorn's
                 timeout_graceful_shutdown=30,
-                timeout_keep_alive=75,
+                timeout_keep_alive=policy.server.keep_alive_s,
             )
     finally:
         simulators.stop()
