@@ -92,12 +92,13 @@ def _serve(args: argparse.Namespace) -> int:
 
     from proxy.api.app import POLICY_ENV as WORKER_POLICY_ENV
     from proxy.api.http_server import http_protocol
+    from proxy.api.log_redaction import redacting
     from proxy.api.ws_server import UVICORN_WS
     from proxy.metrics.workers import multiprocess_dir
     from proxy.simulate.supervisor import Simulators
 
     # The same dict configures this process and, through uvicorn, every worker it spawns.
-    logging_config = log_config(args.log_level, args.log_format)
+    logging_config = redacting(log_config(args.log_level, args.log_format))  # no key in any log line
     logging.config.dictConfig(logging_config)
     try:
         policy = load_policy(args.policy)
