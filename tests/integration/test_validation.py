@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 import threading
+import time
 
 import httpx
 import orjson
@@ -22,6 +24,7 @@ MESSAGES = [{"role": "user", "content": "hello"}]
 POLICY = """\
 version: 1
 auth: keys
+server: {{body_timeout_s: 0.3}}
 keys:
   - {{name: hostile, sha256: {sha}, team: red, limits: {{rpm: 100000, tpm: {tpm}}}}}
 team_budgets:
@@ -170,3 +173,18 @@ def test_hostile_negative_max_tokens_cannot_buy_tokens_past_the_limit(make_proxy
         assert hostile_statuses and set(hostile_statuses) == {400}
         stats = httpx.get(wafer_sim.url + "/sim/stats").json()["by_model"]["sim-spark"]
         assert stats["input_tokens"] + stats["output_tokens"] <= limit  # what the provider served
+
+
+def test_a_body_that_never_arrives_is_cut_off_before_admission(make_proxy, wafer_sim):
+    with make_proxy() as server, socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer " + KEY.encode()
+                     + b"\r\nContent-Length: 1000\r\n\r\n" + b'{"model": "codex", ')
+        answer = b"".join(iter(lambda: sock.recv(65536), b""))
+        assert answer.startswith(b"HTTP/1.1 408 ")
+        assert json.loads(answer.partition(b"\r\n\r\n")[2])["error"]["code"] == "request_timeout"
+        deadline = time.monotonic() + 2
+        while not server.outcomes and time.monotonic() < deadline:
+            time.sleep(0.01)
+        (outcome,) = server.outcomes
+        assert (outcome.status, outcome.error_code, outcome.deployment) == (400, "client_disconnected", None)
+    assert sim_requests(wafer_sim) == 0
