@@ -71,26 +71,23 @@ def _optional(body: dict, checks: dict[str, _Check]) -> None:
             checks[name](name, value)
 
 
-def _integer(low: int, high: int) -> _Check:
+def _ranged(kinds: tuple[type, ...], expected: str, noun: str, low: float, high: float) -> _Check:
     def check(name: str, value: object) -> None:
-        if type(value) is not int:  # bool is an int subclass: `true` is not a token count
-            raise _invalid_type(name, "an integer", value)
+        if type(value) not in kinds:  # bool is an int subclass, yet `true` is not a token count
+            raise _invalid_type(name, expected, value)
         if value < low:
-            raise _out_of_range(name, "integer below minimum value", ">=", low, value, "integer_below_min_value")
+            raise _out_of_range(name, f"{noun} below minimum value", ">=", low, value, f"{noun}_below_min_value")
         if value > high:
-            raise _out_of_range(name, "integer above maximum value", "<=", high, value, "integer_above_max_value")
+            raise _out_of_range(name, f"{noun} above maximum value", "<=", high, value, f"{noun}_above_max_value")
     return check
+
+
+def _integer(low: int, high: int) -> _Check:
+    return _ranged((int,), "an integer", "integer", low, high)
 
 
 def _number(low: float, high: float) -> _Check:
-    def check(name: str, value: object) -> None:
-        if type(value) is not float and type(value) is not int:
-            raise _invalid_type(name, "a number", value)
-        if value < low:
-            raise _out_of_range(name, "decimal below minimum value", ">=", low, value, "decimal_below_min_value")
-        if value > high:
-            raise _out_of_range(name, "decimal above maximum value", "<=", high, value, "decimal_above_max_value")
-    return check
+    return _ranged((int, float), "a number", "decimal", low, high)
 
 
 def _of_type(kind: type, expected: str) -> _Check:
