@@ -29,7 +29,7 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from proxy.config.schema import ServerSettings
-from proxy.errors import ProxyError
+from proxy.api.errors import ProxyError
 
 _IDLE, _HEADERS, _BODY = 0, 1, 2
 

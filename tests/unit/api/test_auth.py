@@ -8,7 +8,7 @@ import pytest
 from proxy.api import auth
 from proxy.api.auth import ANONYMOUS, Authenticator
 from proxy.config import parse_policy
-from proxy.errors import ProxyError
+from proxy.api.errors import ProxyError
 
 
 def policy(mode: str, tokens: list[str]):

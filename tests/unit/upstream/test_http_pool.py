@@ -12,9 +12,8 @@ from collections.abc import Awaitable, Callable
 import pytest
 import uvloop
 
-from proxy.upstream.http_pool import (
-    Origin, OriginPool, UpstreamClosed, UpstreamConnectError, UpstreamError, UpstreamPools, UpstreamTimeout,
-)
+from proxy.call import UpstreamClosed, UpstreamConnectError, UpstreamError, UpstreamTimeout
+from proxy.upstream.http_pool import Origin, OriginPool, UpstreamPools
 
 GET = b"GET /v1/x HTTP/1.1\r\nHost: t\r\n\r\n"
 OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
