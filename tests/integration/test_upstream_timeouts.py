@@ -31,7 +31,7 @@ def slow_sim():
 
 @pytest.mark.parametrize("path, body, terminal", [
     ("chat/completions", {"messages": [{"role": "user", "content": "go"}]}, b'data: {"error":'),
-    ("responses", {"input": "go"}, b"event: error\ndata: "),
+    ("responses", {"input": "go"}, b"event: response.failed\ndata: "),  # after an `error` event
 ])
 def test_a_stream_past_total_s_ends_with_the_in_band_error(tmp_path, slow_sim, path, body, terminal):
     with record_outcomes(proxy_from_yaml(tmp_path, POLICY.format(url=slow_sim.url))) as proxy:
@@ -45,6 +45,8 @@ def test_a_stream_past_total_s_ends_with_the_in_band_error(tmp_path, slow_sim, p
         assert 1.0 <= elapsed < 2.5  # was ~10 s: total_s was ignored
         assert streamed.rstrip().rsplit(b"\n\n", 1)[-1].startswith(terminal)
         assert b"upstream_stream_error" in streamed and b"(timeout)" in streamed
+        if path == "responses":
+            assert b"event: error\ndata: " in streamed
         (outcome,) = proxy.outcomes
         assert (outcome.status, outcome.error_code) == (502, "upstream_stream_error")
         assert outcome.output_tokens > 0  # what arrived before the cut is still billed
