@@ -108,11 +108,11 @@ class Usage:
         out = usage.get("completion_tokens", usage.get("output_tokens", 0)) or 0
         in_details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}
         out_details = usage.get("completion_tokens_details") or usage.get("output_tokens_details") or {}
-        return cls(
-            input_tokens=int(inp),
-            output_tokens=int(out),
-            cached_tokens=int(in_details.get("cached_tokens") or 0),
-            reasoning_tokens=int(out_details.get("reasoning_tokens") or 0),
+        return cls(  # a negative count from a buggy upstream must not become credit
+            input_tokens=max(0, int(inp)),
+            output_tokens=max(0, int(out)),
+            cached_tokens=max(0, int(in_details.get("cached_tokens") or 0)),
+            reasoning_tokens=max(0, int(out_details.get("reasoning_tokens") or 0)),
         )
 
 

@@ -91,12 +91,14 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from proxy.api.app import POLICY_ENV as WORKER_POLICY_ENV
+    from proxy.api.http_server import http_protocol
+    from proxy.api.log_redaction import redacting
     from proxy.api.ws_server import UVICORN_WS
     from proxy.metrics.workers import multiprocess_dir
     from proxy.simulate.supervisor import Simulators
 
     # The same dict configures this process and, through uvicorn, every worker it spawns.
-    logging_config = log_config(args.log_level, args.log_format)
+    logging_config = redacting(log_config(args.log_level, args.log_format))  # no key in any log line
     logging.config.dictConfig(logging_config)
     try:
         policy = load_policy(args.policy)
@@ -122,13 +124,13 @@ def _serve(args: argparse.Namespace) -> int:
                 port=args.port,
                 workers=args.workers,
                 loop="uvloop",
-                http="httptools",
+                http=http_protocol(policy.server),
                 ws=UVICORN_WS,
                 log_config=logging_config,
                 log_level=args.log_level,
                 access_log=False,  # Laneway's own access log (proxy.api.access_log) replaces uvicorn's
                 timeout_graceful_shutdown=30,
-                timeout_keep_alive=75,
+                timeout_keep_alive=policy.server.keep_alive_s,
             )
     finally:
         simulators.stop()

@@ -10,9 +10,11 @@ import uvicorn
 import uvloop
 
 from proxy.api.app import LanewayApp
+from proxy.api.http_server import http_protocol
 from proxy.api.state import ProxyState
 from proxy.api.ws_server import UVICORN_WS
 from proxy.config import load_policy
+from proxy.config.schema import ServerSettings
 from proxy.simulate.profiles import get_profile
 from proxy.simulate.provider import build_app
 
@@ -24,16 +26,18 @@ def free_port() -> int:
 
 
 class ServerThread:
-    """A uvicorn server in a background thread with its own uvloop; a context manager."""
+    """A uvicorn server in a background thread with its own uvloop; a context manager.
 
-    def __init__(self, app, lifespan: str = "on", ws: str = UVICORN_WS) -> None:
+    Served as ``laneway serve`` serves: the edge protocol with the policy's ``server`` limits."""
+
+    def __init__(self, app, lifespan: str = "on", ws: str = UVICORN_WS, server: ServerSettings = ServerSettings()) -> None:
         self.app = app
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
-        config = uvicorn.Config(app, loop="none", http="httptools", ws=ws, lifespan=lifespan, log_level="warning",
-                                timeout_graceful_shutdown=1)
+        config = uvicorn.Config(app, loop="none", http=http_protocol(server), ws=ws, lifespan=lifespan,
+                                log_level="warning", timeout_graceful_shutdown=1, timeout_keep_alive=server.keep_alive_s)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -69,7 +73,8 @@ def proxy_from_yaml(tmp_path: Path, text: str, name: str = "policy.yaml", ws: st
     """A Laneway proxy serving the policy ``text`` (written to ``tmp_path``)."""
     path = tmp_path / name
     path.write_text(text)
-    return ServerThread(LanewayApp(ProxyState(load_policy(path))), ws=ws)
+    policy = load_policy(path)
+    return ServerThread(LanewayApp(ProxyState(policy)), ws=ws, server=policy.server)
 
 
 def record_outcomes(server: ServerThread) -> ServerThread:

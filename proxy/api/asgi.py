@@ -38,6 +38,8 @@ async def read_body(receive: Receive, scope: Scope, limit: int) -> bytes:
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise too_large(limit)
     message = await receive()
+    if message["type"] == "http.disconnect":  # gone, or cut off by server.body_timeout_s
+        raise _disconnected()
     body = message.get("body", b"")
     if len(body) > limit:  # a chunked body (no content-length) can arrive in one message
         raise too_large(limit)
@@ -48,13 +50,17 @@ async def read_body(receive: Receive, scope: Scope, limit: int) -> bytes:
     while message.get("more_body"):
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise ProxyError(400, "The client closed the connection before sending the whole body.", code="client_disconnected")
+            raise _disconnected()
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise too_large(limit)
         parts.append(chunk)
     return b"".join(parts)
+
+
+def _disconnected() -> ProxyError:
+    return ProxyError(400, "The client closed the connection before sending the whole body.", code="client_disconnected")
 
 
 def too_large(limit: int) -> ProxyError:

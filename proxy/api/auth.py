@@ -2,38 +2,41 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 
 from proxy.api.errors import ProxyError
 from proxy.config.schema import ApiKey, Policy
 
 ANONYMOUS = ApiKey(name="anonymous", sha256="", team=None)
-_CACHE_LIMIT = 10_000
+_BUCKET = 4  # leading digest bytes that pick the candidates: never the whole digest, never the token
 
 
 class Authenticator:
-    """Maps a bearer token to its ApiKey; hashes each distinct token once.
+    """Maps a bearer token to its ApiKey by comparing SHA-256 digests in constant time.
 
-    The policy holds only SHA-256 digests, so a leaked policy file leaks no keys; the
-    in-process cache keeps the hot path to one dict lookup.
+    The policy holds only digests, so a leaked policy file leaks no keys. The token is never a
+    dict key (a probe on it is an early-out comparison of a secret); its digest's first bytes
+    pick the few candidate keys and ``hmac.compare_digest`` checks each whole digest: one hash
+    and, in practice, one comparison a request.
     """
 
     def __init__(self, policy: Policy) -> None:
         self.open = policy.auth == "open"
-        self._by_digest = {key.sha256: key for key in policy.keys}
-        self._cache: dict[bytes, ApiKey] = {}
+        self._buckets: dict[bytes, tuple[tuple[bytes, ApiKey], ...]] = {}
+        for key in policy.keys:
+            digest = bytes.fromhex(key.sha256)
+            self._buckets[digest[:_BUCKET]] = (*self._buckets.get(digest[:_BUCKET], ()), (digest, key))
 
     def check(self, authorization: bytes | None) -> ApiKey:
         token = _bearer(authorization)
         if token is not None:
-            key = self._cache.get(token)
-            if key is not None:
-                return key
-            key = self._by_digest.get(hashlib.sha256(token).hexdigest())
-            if key is not None:
-                if len(self._cache) >= _CACHE_LIMIT:
-                    self._cache.clear()
-                self._cache[token] = key
-                return key
+            digest = hashlib.sha256(token).digest()
+            found = None
+            for candidate, key in self._buckets.get(digest[:_BUCKET], ()):
+                if hmac.compare_digest(digest, candidate):
+                    found = key
+            if found is not None:
+                return found
         if self.open:
             return ANONYMOUS
         if token is None:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from proxy.api.errors import ProxyError
 from proxy.api.ratelimit_http import client_headers
 from proxy.api.state import ProxyState, Runtime
+from proxy.api.validation import validate
 from proxy.call import ModelRequest, Outcome
 from proxy.config.schema import ApiKey
 from proxy.limits.limiter import Ticket
@@ -82,6 +83,7 @@ class Pipeline:
         if not isinstance(model, str) or not model:
             raise ProxyError(400, "'model' is required: a route name or a model listed by GET /v1/models.",
                              code="missing_model", param="model")
+        validate(call.outcome.endpoint, body)  # from_body, the limits and budgets see only sane values
         call.req = ModelRequest.from_body(call.outcome.endpoint, raw, body, call.outcome.request_id, size)
         return call.req
 

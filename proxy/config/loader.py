@@ -260,7 +260,18 @@ WEBSOCKET = Spec(
     WebSocketSettings,
 )
 
-SERVER = Spec({"max_body_bytes": Field(positive_int), "websocket": Field(section(WEBSOCKET))}, ServerSettings)
+SERVER = Spec(
+    {
+        "max_body_bytes": Field(positive_int),
+        "websocket": Field(section(WEBSOCKET)),
+        "header_timeout_s": Field(positive_float),
+        "body_timeout_s": Field(positive_float),
+        "keep_alive_s": Field(positive_float),
+        "max_connections": Field(positive_int),
+        "max_header_bytes": Field(positive_int),
+    },
+    ServerSettings,
+)
 
 POLICY = Spec(
     {

@@ -179,6 +179,12 @@ class StoreSettings:
 class ServerSettings:
     max_body_bytes: int = 10 * 1024 * 1024
     websocket: WebSocketSettings = WebSocketSettings()
+    # The edge of each worker: what a slow or hostile client may hold (proxy/api/http_server.py).
+    header_timeout_s: float = 10.0  # a connection's first byte (or a request's) -> its last header line
+    body_timeout_s: float = 60.0  # headers complete -> the whole body, however it trickles in
+    keep_alive_s: float = 75.0  # an idle keep-alive connection is closed after this long
+    max_connections: int = 4096  # open client connections (HTTP and WebSocket) per worker; more get 503
+    max_header_bytes: int = 64 * 1024  # request line + headers; more get 431
 
 
 PRICE_STATUSES = frozenset({"announced", "provisional", "free_preview"})

@@ -13,6 +13,8 @@ import re
 import orjson
 
 _MODEL_FIELD = re.compile(rb'"model"\s*:\s*"((?:[^"\\]|\\.)*)"')
+# The key "model" however spelled: JSON lets a client write any of its letters as \u00XX.
+_MODEL_KEY_ESCAPED = re.compile(rb'"(?:m|\\u006[dD])(?:o|\\u006[fF])(?:d|\\u0064)(?:e|\\u0065)(?:l|\\u006[cC])"\s*:')
 _USAGE_STREAMS = frozenset({"chat", "completions"})
 
 
@@ -32,7 +34,9 @@ def rewrite_body(raw: bytes | None, body: dict, model: str, inject_usage: bool, 
     out = raw
     if body["model"] != model:
         matches = _MODEL_FIELD.findall(raw)
-        if len(matches) != 1:  # "model" also appears nested: fall back to a faithful re-encode
+        # "model" also nested, or a key spelled with escapes ("mod\u0065l") that the one match
+        # may not be: fall back to a faithful re-encode (the escape check runs only on bodies with \u)
+        if len(matches) != 1 or (b"\\u" in raw and len(_MODEL_KEY_ESCAPED.findall(raw)) != 1):
             return _reencode(body, model, inject_usage, continuous_usage)
         out = _MODEL_FIELD.sub(lambda _: b'"model":' + orjson.dumps(model), raw, count=1)
     if inject_usage or continuous_usage:

@@ -138,14 +138,15 @@ class _Connection(asyncio.Protocol):
 class Response:
     """Status and headers of an upstream response; the body is read once, then the connection is released."""
 
-    __slots__ = ("status", "headers", "_conn", "_idle_s", "_released")
+    __slots__ = ("status", "headers", "_conn", "_idle_s", "_released", "_deadline")
 
-    def __init__(self, conn: _Connection, idle_s: float) -> None:
+    def __init__(self, conn: _Connection, idle_s: float, deadline: asyncio.TimerHandle | None) -> None:
         self.status = conn.status
         self.headers = conn.headers
         self._conn = conn
         self._idle_s = idle_s
         self._released = False
+        self._deadline = deadline  # ends the exchange at the request's total_s, however busy the stream
 
     def header(self, name: bytes) -> bytes | None:
         for key, value in self.headers:
@@ -192,6 +193,7 @@ class Response:
         rest = b"".join(conn.chunks)
         conn.chunks.clear()
         self._released = True
+        self._end_deadline()
         conn.abort()
         return rest
 
@@ -200,16 +202,27 @@ class Response:
         if self._released:
             return
         self._released = True
+        self._end_deadline()
         conn = self._conn
-        if conn.complete and not conn.closed and conn.error is None and conn.keep_alive:
+        if conn.complete and not conn.closed and conn.error is None and conn.keep_alive and not conn.transport.is_closing():
             conn.pool._put_back(conn)
         else:
             conn.abort()
 
 
+    def _end_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+
+
 def _expire(waiter: asyncio.Future, message: str) -> None:
     if not waiter.done():
         waiter.set_exception(UpstreamTimeout(message))
+
+
+def _past_deadline(conn: _Connection) -> None:
+    if not conn.complete:
+        conn._fail(UpstreamTimeout("upstream response exceeded the deployment's timeouts.total_s"))
 
 
 class OriginPool:
@@ -260,40 +273,57 @@ class OriginPool:
         connect_s: float,
         first_byte_s: float,
         idle_s: float,
+        total_s: float | None = None,
     ) -> Response:
         """Send ``head`` (request line + headers, ending in a blank line) and ``body``; wait for headers.
 
-        A reused connection that the upstream had already closed is retried once on a fresh
-        one, but only when not a single response byte arrived — the request never reached it.
+        ``total_s`` bounds the whole exchange from here to the body's last byte: past it the
+        body iterator raises UpstreamTimeout (after the chunks that had arrived) and the
+        connection is dropped.
+
+        A reused connection that the upstream had already closed (closing, failing the write, or
+        closed before a single response byte arrived: the request never reached it) is retried
+        once on a fresh one.
         """
+        deadline = None if total_s is None else asyncio.get_running_loop().time() + total_s
         reused = bool(self._idle)
         conn = self._idle.pop() if reused else await self._connect(connect_s)
         try:
-            return await self._exchange(conn, head, body, first_byte_s, idle_s)
+            return await self._exchange(conn, head, body, first_byte_s, idle_s, deadline)
         except UpstreamClosed:
             if not (reused and not conn._got_bytes):
                 raise
         conn = await self._connect(connect_s)
-        return await self._exchange(conn, head, body, first_byte_s, idle_s)
+        return await self._exchange(conn, head, body, first_byte_s, idle_s, deadline)
 
-    async def _exchange(self, conn: _Connection, head: bytes, body: bytes, first_byte_s: float, idle_s: float) -> Response:
-        if conn.closed or conn.transport is None:
+    async def _exchange(self, conn: _Connection, head: bytes, body: bytes, first_byte_s: float, idle_s: float,
+                        deadline: float | None) -> Response:
+        transport = conn.transport
+        if conn.closed or transport is None or transport.is_closing():  # the upstream's FIN may not be handled yet
             raise UpstreamClosed("pooled connection was closed")
         loop = asyncio.get_running_loop()
         waiter = conn._headers_waiter = loop.create_future()
-        conn.transport.write(head + body if len(body) < 65536 else head)
-        if len(body) >= 65536:
-            conn.transport.write(body)
+        try:
+            transport.write(head + body if len(body) < 65536 else head)
+            if len(body) >= 65536:
+                transport.write(body)
+        except (RuntimeError, OSError) as exc:  # closed under us: the request never reached the upstream
+            conn._headers_waiter = None
+            conn.abort()
+            raise UpstreamClosed(f"connection closed before the request was sent: {exc}") from None
         timer = loop.call_later(first_byte_s, _expire, waiter, "upstream sent no response within %.1fs" % first_byte_s)
+        total = None if deadline is None else loop.call_at(deadline, _past_deadline, conn)
         try:
             await waiter
         except BaseException:
+            if total is not None:
+                total.cancel()
             conn.abort()
             raise
         finally:
             timer.cancel()
             conn._headers_waiter = None
-        return Response(conn, idle_s)
+        return Response(conn, idle_s, total)
 
     def close(self) -> None:
         for conn in self._idle:

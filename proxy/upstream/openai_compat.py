@@ -36,20 +36,22 @@ class OpenAICompatTarget:
 
     async def send(self, req: ModelRequest, pin: object = None) -> Response:
         """``pin`` is ignored: HTTP has no socket a conversation could continue on."""
-        dep = self.deployment
         continuous = self._continuous_usage and wants_continuous_usage(req.endpoint, req.stream)
-        body = rewrite_body(req.raw, req.body, dep.model, self.injects_usage(req), continuous)
+        body = rewrite_body(req.raw, req.body, self.deployment.model, self.injects_usage(req), continuous)
         accept = b"text/event-stream" if req.stream else b"application/json"
         head = b"%sContent-Length: %d\r\nAccept: %s\r\nX-Request-Id: %s\r\n\r\n" % (
             self._heads[req.endpoint], len(body), accept, req.request_id.encode()
         )
-        t = dep.timeouts
-        return await self._pool.request(head, body, connect_s=t.connect_s, first_byte_s=t.first_byte_s, idle_s=t.idle_s)
+        return await self._exchange(head, body)
 
     async def forward(self, method: str, path: str, request_id: str) -> Response:
         """A bodyless call on an object the provider stores (``GET /responses/{id}``, ``DELETE``,
         ``POST .../cancel``); ``path`` is below the base URL and already checked by the caller."""
         head = b"%s %s%s HTTP/1.1\r\n%sContent-Length: 0\r\nAccept: application/json\r\nX-Request-Id: %s\r\n\r\n" % (
             method.encode(), self._base_path.encode(), path.encode(), self._fixed, request_id.encode())
+        return await self._exchange(head, b"")
+
+    async def _exchange(self, head: bytes, body: bytes) -> Response:
         t = self.deployment.timeouts
-        return await self._pool.request(head, b"", connect_s=t.connect_s, first_byte_s=t.first_byte_s, idle_s=t.idle_s)
+        return await self._pool.request(head, body, connect_s=t.connect_s, first_byte_s=t.first_byte_s, idle_s=t.idle_s,
+                                        total_s=t.total_s)

@@ -1,0 +1,309 @@
+"""proxy.upstream.http_pool against real loopback upstreams that misbehave on purpose.
+
+Each upstream is a small asyncio server on a free port; the pool is driven on uvloop (what
+the proxy runs) and, where event-loop details matter, on the stdlib loop too.
+"""
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Awaitable, Callable
+
+import pytest
+import uvloop
+
+from proxy.call import UpstreamClosed, UpstreamConnectError, UpstreamError, UpstreamTimeout
+from proxy.upstream.http_pool import Origin, OriginPool, UpstreamPools
+
+GET = b"GET /v1/x HTTP/1.1\r\nHost: t\r\n\r\n"
+OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+LOOPS = {"uvloop": uvloop.new_event_loop, "asyncio": asyncio.new_event_loop}
+
+
+class Upstream(asyncio.Protocol):
+    """One accepted connection; ``answer(upstream)`` is called once per complete request head."""
+
+    def __init__(self, server: "Server") -> None:
+        self.server = server
+        self.buffer = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        self.server.accepted += 1
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while b"\r\n\r\n" in self.buffer:
+            head, _, rest = self.buffer.partition(b"\r\n\r\n")
+            length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                           if line.lower().startswith(b"content-length:")), 0)
+            if len(rest) < length:
+                return  # the body is still arriving
+            body, self.buffer = rest[:length], rest[length:]
+            self.server.requests.append(head + b"\r\n\r\n" + body)
+            self.server.answer(self)
+
+
+class Server:
+    def __init__(self, answer: Callable[[Upstream], None]) -> None:
+        self.answer = answer
+        self.accepted = 0
+        self.requests: list[bytes] = []
+
+    async def __aenter__(self) -> "Server":
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: Upstream(self), "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        self.pool = OriginPool(Origin.parse(f"http://127.0.0.1:{port}/v1"))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.pool.close()
+        self._server.close()
+
+    async def get(self, body: bytes = b"", first_byte_s: float = 2, idle_s: float = 2) -> bytes:
+        head = GET if not body else b"POST /v1/x HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % len(body)
+        response = await self.pool.request(head, body, connect_s=2, first_byte_s=first_byte_s, idle_s=idle_s)
+        return await response.read()
+
+
+def run(main: Callable[[], Awaitable[object]], loop: str = "uvloop") -> object:
+    event_loop = LOOPS[loop]()
+    try:
+        return event_loop.run_until_complete(main())
+    finally:
+        event_loop.close()
+
+
+def answer_then_close(upstream: Upstream) -> None:
+    """Keep-alive by the headers, closed by the upstream right after the response (K)."""
+    upstream.transport.write(OK)
+    upstream.transport.close()
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_upstream_closing_every_connection_after_each_response_never_fails_a_request(loop):
+    async def main() -> None:
+        async with Server(answer_then_close) as upstream:
+            for pause in range(60):
+                assert await upstream.get() == b"{}"
+                for _ in range(pause % 3):  # hand the connection back while its FIN is being handled
+                    await asyncio.sleep(0)
+            results = await asyncio.gather(*(upstream.get() for _ in range(40)), return_exceptions=True)
+            assert results == [b"{}"] * 40
+            assert len(upstream.requests) == 100  # each request reached the upstream once
+            assert upstream.pool._idle == [] or all(not c.transport.is_closing() for c in upstream.pool._idle)
+
+    run(main, loop)
+
+
+def test_a_closing_pooled_connection_is_not_written_to():
+    async def main() -> None:
+        async with Server(answer_then_close) as upstream:
+            assert await upstream.get() == b"{}"
+            await asyncio.sleep(0)  # the FIN is seen: the pooled connection is closing, not yet lost
+            pooled = list(upstream.pool._idle)
+            assert pooled and pooled[0].transport.is_closing()
+            assert await upstream.get() == b"{}"
+            assert upstream.accepted == 2 and len(upstream.requests) == 2
+
+    run(main)
+
+
+def test_keep_alive_connection_is_reused_and_large_bodies_arrive_whole():
+    body = b"x" * 200_000  # above the size written in a separate call
+
+    def echo_size(upstream: Upstream) -> None:
+        size = b"%d" % (len(upstream.server.requests[-1]) - upstream.server.requests[-1].index(b"\r\n\r\n") - 4)
+        upstream.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(size), size))
+
+    async def main() -> None:
+        async with Server(echo_size) as upstream:
+            assert [await upstream.get(body) for _ in range(3)] == [b"200000"] * 3
+            assert upstream.accepted == 1
+
+    run(main)
+
+
+def test_connection_refused_is_a_connect_error():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # bound, never listening
+
+    async def main() -> None:
+        pool = OriginPool(Origin.parse(f"http://127.0.0.1:{port}"))
+        with pytest.raises(UpstreamConnectError):
+            await pool.request(GET, b"", connect_s=1, first_byte_s=1, idle_s=1)
+
+    run(main)
+
+
+def test_no_response_within_first_byte_timeout_is_a_timeout_and_the_connection_is_dropped():
+    async def main() -> None:
+        async with Server(lambda upstream: None) as upstream:
+            with pytest.raises(UpstreamTimeout):
+                await upstream.get(first_byte_s=0.05)
+            assert upstream.pool._idle == []
+
+    run(main)
+
+
+def test_a_stalled_body_is_a_timeout():
+    def stall(upstream: Upstream) -> None:
+        upstream.transport.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+
+    async def main() -> None:
+        async with Server(stall) as upstream:
+            response = await upstream.pool.request(GET, b"", connect_s=1, first_byte_s=1, idle_s=0.05)
+            chunks = []
+            with pytest.raises(UpstreamTimeout):
+                async for chunk in response.iter_body():
+                    chunks.append(chunk)
+            assert chunks == [b"hello"]
+            assert upstream.pool._idle == []
+
+    run(main)
+
+
+def test_a_drop_mid_body_is_not_retried():
+    def drop(upstream: Upstream) -> None:
+        upstream.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
+        upstream.transport.close()
+
+    async def main() -> None:
+        async with Server(drop) as upstream:
+            with pytest.raises(UpstreamClosed):
+                await upstream.get()
+            assert len(upstream.requests) == 1  # bytes had arrived: it reached the upstream
+
+    run(main)
+
+
+def test_a_pooled_connection_dropped_without_a_byte_is_retried_once_on_a_fresh_one():
+    def first_ok_then_silent_close(upstream: Upstream) -> None:
+        if len(upstream.server.requests) == 2:  # the pooled connection dies on the second request
+            upstream.transport.abort()
+        else:
+            upstream.transport.write(OK)
+
+    async def main() -> None:
+        async with Server(first_ok_then_silent_close) as upstream:
+            assert await upstream.get() == b"{}"
+            assert await upstream.get() == b"{}"
+            assert upstream.accepted == 2 and len(upstream.requests) == 3
+
+    run(main)
+
+
+def test_malformed_response_is_a_protocol_error():
+    async def main() -> None:
+        async with Server(lambda upstream: upstream.transport.write(b"NOT HTTP\r\n\r\n")) as upstream:
+            with pytest.raises(UpstreamError) as caught:
+                await upstream.get()
+            assert caught.value.kind == "protocol"
+
+    run(main)
+
+
+def test_back_pressure_pauses_reading_and_loses_nothing():
+    chunks = b"".join(b"4\r\n%04d\r\n" % i for i in range(500)) + b"0\r\n\r\n"
+
+    def stream(upstream: Upstream) -> None:
+        upstream.transport.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks)
+
+    async def main() -> None:
+        async with Server(stream) as upstream:
+            response = await upstream.pool.request(GET, b"", connect_s=1, first_byte_s=1, idle_s=1)
+            await asyncio.sleep(0.05)  # everything arrives while nobody reads
+            assert response._conn._paused
+            body = await response.read()
+            assert body == b"".join(b"%04d" % i for i in range(500))
+            assert len(upstream.pool._idle) == 1  # read to the end: back in the pool
+
+    run(main)
+
+
+def test_abandon_returns_unrelayed_bytes_and_drops_the_connection():
+    def partial(upstream: Upstream) -> None:
+        upstream.transport.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n3\r\ndef\r\n")
+
+    async def main() -> None:
+        async with Server(partial) as upstream:
+            response = await upstream.pool.request(GET, b"", connect_s=1, first_byte_s=1, idle_s=1)
+            await asyncio.sleep(0.05)
+            assert response.abandon() == b"abcdef"
+            assert response._conn.closed and upstream.pool._idle == []
+            assert response.abandon() == b""
+
+    run(main)
+
+
+def test_idle_connections_are_bounded():
+    async def main() -> None:
+        async with Server(lambda upstream: upstream.transport.write(OK)) as upstream:
+            upstream.pool.max_idle = 2
+            responses = await asyncio.gather(*(upstream.pool.request(GET, b"", connect_s=1, first_byte_s=1, idle_s=1)
+                                               for _ in range(4)))
+            for response in responses:
+                await response.read()
+            assert len(upstream.pool._idle) == 2
+
+    run(main)
+
+
+def test_pools_are_per_origin():
+    pools = UpstreamPools()
+    a = pools.get(Origin.parse("http://h:1/v1"))
+    assert pools.get(Origin.parse("http://h:1/other")) is a
+    assert pools.get(Origin.parse("https://h:1/v1")) is not a
+    assert Origin.parse("https://h/v1").host_header == b"h" and Origin.parse("http://h:8080").host_header == b"h:8080"
+    with pytest.raises(ValueError):
+        Origin.parse("ftp://h")
+
+
+def test_total_s_ends_a_stream_that_never_pauses():
+    """F: chunks every 10 ms never trip idle_s; total_s still ends the exchange."""
+    def drip(upstream: Upstream) -> None:
+        upstream.transport.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        loop = asyncio.get_running_loop()
+
+        def tick() -> None:
+            if not upstream.transport.is_closing():
+                upstream.transport.write(b"1\r\nx\r\n")
+                loop.call_later(0.01, tick)
+        tick()
+
+    async def main() -> None:
+        async with Server(drip) as upstream:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            response = await upstream.pool.request(GET, b"", connect_s=1, first_byte_s=1, idle_s=1, total_s=0.3)
+            received = []
+            with pytest.raises(UpstreamTimeout, match="total_s"):
+                async for chunk in response.iter_body():
+                    received.append(chunk)
+            assert 0.29 <= loop.time() - started < 0.6  # libuv keeps time in whole milliseconds
+            assert len(received) >= 10 and upstream.pool._idle == []
+
+    run(main)
+
+
+def test_total_s_bounds_the_wait_for_headers_too():
+    async def main() -> None:
+        async with Server(lambda upstream: None) as upstream:
+            with pytest.raises(UpstreamTimeout, match="total_s"):
+                await upstream.pool.request(GET, b"", connect_s=1, first_byte_s=5, idle_s=5, total_s=0.05)
+
+    run(main)
+
+
+def test_a_finished_exchange_is_not_cut_by_its_deadline():
+    async def main() -> None:
+        async with Server(lambda upstream: upstream.transport.write(OK)) as upstream:
+            response = await upstream.pool.request(GET, b"", connect_s=1, first_byte_s=1, idle_s=1, total_s=0.05)
+            assert await response.read() == b"{}"
+            await asyncio.sleep(0.1)
+            assert len(upstream.pool._idle) == 1 and not upstream.pool._idle[0].closed
+            assert await upstream.get() == b"{}" and upstream.accepted == 1
+
+    run(main)
