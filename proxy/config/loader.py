@@ -33,7 +33,6 @@ from .fields import (
     headers,
     http_url,
     is_null,
-    join,
     kind,
     list_of,
     one_of,

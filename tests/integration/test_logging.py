@@ -93,7 +93,7 @@ def test_json_lines_from_every_worker(tmp_path, redis):
     assert [line["ttft_ms"] is not None for line in access].count(True) == REQUESTS // 2
     startup = " ".join(e["message"] for e in entries if e["pid"] not in ready)
     for fact in ("policy version", "auth: keys (1 keys)", f"store: standalone redis://laneway:***@127.0.0.1:{redis.port}/0", "workers: 2",
-                 f"simulators: sim (instant) on 127.0.0.1:"):
+                 "simulators: sim (instant) on 127.0.0.1:"):
         assert fact in startup
     everything = "\n".join(lines)
     assert KEY not in everything and PASSWORD not in everything
