@@ -173,6 +173,8 @@ class StoreSettings:
     replicas: int = 1  # fail-open divides every limit by this many replicas
     timeout_ms: int = 50  # bound on one Redis call, connect included
     lease_s: float = 30.0  # a concurrency slot of a crashed replica frees after this long
+    max_connections: int = 64  # per Redis node per worker; more concurrent calls wait for a free one
+    sqlite_path: str | None = None  # without Redis: the ledger's file (default $LANEWAY_STATE_DIR or ./.laneway)
 
 
 @dataclass(frozen=True, slots=True)
