@@ -45,6 +45,7 @@ class Target:
     cluster: bool = False
     timeout_s: float = 0.05       # connect and read, per call
     pool_size: int = 64
+    retries: int = 1              # immediate retries on a dropped connection or a timeout
 
     def __str__(self) -> str:
         return redact(self.url) + (" (cluster)" if self.cluster else "")
@@ -62,7 +63,8 @@ def ledger_target(policy: Policy, timeout_s: float = LEDGER_TIMEOUT_S) -> Target
     url = policy.ledger.redis_url or policy.store.redis_url
     if not url:
         return None
-    return Target(url, policy.store.topology == "cluster", timeout_s, LEDGER_POOL)
+    # no retry: a retried write whose reply was lost would count twice; the ledger retries from its buffer
+    return Target(url, policy.store.topology == "cluster", timeout_s, LEDGER_POOL, retries=0)
 
 
 def sharing_target(settings: StoreSettings) -> Target | None:
@@ -77,13 +79,14 @@ def probe_targets(policy: Policy) -> dict[str, Target]:
     targets = {}
     for component, target in (("limits", limits_target(policy.store)), ("ledger", ledger_target(policy))):
         if target is not None:
-            targets[component] = Target(target.url, target.cluster, PROBE_TIMEOUT_S, 1)
+            targets[component] = Target(target.url, target.cluster, PROBE_TIMEOUT_S, 1, retries=0)
     return targets
 
 
 def client(target: Target) -> Redis | RedisCluster:
-    """redis-py's asyncio client: one immediate retry on a dropped connection, waiting pools."""
-    options = dict(socket_timeout=target.timeout_s, socket_connect_timeout=target.timeout_s, retry=Retry(NoBackoff(), 1))
+    """redis-py's asyncio client, with the target's timeouts and retries and a pool that waits."""
+    options = dict(socket_timeout=target.timeout_s, socket_connect_timeout=target.timeout_s,
+                   retry=Retry(NoBackoff(), target.retries))
     if target.cluster:
         return _WaitingCluster.from_url(target.url, pool_size=target.pool_size, **options)
     pool = BlockingConnectionPool.from_url(target.url, max_connections=target.pool_size, timeout=POOL_WAIT_S, **options)

@@ -5,10 +5,12 @@ A batch maps (hour, field) to an increment; a field is an opaque name the ledger
 that failed can be retried without counting any part of it twice, and reads back the
 fields of a range of hours.
 
-- Redis: one hash per hour (``laneway:usage:{<hour>}``), written with HINCRBY in one
-  MULTI/EXEC per hour; each hour is its own hash slot, so the hours of a batch go out
-  concurrently and a Cluster routes each to its node. An hour that failed is reported
-  back (``LedgerUnavailable.unwritten``) while the others stay written.
+- Redis: one hash per hour (``laneway:usage:{<hour>}``), an hour's increments applied by one
+  script call (HINCRBY each, atomically); each hour is its own hash slot, so a batch is one
+  pipeline that a Cluster splits by node. An hour that failed is reported back
+  (``LedgerUnavailable.unwritten``) while the others stay written. The client never retries a
+  write itself: a retry of a write whose reply was lost would count it twice, while the ledger
+  retries from its buffer only what was refused.
 - SQLite, the embedded default without Redis: one row per (hour, field) in a WAL-mode file,
   one transaction per batch, so a restart loses nothing and ``laneway cost report`` reads it.
 - Memory: the fallback when that file cannot be opened (one process, lost on restart).
@@ -158,26 +160,22 @@ class RedisUsageStore:
         return str(self.target)
 
     async def add(self, batch: Batch) -> None:
-        by_hour: dict[int, dict[str, int]] = {}
+        """One pipeline of one script call per hour (a Cluster pipeline: one per node)."""
+        by_hour: dict[int, list] = {}
         for (hour, name), amount in batch.items():
-            by_hour.setdefault(hour, {})[name] = amount
-        results = await asyncio.gather(*(self._add_hour(hour, fields) for hour, fields in by_hour.items()),
-                                       return_exceptions=True)
-        failed = {hour: exc for hour, exc in zip(by_hour, results) if isinstance(exc, BaseException)}
+            by_hour.setdefault(hour, []).extend((name, amount))
+        pipe = self.client.pipeline(transaction=False)
+        for hour, fields in by_hour.items():
+            pipe.eval(_ADD_HOUR, 1, hour_key(hour), self.ttl_s, *fields)
+        try:
+            results = await pipe.execute(raise_on_error=False)
+        except (RedisError, OSError) as exc:
+            raise LedgerUnavailable(f"Redis did not answer ({type(exc).__name__})", batch) from None
+        failed = {hour: result for hour, result in zip(by_hour, results) if isinstance(result, Exception)}
         if failed:
-            first = next(iter(failed.values()))
-            if not isinstance(first, (RedisError, OSError)):
-                raise first
             unwritten = {(hour, name): amount for (hour, name), amount in batch.items() if hour in failed}
-            raise LedgerUnavailable(f"Redis did not answer ({type(first).__name__})", unwritten)
-
-    async def _add_hour(self, hour: int, fields: dict[str, int]) -> None:
-        """One hash, one transaction: all of an hour's increments or none."""
-        pipe = self.client.pipeline(transaction=True)
-        for name, amount in fields.items():
-            pipe.hincrby(hour_key(hour), name, amount)
-        pipe.expire(hour_key(hour), self.ttl_s)
-        await pipe.execute()
+            raise LedgerUnavailable(f"Redis refused {len(failed)} of {len(by_hour)} hours "
+                                    f"({type(next(iter(failed.values()))).__name__})", unwritten)
 
     async def read(self, first_hour: int, last_hour: int, progress: Progress | None = None) -> Hours:
         """HGETALL per hour, ``READ_BATCH`` hours per pipeline (a Cluster pipeline splits by node)."""
@@ -199,6 +197,16 @@ class RedisUsageStore:
 
     async def close(self) -> None:
         await self.client.aclose()
+
+
+# KEYS[1]: an hour's hash; ARGV: its time-to-live (s), then field, increment pairs. One key: one slot.
+_ADD_HOUR = """
+for i = 2, #ARGV, 2 do
+  redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
 
 
 def hour_key(hour: int) -> str:
