@@ -81,7 +81,7 @@ def check_period(since: datetime, until: datetime, max_days: int) -> None:
         raise ValueError("since must be before until")
     if until - since > timedelta(days=max_days):
         raise ValueError(f"a report covers at most {max_days} days (ledger.retention_days: the ledger keeps "
-                         f"nothing older); this period spans {(until - since).days} days, ask for a shorter one")
+                         f"nothing older); this one spans {(until - since) / timedelta(days=1):.1f} days, ask for a shorter one")
 
 
 def hour_range(since: datetime, until: datetime) -> tuple[int, int]:

@@ -15,9 +15,7 @@ URLs are shown only through ``redact``: they may carry a password.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -133,8 +131,11 @@ class _WaitingCluster(RedisCluster):
         self._pipelines = asyncio.Semaphore(pool_size)
 
     async def execute_command(self, *args, **kwargs):
-        async with _permit(self._commands):
+        await _acquire(self._commands)
+        try:
             return await super().execute_command(*args, **kwargs)
+        finally:
+            self._commands.release()
 
     def pipeline(self, transaction=None, shard_hint=None) -> ClusterPipeline:
         if shard_hint:
@@ -144,21 +145,21 @@ class _WaitingCluster(RedisCluster):
 
 class _WaitingPipeline(ClusterPipeline):
     async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True) -> list:
-        async with _permit(self.cluster_client._pipelines):
-            return await super().execute(raise_on_error, allow_redirections)
-
-
-@contextlib.asynccontextmanager
-async def _permit(permits: asyncio.Semaphore) -> AsyncIterator[None]:
-    if permits.locked():
+        permits = self.cluster_client._pipelines
+        await _acquire(permits)
         try:
-            async with asyncio.timeout(POOL_WAIT_S):
-                await permits.acquire()
-        except TimeoutError:
-            raise ConnectionError(f"no Redis connection came free within {POOL_WAIT_S:g} s") from None
-    else:
+            return await super().execute(raise_on_error, allow_redirections)
+        finally:
+            permits.release()
+
+
+async def _acquire(permits: asyncio.Semaphore) -> None:
+    """A permit now if one is free, else within POOL_WAIT_S (else redis-py's ConnectionError)."""
+    if not permits.locked():
         await permits.acquire()
+        return
     try:
-        yield
-    finally:
-        permits.release()
+        async with asyncio.timeout(POOL_WAIT_S):
+            await permits.acquire()
+    except TimeoutError:
+        raise ConnectionError(f"no Redis connection came free within {POOL_WAIT_S:g} s") from None
