@@ -220,9 +220,9 @@ class Budget:
 
 @dataclass(frozen=True, slots=True)
 class LedgerSettings:
-    """Where token usage is recorded: Redis when a URL is set (shared by replicas), else in memory."""
+    """Where token usage is recorded: Redis when a URL is set (shared by replicas), else a local SQLite file."""
 
-    redis_url: str | None = None  # None: the `store:` section's redis_url if any, else in-process
+    redis_url: str | None = field(default=None, repr=False)  # may hold a password; None: store.redis_url, else SQLite
     flush_interval_s: float = 1.0  # usage is written in one pipelined batch this often
     max_buffered: int = 100_000  # distinct (hour, deployment, model, key, team) rows held while Redis is down
     retention_days: int = 400

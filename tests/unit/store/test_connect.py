@@ -59,6 +59,11 @@ def test_passwords_are_never_shown():
     assert str(target) == "redis://***@cache:6379/0 (cluster)"
     assert "s3cret" not in repr(target) and "s3cret" not in str(target)
     assert connect.redact("unix:///run/redis.sock?db=2") == "unix:///run/redis.sock?db=2"
+    secret = {"REDIS_URL": "redis://lw:s3cret@cache:6379/0"}
+    text = "version: 1\nauth: open\nstore: {redis_url: '${REDIS_URL}'}\nledger: {redis_url: '${REDIS_URL}'}\n"
+    configured = parse_policy(text + "deployments:\n  - {name: d, provider: openai, model: m, base_url: 'http://127.0.0.1:9/v1'}\n",
+                              env=secret)
+    assert configured.ledger.redis_url == secret["REDIS_URL"] and "s3cret" not in repr(configured)
 
 
 def test_standalone_pools_wait_and_lean_connections_are_for_plain_standalone_only():
