@@ -17,11 +17,11 @@ import httpx
 import pytest
 import redis
 
+from proxy.call import Outcome
 from proxy.cli import main
 from proxy.pricing.ledger import SEP, Ledger
 from proxy.store.connect import Target
 from proxy.store.usage import KEY_PREFIX, RedisUsageStore, hour_key
-from proxy.upstream.request import Outcome
 from tests.redis_support import redis_cluster, redis_server  # noqa: F401  (fixtures)
 from tests.support import proxy_from_yaml, simulator
 

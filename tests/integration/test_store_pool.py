@@ -16,12 +16,12 @@ from decimal import Decimal
 import pytest
 from redis.exceptions import ConnectionError
 
+from proxy.call import Outcome
 from proxy.config import parse_policy
-from proxy.pricing.budgets import COUNTER_PREFIX, OK, Budgets, periods
+from proxy.pricing.budgets import COUNTER_PREFIX, Budgets, Hold, periods
 from proxy.store import connect
 from proxy.store.connect import Target
 from proxy.store.redis_store import RedisStore
-from proxy.upstream.request import Outcome
 from tests.redis_support import redis_cluster, redis_server  # noqa: F401  (fixtures)
 
 CONCURRENT = 300
@@ -60,7 +60,7 @@ def test_concurrent_reservations_beyond_the_pool_all_succeed_under_fail_closed(r
         budgets.use_store(store, "fail_closed")
         try:
             # scripts loaded first: otherwise the callers queue behind the one loading them
-            assert await budgets.reserve(Outcome("warm", "responses", "route", "k", team), Decimal("0.001")) == OK
+            assert isinstance(await budgets.reserve(Outcome("warm", "responses", "route", "k", team), Decimal("0.001")), Hold)
             verdicts = await asyncio.gather(
                 *(budgets.reserve(Outcome(f"r{i}", "responses", "route", "k", team), Decimal("0.001"))
                   for i in range(CONCURRENT)), return_exceptions=True)
@@ -71,7 +71,7 @@ def test_concurrent_reservations_beyond_the_pool_all_succeed_under_fail_closed(r
         return verdicts, int(spent), budgets.store_errors
 
     verdicts, spent, errors = asyncio.run(main())
-    assert [v for v in verdicts if v != OK] == [] and errors == 0
+    assert [v for v in verdicts if not isinstance(v, Hold)] == [] and errors == 0
     assert spent == (1 + CONCURRENT) * 1000  # micro-USD: every reservation counted, once
 
 
