@@ -2,8 +2,8 @@
 
 Both read usage from the ledger's store (the policy's ``ledger.redis_url`` or ``store.redis_url``,
 else the SQLite file the proxy keeps without Redis) and price it with the policy's schedules
-over litellm's catalogue. ``reprice --apply`` adds the
-new entry to the policy file as text, so the user's comments and layout survive.
+over litellm's catalogue. ``reprice --apply`` adds the new entry to the policy file as text, so
+the user's comments and layout survive.
 """
 from __future__ import annotations
 
