@@ -1,8 +1,9 @@
 """``laneway cost report`` and ``laneway cost reprice``: spend from the ledger, and what a new price would change.
 
-Both read usage from the ledger's Redis (the policy's ``ledger.redis_url`` or ``store.redis_url``)
-and price it with the policy's schedules over litellm's catalogue. ``reprice --apply`` adds the
-new entry to the policy file as text, so the user's comments and layout survive.
+Both read usage from the ledger's store (the policy's ``ledger.redis_url`` or ``store.redis_url``,
+else the SQLite file the proxy keeps without Redis) and price it with the policy's schedules
+over litellm's catalogue. ``reprice --apply`` adds the new entry to the policy file as text, so
+the user's comments and layout survive.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import json
 import os
 import re
 import sys
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
@@ -22,10 +23,13 @@ import yaml
 
 from proxy.config import PolicyError, load_policy, parse_policy
 from proxy.config.schema import Policy, PricePoint
-from proxy.pricing.accounting import ledger_url
 from proxy.pricing.catalogue import book_for, catalogue
-from proxy.pricing.ledger import LedgerUnavailable, RedisUsageStore, UsageRow
-from proxy.pricing.reports import GROUPINGS, Report, ReportLine, build_report, hour_range, parse_instant, reprice, to_cents
+from proxy.pricing.ledger import UsageRow, rows_from_fields
+from proxy.pricing.reports import (GROUPINGS, Report, ReportLine, build_report, check_period, hour_range, parse_instant,
+                                   reprice, to_cents)
+from proxy.store.usage import LedgerUnavailable, UsageStore, open_usage_store, sqlite_path
+
+READ_TIMEOUT_S = 5.0  # a one-off read: a busy Redis may take its time
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -59,21 +63,27 @@ def run(args: argparse.Namespace) -> int:
     except PolicyError as exc:
         print(exc, file=sys.stderr)
         return 2
-    url = ledger_url(policy)
-    if url is None:
-        print(f"{args.policy}: usage is kept in the proxy's memory (no ledger.redis_url or store.redis_url); "
-              "ask the running proxy instead: GET /admin/cost with an admin key", file=sys.stderr)
-        return 2
     until = args.until or datetime.now(timezone.utc)
-    since = args.since if args.cost_command == "report" else args.effective_from
-    if since >= until:
-        print("--since/--from must be before --until", file=sys.stderr)
+    keep = policy.ledger.retention_days
+    # a price re-prices all the usage since it took effect: as far back as the ledger keeps it
+    since = args.since if args.cost_command == "report" else max(args.effective_from, until - timedelta(days=keep))
+    try:
+        check_period(since, until, keep)
+    except ValueError as exc:
+        print(f"--since/--from .. --until: {exc}", file=sys.stderr)
+        return 2
+    try:
+        store = open_usage_store(policy, timeout_s=READ_TIMEOUT_S, create=False)
+    except LedgerUnavailable as exc:
+        print(f"{args.policy}: {exc} (without Redis the proxy keeps usage in {sqlite_path(policy.store)}, relative to "
+              "where it runs: set store.sqlite_path or $LANEWAY_STATE_DIR alike for both; or ask the running proxy: "
+              "GET /admin/cost with an admin key)", file=sys.stderr)
         return 2
     catalogue().load()
     try:
-        rows = asyncio.run(_read(url, policy, since, until))
+        rows = asyncio.run(_read(store, since, until))
     except (LedgerUnavailable, OSError) as exc:
-        print(f"cannot read the ledger at {_safe(url)}: {exc}; is Redis running?", file=sys.stderr)
+        print(f"cannot read the ledger at {store}: {exc}", file=sys.stderr)
         return 1
     if args.cost_command == "report":
         report = build_report(rows, book_for(policy), since, until, args.by, _provider_of(policy))
@@ -107,8 +117,7 @@ def _reprice(args: argparse.Namespace, policy: Policy, rows: list[UsageRow], sin
     return 0
 
 
-async def _read(url: str, policy: Policy, since: datetime, until: datetime) -> list[UsageRow]:
-    store = RedisUsageStore(url, policy.ledger.retention_days, timeout_s=5.0)
+async def _read(store: UsageStore, since: datetime, until: datetime) -> list[UsageRow]:
     first, last = hour_range(since, until)
     show = sys.stderr.isatty() and last - first > 256
 
@@ -117,7 +126,7 @@ async def _read(url: str, policy: Policy, since: datetime, until: datetime) -> l
             print(f"\rreading usage: {done}/{total} hours", end="" if done < total else "\n", file=sys.stderr)
 
     try:
-        return await store.read(first, last, progress)
+        return rows_from_fields(await store.read(first, last, progress))
     finally:
         await store.close()
 
@@ -262,8 +271,3 @@ def _usd(text: str) -> Decimal:
     if not value.is_finite() or value < 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
     return value
-
-
-def _safe(url: str) -> str:
-    """The URL without a password."""
-    return re.sub(r"//[^@/]*@", "//***@", url)

@@ -1,4 +1,7 @@
+import atexit
 import os
+import shutil
+import tempfile
 
 import httpx
 import pytest
@@ -6,6 +9,15 @@ import pytest
 from tests.support import ServerThread, free_port, proxy_from_yaml, simulator
 
 os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+# Without Redis the proxy keeps its ledger in a SQLite file under $LANEWAY_STATE_DIR (else ./.laneway):
+# never the repository. This one serves proxies of module and session fixtures; each test gets its own.
+os.environ["LANEWAY_STATE_DIR"] = tempfile.mkdtemp(prefix="laneway-state-")
+atexit.register(shutil.rmtree, os.environ["LANEWAY_STATE_DIR"], True)
+
+
+@pytest.fixture(autouse=True)
+def _state_dir(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("LANEWAY_STATE_DIR", str(tmp_path_factory.mktemp("state")))
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ import uuid
 import pytest
 
 from proxy.store.base import CONCURRENCY, PROVIDER, REQUESTS, TOKENS, Bucket, ProviderWindowState, bucket_amounts
+from proxy.store.connect import Target
 from proxy.store.memory import MemoryStore
 from proxy.store.redis_store import RedisStore
 from tests.redis_support import redis_cluster, redis_server  # noqa: F401  (fixtures)
@@ -28,9 +29,9 @@ def make_store(request):
         return lambda: shared
     if request.param == "redis":
         server = request.getfixturevalue("redis_server")
-        return lambda: RedisStore(server.url, timeout_ms=500)
+        return lambda: RedisStore(Target(server.url, timeout_s=0.5))
     cluster = request.getfixturevalue("redis_cluster")
-    return lambda: RedisStore(cluster.url, timeout_ms=500, cluster=True)
+    return lambda: RedisStore(Target(cluster.url, cluster=True, timeout_s=0.5))
 
 
 def scope(kind_limit_span: list[tuple[str, int, int]], owner: str | None = None, scope_name: str = "client") -> list[Bucket]:
@@ -191,7 +192,7 @@ def test_upstream_429_marks_the_deployment_exhausted(make_store):
 
 def test_evalsha_reloads_the_script_after_script_flush(redis_server):
     async def main():
-        store = RedisStore(redis_server.url, timeout_ms=500)
+        store = RedisStore(Target(redis_server.url, timeout_s=0.5))
         buckets = scope([(REQUESTS, 3, 60_000)])
         assert (await store.admit("a", buckets, [1])).admitted
         redis_server.cli("SCRIPT", "FLUSH")
@@ -207,7 +208,7 @@ def test_cluster_scopes_on_different_nodes_undo_a_partial_admission(redis_cluste
     """Client and deployment buckets hash to different masters; a refusal on one undoes the other."""
 
     async def main():
-        store = RedisStore(redis_cluster.url, timeout_ms=500, cluster=True)
+        store = RedisStore(Target(redis_cluster.url, cluster=True, timeout_s=0.5))
         await store.client.initialize()
         nodes = set()
         for _ in range(20):  # find two owners whose hash tags live on different masters
@@ -231,7 +232,7 @@ def test_noscript_is_handled_when_queued_settles_ride_with_an_admission(redis_se
     """Settles wait for the next admission's pipeline; a SCRIPT FLUSH in between loses neither."""
 
     async def main():
-        store = RedisStore(redis_server.url, timeout_ms=500)
+        store = RedisStore(Target(redis_server.url, timeout_s=0.5))
         buckets = scope([(TOKENS, 100, 60_000)])
         assert (await store.admit("a", buckets, [60])).admitted
         await store.settle("a", buckets, 10)  # queued, not yet sent
@@ -245,7 +246,7 @@ def test_noscript_is_handled_when_queued_settles_ride_with_an_admission(redis_se
 
 def test_queued_settles_go_out_on_their_own_without_another_admission(redis_server):
     async def main():
-        store = RedisStore(redis_server.url, timeout_ms=500)
+        store = RedisStore(Target(redis_server.url, timeout_s=0.5))
         buckets = scope([(CONCURRENCY, 1, 60_000)])
         assert (await store.admit("a", buckets, [1])).admitted
         await store.settle("a", buckets, 0)

@@ -16,6 +16,7 @@ from proxy.call import Outcome
 from proxy.config.loader import load_policy
 from proxy.errors import Refused
 from proxy.pricing.budgets import COUNTER_PREFIX, Budgets
+from proxy.store.connect import Target
 from proxy.store.memory import MemoryStore
 from proxy.store.redis_store import RedisStore
 from tests.redis_support import free_port, redis_cluster, redis_server  # noqa: F401  (fixtures)
@@ -154,7 +155,7 @@ async def _exercise(store) -> list:
 @pytest.mark.parametrize("where", ["standalone", "cluster"])
 def test_memory_twin_matches_redis_for_budget_counters(request, where):
     server = request.getfixturevalue("redis_server" if where == "standalone" else "redis_cluster")
-    in_redis = asyncio.run(_exercise(RedisStore(server.url, timeout_ms=2000, cluster=where == "cluster")))
+    in_redis = asyncio.run(_exercise(RedisStore(Target(server.url, cluster=where == "cluster", timeout_s=2.0))))
     in_memory = asyncio.run(_exercise(MemoryStore()))
     assert in_redis == in_memory
     assert in_memory[:3] == [(-1, [0, 0]), (-1, [300, 300]), (0, [600])]  # 600 + 500 > 1000: refused
@@ -170,7 +171,7 @@ def test_budget_store_outage_follows_on_store_error(tmp_path):
 
     async def reserve(mode: str, *amounts: str) -> Budgets:
         budgets = Budgets(load_policy(path))
-        budgets.use_store(RedisStore(dead_url, timeout_ms=100), mode)
+        budgets.use_store(RedisStore(Target(dead_url, timeout_s=0.1)), mode)
         for amount in amounts:
             await budgets.reserve(Outcome("r", "chat", "route", "k", "ops"), Decimal(amount))
         return budgets

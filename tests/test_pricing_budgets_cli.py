@@ -157,10 +157,12 @@ def test_cost_report_and_reprice_apply(tmp_path, sim, capsys):
         assert totals["provisional"] == "0.00"
 
 
-def test_cost_commands_explain_a_memory_ledger(tmp_path, sim, capsys):
-    _, path = write_policy(tmp_path, sim)
+def test_cost_commands_explain_a_missing_ledger(tmp_path, sim, capsys):
+    """Without Redis a proxy that never ran here left no ledger file: say where it would be."""
+    path = tmp_path / "policy.yaml"
+    path.write_text(POLICY.format(alice=sha(ALICE), bob=sha(BOB), carol=sha(CAROL), sim=sim.url, redis=""))
     code, _, err = run_cli(capsys, "cost", "report", "--policy", str(path), "--since", "2026-01-01")
-    assert code == 2 and "GET /admin/cost" in err
+    assert code == 2 and "GET /admin/cost" in err and "no usage ledger at" in err and "usage.sqlite3" in err
 
 
 def test_reprice_apply_adds_a_model_and_keeps_comments(tmp_path):

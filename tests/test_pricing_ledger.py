@@ -12,7 +12,9 @@ import pytest
 import redis
 
 from proxy.call import Outcome
-from proxy.pricing.ledger import KEY_PREFIX, SEP, Ledger, MemoryUsageStore, RedisUsageStore
+from proxy.pricing.ledger import SEP, Ledger
+from proxy.store.connect import Target
+from proxy.store.usage import KEY_PREFIX, MemoryUsageStore, RedisUsageStore
 from tests.redis_support import RedisServer
 from tests.support import proxy_from_yaml, simulator
 
@@ -271,7 +273,7 @@ def test_ledger_buffer_is_bounded_and_counts_overflow():
 
 def test_redis_store_round_trip(redis_server):
     async def main():
-        store = RedisUsageStore(redis_server.url)
+        store = RedisUsageStore(Target(redis_server.url, timeout_s=1.0))
         ledger = Ledger(store, {"dep": "model-x"}.get, clock=lambda: 3600 * 500_000 + 5)
         ledger.record(outcome("dep", 100, 20, key="alice"))
         ledger.record(Outcome("r2", "chat", "route", "alice", None, deployment="dep", input_tokens=50, cached_tokens=40,

@@ -8,6 +8,7 @@ from proxy.call import Outcome
 from proxy.config.schema import Priors
 from proxy.routing.share import StatsSharing
 from proxy.routing.stats import LatencyStats
+from proxy.store.connect import Target
 from tests.redis_support import free_port, redis_server  # noqa: F401  (fixture)
 
 PRIORS = Priors(ttft_ms=500, tokens_per_s=100)
@@ -26,8 +27,8 @@ def test_a_cold_replica_routes_on_what_another_measured(redis_server):
     async def scenario() -> None:
         key = f"test:latency:{uuid.uuid4().hex}"
         a_stats, b_stats = LatencyStats(), LatencyStats()
-        a = StatsSharing(a_stats, redis_server.url, key=key, stale_s=0.5)
-        b = StatsSharing(b_stats, redis_server.url, key=key, stale_s=0.5)
+        a = StatsSharing(a_stats, Target(redis_server.url), key=key, stale_s=0.5)
+        b = StatsSharing(b_stats, Target(redis_server.url), key=key, stale_s=0.5)
         measured(a_stats, "wafer", ttft_ms=40, tokens_per_s=2000)
         assert b_stats.get("wafer").estimate(PRIORS, 100).warm is False
         await a.sync()
@@ -52,7 +53,7 @@ def test_no_redis_keeps_local_statistics():
     async def scenario() -> None:
         stats = LatencyStats()
         measured(stats, "gpu", ttft_ms=300, tokens_per_s=80)
-        sharing = StatsSharing(stats, f"redis://127.0.0.1:{free_port()}/0", key="unused", timeout_s=0.2)
+        sharing = StatsSharing(stats, Target(f"redis://127.0.0.1:{free_port()}/0", timeout_s=0.2), key="unused")
         await sharing.sync()
         assert sharing.failures == 1
         assert abs(stats.get("gpu").estimate(PRIORS, 100).ttft_ms - 300) < 1

@@ -9,12 +9,16 @@ import signal
 import pytest
 from redis.exceptions import ConnectionError, NoScriptError, ResponseError, TimeoutError
 
-from proxy.store.resp import LeanRedis
+from proxy.store.connect import Target, lean
 from tests.redis_support import RedisServer
 
 
 def run(coro):
     return asyncio.run(coro)
+
+
+def lean_to(url: str, timeout_s: float):
+    return lean(Target(url, timeout_s=timeout_s))
 
 
 @pytest.fixture
@@ -25,7 +29,7 @@ def server():
 
 def test_pipeline_replies_in_order_with_errors_as_values(server):
     async def main():
-        client = LeanRedis.from_url(server.url, 0.5)
+        client = lean_to(server.url, 0.5)
         try:
             return await client.execute([
                 (b"SET", "lw:resp:a", 7), (b"INCRBY", "lw:resp:a", 5), (b"GET", "lw:resp:a"),
@@ -43,7 +47,7 @@ def test_pipeline_replies_in_order_with_errors_as_values(server):
 
 def test_concurrent_callers_share_one_connection(server):
     async def main():
-        client = LeanRedis.from_url(server.url, 0.5)
+        client = lean_to(server.url, 0.5)
         try:
             replies = await asyncio.gather(*(client.execute([(b"INCR", "lw:resp:n")]) for _ in range(200)))
             return sorted(r[0] for r in replies), server.cli("CLIENT", "LIST").count("\n") + 1
@@ -57,7 +61,7 @@ def test_concurrent_callers_share_one_connection(server):
 
 def test_a_hung_server_times_out_then_the_connection_recovers(server):
     async def main():
-        client = LeanRedis.from_url(server.url, 0.2)
+        client = lean_to(server.url, 0.2)
         try:
             await client.execute([(b"PING",)])
             os.kill(server.process.pid, signal.SIGSTOP)
@@ -78,7 +82,7 @@ def test_a_hung_server_times_out_then_the_connection_recovers(server):
 
 def test_a_restarted_server_fails_in_flight_calls_then_reconnects(server):
     async def main():
-        client = LeanRedis.from_url(server.url, 0.5)
+        client = lean_to(server.url, 0.5)
         try:
             await client.execute([(b"PING",)])
             server.stop()
@@ -98,7 +102,7 @@ def test_password_and_database_from_the_url(server):
     server.cli("CONFIG", "SET", "requirepass", "s3cret")
 
     async def main(url: str):
-        client = LeanRedis.from_url(url, 0.5)
+        client = lean_to(url, 0.5)
         try:
             return await client.execute([(b"SET", "lw:resp:db", 1), (b"CLIENT", "INFO")])
         finally:
@@ -111,7 +115,7 @@ def test_password_and_database_from_the_url(server):
 
 
 def test_tls_urls_stay_with_redis_py():
-    assert LeanRedis.from_url("rediss://example.invalid:6380/0", 0.5) is None
+    assert lean_to("rediss://example.invalid:6380/0", 0.5) is None
 
 
 def test_a_paused_server_is_back_pressure_not_an_outage(server):
@@ -119,7 +123,7 @@ def test_a_paused_server_is_back_pressure_not_an_outage(server):
     every caller gets its own, and the connection stays up."""
 
     async def main():
-        client = LeanRedis.from_url(server.url, 0.1)
+        client = lean_to(server.url, 0.1)
         try:
             (before,) = await client.execute([(b"CLIENT", "ID")])
             server.cli("CLIENT", "PAUSE", "200", "ALL")
@@ -136,7 +140,7 @@ def test_a_paused_server_is_back_pressure_not_an_outage(server):
 
 def test_a_cancelled_call_still_takes_its_reply_off_the_stream(server):
     async def main():
-        client = LeanRedis.from_url(server.url, 0.5)
+        client = lean_to(server.url, 0.5)
         try:
             await client.execute([(b"SET", "lw:resp:first", "first")])
             server.cli("CLIENT", "PAUSE", "100", "ALL")
@@ -155,7 +159,7 @@ def test_a_hung_servers_failed_calls_leave_no_unretrieved_errors(server):
 
     async def main():
         asyncio.get_running_loop().set_exception_handler(lambda loop, context: unretrieved.append(context["message"]))
-        client = LeanRedis.from_url(server.url, 0.05)
+        client = lean_to(server.url, 0.05)
         try:
             await client.execute([(b"PING",)])
             os.kill(server.process.pid, signal.SIGSTOP)

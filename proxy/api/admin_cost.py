@@ -1,7 +1,8 @@
 """GET /admin/cost: the cost report as JSON for dashboards and scripts, for admin keys only.
 
 Query: ``since`` and ``until`` (ISO dates or date-times, UTC unless an offset is given;
-default: the last 24 hours) and ``by`` (key, team, model or deployment; default model).
+default: the last 24 hours; at most ``ledger.retention_days`` apart) and ``by`` (key, team,
+model or deployment; default model).
 """
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from starlette.responses import JSONResponse, Response
 from proxy.api.asgi import Receive, Scope, Send
 from proxy.api.errors import ProxyError
 from proxy.api.state import ProxyState
-from proxy.pricing.ledger import LedgerUnavailable
-from proxy.pricing.reports import GROUPINGS, parse_instant
+from proxy.pricing.reports import GROUPINGS, check_period, parse_instant
+from proxy.store.usage import LedgerUnavailable
 
 
 class AdminCost:
@@ -31,7 +32,7 @@ class AdminCost:
             if not key.admin:
                 raise ProxyError(403, "This endpoint needs an admin key: mark one with `admin: true` under `keys:` "
                                  "in the policy and send it as 'Authorization: Bearer <key>'.", code="admin_key_required")
-            since, until, by = _query(request)
+            since, until, by = _query(request, self.state.accounting.policy.ledger.retention_days)
             try:
                 report = await self.state.accounting.report(since, until, by)
             except LedgerUnavailable as exc:
@@ -44,7 +45,7 @@ class AdminCost:
         return JSONResponse(body)
 
 
-def _query(request: Request) -> tuple[datetime, datetime, str]:
+def _query(request: Request, max_days: int) -> tuple[datetime, datetime, str]:
     params = request.query_params
     now = datetime.now(timezone.utc)
     try:
@@ -53,8 +54,10 @@ def _query(request: Request) -> tuple[datetime, datetime, str]:
     except ValueError:
         raise ProxyError(400, "since and until must be ISO dates or date-times, e.g. since=2026-11-01&until=2026-11-02T12:00Z.",
                          code="invalid_time", param="since") from None
-    if since >= until:
-        raise ProxyError(400, "since must be before until.", code="invalid_time", param="since")
+    try:
+        check_period(since, until, max_days)
+    except ValueError as exc:
+        raise ProxyError(400, f"{exc}.", code="invalid_time", param="since") from None
     by = params.get("by", "model")
     if by not in GROUPINGS:
         raise ProxyError(400, f"by must be one of {', '.join(GROUPINGS)}.", code="invalid_grouping", param="by")

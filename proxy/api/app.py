@@ -138,7 +138,7 @@ class LanewayApp:
                 self._watch_policy()
                 self.state.share_statistics()
                 self._sampling = asyncio.ensure_future(self.metrics.run())
-                self.state.accounting.start()
+                await self.state.accounting.start()
                 policy = self.state.runtime.policy
                 log.info("worker ready: policy %s version %s", policy.source, policy.version)
                 await send({"type": "lifespan.startup.complete"})

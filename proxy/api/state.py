@@ -16,6 +16,7 @@ from proxy.pricing.budgets import Budgets
 from proxy.routing.live import RoutingState
 from proxy.routing.router import Router
 from proxy.routing.share import StatsSharing
+from proxy.store import connect
 from proxy.store.affinity import AffinityStore, MemoryAffinity, RedisAffinity
 from proxy.upstream.http_pool import UpstreamPools
 from proxy.upstream.ws_pool import SocketPools
@@ -80,9 +81,9 @@ class ProxyState:
 
     def share_statistics(self) -> None:
         """With a Redis in the policy (`store.redis_url`), merge latency statistics with the other replicas."""
-        store = self.runtime.policy.store
-        if store.redis_url and self.sharing is None:
-            self.sharing = StatsSharing(self.routing.stats, store.redis_url, cluster=store.topology == "cluster")
+        target = connect.sharing_target(self.runtime.policy.store)
+        if target is not None and self.sharing is None:
+            self.sharing = StatsSharing(self.routing.stats, target)
             self.sharing.start()
 
     async def aclose(self) -> None:

@@ -187,6 +187,8 @@ STORE = Spec(
         "replicas": Field(positive_int_or_env),
         "timeout_ms": Field(positive_int),
         "lease_s": Field(positive_float),
+        "max_connections": Field(positive_int),
+        "sqlite_path": Field(text),
     },
     StoreSettings,
 )

@@ -173,6 +173,8 @@ class StoreSettings:
     replicas: int = 1  # fail-open divides every limit by this many replicas
     timeout_ms: int = 50  # bound on one Redis call, connect included
     lease_s: float = 30.0  # a concurrency slot of a crashed replica frees after this long
+    max_connections: int = 64  # per Redis node per worker; more concurrent calls wait for a free one
+    sqlite_path: str | None = None  # without Redis: the ledger's file (default $LANEWAY_STATE_DIR or ./.laneway)
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,9 +220,9 @@ class Budget:
 
 @dataclass(frozen=True, slots=True)
 class LedgerSettings:
-    """Where token usage is recorded: Redis when a URL is set (shared by replicas), else in memory."""
+    """Where token usage is recorded: Redis when a URL is set (shared by replicas), else a local SQLite file."""
 
-    redis_url: str | None = None  # None: the `store:` section's redis_url if any, else in-process
+    redis_url: str | None = field(default=None, repr=False)  # may hold a password; None: store.redis_url, else SQLite
     flush_interval_s: float = 1.0  # usage is written in one pipelined batch this often
     max_buffered: int = 100_000  # distinct (hour, deployment, model, key, team) rows held while Redis is down
     retention_days: int = 400

@@ -133,9 +133,10 @@ class Limiter:
         settings = policy.store
         store = None
         if settings.redis_url:
+            from proxy.store import connect
             from proxy.store.redis_store import RedisStore
 
-            store = RedisStore(settings.redis_url, timeout_ms=settings.timeout_ms, cluster=settings.topology == "cluster")
+            store = RedisStore(connect.limits_target(settings))
         limiter = cls(settings, store)
         limiter.load(policy)
         return limiter

@@ -15,36 +15,22 @@ from redis.asyncio.cluster import RedisCluster
 
 from proxy.config.schema import Policy
 from proxy.metrics import families as m
-from proxy.pricing.accounting import ledger_url
-
-TIMEOUT_S = 0.5
-
-
-def redis_targets(policy: Policy) -> dict[str, tuple[str, bool]]:
-    """component -> (url, is a cluster) for every Redis the policy uses."""
-    targets = {}
-    store = policy.store
-    if store.redis_url:
-        targets["limits"] = (store.redis_url, store.topology == "cluster")
-    ledger = ledger_url(policy)
-    if ledger:
-        targets["ledger"] = (ledger, False)
-    return targets
+from proxy.store import connect
 
 
 class RedisProbe:
     def __init__(self) -> None:
-        self._clients: dict[tuple[str, bool], Redis | RedisCluster] = {}
+        self._clients: dict[connect.Target, Redis | RedisCluster] = {}
 
     async def probe(self, policy: Policy) -> None:
-        for component, target in redis_targets(policy).items():
+        for component, target in connect.probe_targets(policy).items():
             client = self._clients.get(target)
             if client is None:
-                client = self._clients[target] = _connect(*target)
+                client = self._clients[target] = connect.client(target)
                 m.redis_ping_failures.labels(component)  # the series exists (at 0) from the first probe
             started = time.perf_counter()
             try:
-                await asyncio.wait_for(client.ping(), TIMEOUT_S)
+                await asyncio.wait_for(client.ping(), target.timeout_s)
             except Exception:  # any failure is the finding: Redis did not answer a PING in time
                 m.redis_ping_failures.labels(component).inc()
                 continue
@@ -54,8 +40,3 @@ class RedisProbe:
         for client in self._clients.values():
             await client.aclose()
         self._clients.clear()
-
-
-def _connect(url: str, cluster: bool) -> Redis | RedisCluster:
-    options = {"socket_timeout": TIMEOUT_S, "socket_connect_timeout": TIMEOUT_S}
-    return RedisCluster.from_url(url, **options) if cluster else Redis.from_url(url, **options)

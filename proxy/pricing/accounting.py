@@ -5,7 +5,6 @@ finished requests, calls ``use_policy`` on reload and ``start`` / ``stop`` in it
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -13,17 +12,20 @@ from decimal import Decimal
 from proxy.config.schema import PRICE_STATUSES, Policy
 from proxy.pricing.budgets import Budgets
 from proxy.pricing.catalogue import activate, book_for, catalogue
-from proxy.pricing.ledger import Ledger, UsageRow, open_store
+from proxy.pricing.ledger import Ledger, UsageRow
 from proxy.pricing.reports import Report, build_report, hour_range, hour_start
 from proxy.pricing.schedules import cost
+from proxy.store.usage import LedgerUnavailable, MemoryUsageStore, UsageStore, open_usage_store
 
 log = logging.getLogger("laneway")
 
 
-def ledger_url(policy: Policy) -> str | None:
-    """`ledger.redis_url`, else the shared `store.redis_url` (rate limits), else None (in memory)."""
-    store = getattr(policy, "store", None)
-    return policy.ledger.redis_url or getattr(store, "redis_url", None)
+def _usage_store(policy: Policy) -> UsageStore:
+    try:
+        return open_usage_store(policy)
+    except LedgerUnavailable as exc:
+        log.error("usage ledger: %s; usage is kept in memory and a restart loses it", exc)
+        return MemoryUsageStore()
 
 
 class Accounting:
@@ -31,7 +33,7 @@ class Accounting:
         self.policy = policy
         settings = policy.ledger
         self.ledger = Ledger(
-            open_store(ledger_url(policy), settings.retention_days),
+            _usage_store(policy),
             self._model_of,
             flush_interval_s=settings.flush_interval_s,
             max_buffered=settings.max_buffered,
@@ -39,7 +41,6 @@ class Accounting:
         self.budgets = Budgets(policy)
         self.book = book_for(policy)
         activate(self.book)
-        self._warming: asyncio.Task | None = None
         # Plain running totals for the metrics exporter: USD by price status since start, and
         # tokens of models that had no price when they were used (by model).
         self.spend_usd: dict[str, Decimal] = {status: Decimal(0) for status in PRICE_STATUSES}
@@ -70,15 +71,18 @@ class Accounting:
         activate(self.book)
         self.budgets.use_policy(policy)
 
-    def start(self) -> None:
-        """Load the catalogue (~20 ms), start the ledger's flusher, seed budgets in the background."""
+    async def start(self) -> None:
+        """Load the catalogue (~20 ms), start the ledger's flusher, seed the budget counters.
+
+        Seeding finishes before the first request: a request reserved earlier would create a
+        counter that the seed (which only sets counters nobody has written) then leaves alone."""
         if not catalogue().loaded:
             try:
                 catalogue().load()
             except Exception:
                 log.exception("price catalogue: litellm's cost map could not be read; only the policy's prices apply")
         self.ledger.start()
-        self._warming = asyncio.get_running_loop().create_task(self._seed_budgets())
+        await self._seed_budgets()
 
     async def _seed_budgets(self) -> None:
         if self.budgets.enabled:
@@ -91,8 +95,6 @@ class Accounting:
                             type(exc).__name__)
 
     async def stop(self) -> None:
-        if self._warming is not None:
-            self._warming.cancel()
         await self.ledger.stop()
 
     async def report(self, since: datetime, until: datetime, by: str) -> Report:

@@ -1,10 +1,10 @@
 """The usage ledger: tokens (not dollars) by hour x deployment x model x key x team.
 
 Recording a finished request appends one tuple to a list; a background task folds the
-list into per-row increments and writes them in one pipelined transaction (Redis) or
-dict update (memory). If the write fails the increments stay in a bounded buffer and go
-out with the next flush, so an outage delays usage but loses none; rows that would
-exceed the buffer are dropped and counted in ``counters``.
+list into per-row increments and writes them as one batch to the ledger's store
+(proxy/store/usage.py: Redis, or a local SQLite file without Redis). If the write fails the
+increments stay in a bounded buffer and go out with the next flush, so an outage delays
+usage but loses none; rows that would exceed the buffer are dropped and counted in ``counters``.
 """
 from __future__ import annotations
 
@@ -13,21 +13,16 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from proxy.call import Outcome
 from proxy.pricing.schedules import Tokens
+from proxy.store.usage import Batch, LedgerUnavailable, Progress, UsageStore
 
 log = logging.getLogger("laneway")
 
-SEP = "\x1f"  # between the parts of a Redis hash field; never in a name from a policy
-KEY_PREFIX = "laneway:usage:"
+SEP = "\x1f"  # between the parts of a store's field name; never in a name from a policy
 _ROW_MARK = SEP + "requests"
 _SLICE = 500
-
-
-class LedgerUnavailable(Exception):
-    """The ledger's store cannot be read right now (e.g. Redis is down); recording goes on buffered."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,86 +47,6 @@ class LedgerCounters:
     buffered_rows: int = 0        # rows waiting for the store right now
     overflow_requests: int = 0  # requests whose usage was dropped because the buffer was full
     overflow_tokens: int = 0
-
-
-# (hour, "deployment SEP model SEP key SEP team SEP kind") -> increment
-Batch = dict[tuple[int, str], int]
-
-
-class UsageStore(Protocol):
-    async def add(self, batch: Batch) -> None: ...
-    async def read(self, first_hour: int, last_hour: int, progress: Callable[[int, int], None] | None = None) -> list[UsageRow]: ...
-    async def close(self) -> None: ...
-
-
-class MemoryUsageStore:
-    """The in-process twin of the Redis store (one replica, lost on restart)."""
-
-    def __init__(self) -> None:
-        self.hours: dict[int, dict[str, int]] = {}
-
-    async def add(self, batch: Batch) -> None:
-        for (hour, name), amount in batch.items():
-            row = self.hours.setdefault(hour, {})
-            row[name] = row.get(name, 0) + amount
-
-    async def read(self, first_hour: int, last_hour: int, progress: Callable[[int, int], None] | None = None) -> list[UsageRow]:
-        return rows_from_fields((h, fields) for h, fields in sorted(self.hours.items()) if first_hour <= h <= last_hour)
-
-    async def close(self) -> None:
-        return None
-
-
-class RedisUsageStore:
-    """One hash per hour (``laneway:usage:{<hour>}``), HINCRBY per field, in a MULTI/EXEC pipeline.
-
-    The transaction makes a batch all-or-nothing, so a batch that failed can be retried
-    without counting part of it twice.
-    """
-
-    def __init__(self, url: str, retention_days: int = 400, timeout_s: float = 1.0) -> None:
-        import redis.asyncio as redis
-
-        self.client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
-        self.ttl_s = retention_days * 86400
-
-    async def add(self, batch: Batch) -> None:
-        pipe = self.client.pipeline(transaction=True)
-        hours = set()
-        for (hour, name), amount in batch.items():
-            pipe.hincrby(hour_key(hour), name, amount)
-            hours.add(hour)
-        for hour in hours:
-            pipe.expire(hour_key(hour), self.ttl_s)
-        await pipe.execute()
-
-    async def read(self, first_hour: int, last_hour: int, progress: Callable[[int, int], None] | None = None) -> list[UsageRow]:
-        import redis
-
-        hours = list(range(first_hour, last_hour + 1))
-        found: list[tuple[int, dict[str, int]]] = []
-        for start in range(0, len(hours), 256):
-            chunk = hours[start : start + 256]
-            pipe = self.client.pipeline(transaction=False)
-            for hour in chunk:
-                pipe.hgetall(hour_key(hour))
-            try:
-                replies = await pipe.execute()
-            except (redis.RedisError, OSError) as exc:
-                raise LedgerUnavailable(f"Redis did not answer ({type(exc).__name__})") from None
-            for hour, raw in zip(chunk, replies):
-                if raw:
-                    found.append((hour, {k.decode(): int(v) for k, v in raw.items()}))
-            if progress is not None:
-                progress(min(start + 256, len(hours)), len(hours))
-        return rows_from_fields(found)
-
-    async def close(self) -> None:
-        await self.client.aclose()
-
-
-def hour_key(hour: int) -> str:
-    return f"{KEY_PREFIX}{{{hour}}}"
 
 
 def rows_from_fields(hours: Iterable[tuple[int, dict[str, int]]]) -> list[UsageRow]:
@@ -211,6 +126,8 @@ class Ledger:
                 await self.store.add(batch)
             except Exception as exc:
                 self.counters.flush_errors += 1
+                if isinstance(exc, LedgerUnavailable) and exc.unwritten:
+                    batch = exc.unwritten  # the other hours were written
                 for item, amount in batch.items():
                     self._buffer[item] = self._buffer.get(item, 0) + amount
                 self._rows = sum(1 for _, name in self._buffer if name.endswith(_ROW_MARK))
@@ -251,11 +168,7 @@ class Ledger:
                 self.on_row(UsageRow(hour, deployment, model, key, team, Tokens(inp, cached, out, reasoning, 1, int(not reported))))
         self.counters.buffered_rows = self._rows
 
-    async def read(self, first_hour: int, last_hour: int, progress: Callable[[int, int], None] | None = None) -> list[UsageRow]:
+    async def read(self, first_hour: int, last_hour: int, progress: Progress | None = None) -> list[UsageRow]:
         """Usage in [first_hour, last_hour] as the store has it (after writing what is pending)."""
         await self.flush()
-        return await self.store.read(first_hour, last_hour, progress)
-
-
-def open_store(redis_url: str | None, retention_days: int = 400) -> UsageStore:
-    return RedisUsageStore(redis_url, retention_days) if redis_url else MemoryUsageStore()
+        return rows_from_fields(await self.store.read(first_hour, last_hour, progress))

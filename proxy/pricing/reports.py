@@ -74,6 +74,16 @@ def hour_start(hour: int) -> datetime:
     return datetime.fromtimestamp(hour * 3600, timezone.utc)
 
 
+def check_period(since: datetime, until: datetime, max_days: int) -> None:
+    """Refuse (ValueError) an empty period or one longer than the ledger keeps usage (``max_days``):
+    a report reads the ledger hour by hour, so an unbounded period would hold a worker for hours."""
+    if since >= until:
+        raise ValueError("since must be before until")
+    if until - since > timedelta(days=max_days):
+        raise ValueError(f"a report covers at most {max_days} days (ledger.retention_days: the ledger keeps "
+                         f"nothing older); this one spans {(until - since) / timedelta(days=1):.1f} days, ask for a shorter one")
+
+
 def hour_range(since: datetime, until: datetime) -> tuple[int, int]:
     """Ledger hours overlapping [since, until): the ledger's resolution is one hour."""
     first = int(since.timestamp() // 3600)

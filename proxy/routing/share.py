@@ -16,26 +16,24 @@ import os
 import time
 
 import orjson
-import redis.asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from proxy.routing.stats import LatencyStats
+from proxy.store import connect
 
 log = logging.getLogger("laneway.routing")
 KEY = "laneway:latency"
 
 
 class StatsSharing:
-    def __init__(self, stats: LatencyStats, url: str, *, interval_s: float = 2.0, stale_s: float = 30.0,
-                 key: str = KEY, timeout_s: float = 0.5, cluster: bool = False) -> None:
+    def __init__(self, stats: LatencyStats, target: connect.Target, *, interval_s: float = 2.0, stale_s: float = 30.0,
+                 key: str = KEY) -> None:
         self.stats = stats
         self.key = key
         self.interval_s = interval_s
         self.stale_s = stale_s
         self.replica = f"{os.uname().nodename}:{os.getpid()}:{os.urandom(3).hex()}"
-        client = RedisCluster if cluster else aioredis.Redis  # one key: one slot, so a pipeline works on both
-        self.client = client.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        self.client = connect.client(target)  # one key: one slot, so a pipeline works on both topologies
         self.peers = 0        # replicas merged on the last sync
         self.failures = 0     # syncs that could not reach Redis
         self._task: asyncio.Task | None = None

@@ -14,15 +14,10 @@ import asyncio
 import hashlib
 from collections.abc import Sequence
 
-import redis.asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
-from proxy.store import scripts
+from proxy.store import connect, scripts
 from proxy.store.base import MAX_AMOUNT, PROVIDER, TOKENS, AdmitResult, Bucket, ProviderWindowState, SpendResult, StoreError, check_amount
-from proxy.store.resp import LeanRedis
 
 
 SETTLE_DELAY_S = 0.02
@@ -45,22 +40,18 @@ def _tokens(buckets: Sequence[Bucket], amounts: Sequence[int]) -> int:
 
 
 class RedisStore:
-    """``timeout_ms`` bounds every call (connect and read); errors surface as StoreError.
+    """The target's ``timeout_s`` bounds every call (connect and read); errors surface as StoreError.
 
     ``amounts`` must be what ``bucket_amounts`` gives (the request's tokens for token and
     provider buckets, 1 for the rest): only the token figure is sent, the script derives the rest.
     """
 
-    def __init__(self, url: str, *, timeout_ms: int = 50, cluster: bool = False) -> None:
-        timeout = timeout_ms / 1000
-        options = dict(socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 1))
-        if cluster:
-            self.client = RedisCluster.from_url(url, **options)
-        else:
-            self.client = aioredis.Redis.from_url(url, **options)
-        self.cluster = cluster
-        # the request path's admission (with queued settles) goes over a lean pipelined connection
-        self._fast = None if cluster else LeanRedis.from_url(url, timeout)
+    def __init__(self, target: connect.Target) -> None:
+        self.client = connect.client(target)
+        self.cluster = target.cluster
+        # the request path's calls (admission, budget reservation, with queued settles) go over a
+        # lean pipelined connection: one socket however many requests are in flight
+        self._fast = connect.lean(target)
         self._admit = _Script(scripts.ADMIT)
         self._settle = _Script(scripts.SETTLE)
         self._renew = _Script(scripts.RENEW)
@@ -242,7 +233,7 @@ class RedisStore:
         for limit, expiry in zip(hard, expire_at_ms):
             args += (limit, expiry)
         try:
-            if self._pending and not self.cluster:
+            if self._pending or self._fast is not None:
                 out = await self._with_pending(self._reserve_spend, list(keys), args)
             else:
                 out = await self._eval(self._reserve_spend, list(keys), args)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
 from redis.exceptions import ConnectionError, NoScriptError, ResponseError, TimeoutError
@@ -142,26 +141,6 @@ class LeanRedis:
         self._timeout = timeout_s
         self._conn: _Protocol | None = None
         self._connecting: asyncio.Future | None = None
-
-    @classmethod
-    def from_url(cls, url: str, timeout_s: float) -> "LeanRedis | None":
-        """For redis:// and unix:// URLs; None for anything else (TLS stays with redis-py)."""
-        parts = urlsplit(url)
-        setup: list[Command] = []
-        if parts.password is not None:
-            auth = (b"AUTH", unquote(parts.username), unquote(parts.password)) if parts.username else (b"AUTH", unquote(parts.password))
-            setup.append(auth)
-        if parts.scheme == "redis":
-            db = parts.path.lstrip("/")
-            host, port, path = parts.hostname or "127.0.0.1", parts.port or 6379, None
-        elif parts.scheme == "unix":
-            db = (parse_qs(parts.query).get("db") or [""])[0]
-            host, port, path = None, 0, parts.path
-        else:
-            return None
-        if db and db != "0":
-            setup.append((b"SELECT", db))
-        return cls(host, port, path, setup, timeout_s)
 
     async def _connection(self) -> _Protocol:
         conn = self._conn

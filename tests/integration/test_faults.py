@@ -25,7 +25,8 @@ import websockets
 from redis.cluster import RedisCluster as ClusterClient
 
 from proxy.limits.failover import RETRY_STORE_S
-from proxy.pricing.ledger import SEP, hour_key
+from proxy.pricing.ledger import SEP
+from proxy.store.usage import hour_key
 from tests.redis_support import RedisCluster, RedisServer
 from tests.support import ServerThread, proxy_from_yaml, simulator
 
@@ -226,13 +227,6 @@ def wait_for_ledger(store: Standalone | Cluster, key: str, served: int, seconds:
     return found
 
 
-# Known on main, fixed on the `store` branch (proxy/store/connect.py, proxy/store/usage.py): the ledger
-# records nothing on a Cluster (issue 12 C), and an exhausted redis-py pool (100 connections) is
-# taken for an outage (issue 12 D). Only the checks they break are marked; all others stay binding.
-LEDGER_ON_CLUSTER = "issue 12 C: the ledger builds a standalone client, so on a Cluster it records nothing"
-POOL_WAITS = "issue 12 D: redis-py's full pool raises MaxConnectionsError, taken for an outage"
-
-
 def check(transport: str, statuses: list[int], count: int, fault: str, mode: str) -> None:
     where = f"{transport}: {statuses}"
     if fault == "killed" and mode == "fail_closed":
@@ -244,7 +238,7 @@ def check(transport: str, statuses: list[int], count: int, fault: str, mode: str
 
 
 @pytest.mark.parametrize("fault", FAULTS)
-def test_cell(request, setup, fault):
+def test_cell(setup, fault):
     """One fault, one policy, one topology; the three transports, each its own key."""
     state = setup.proxy.app.state
     errors_before = state.limiter.stats.store_errors + state.accounting.budgets.store_errors
@@ -270,15 +264,11 @@ def test_cell(request, setup, fault):
 
     for transport, statuses in found.items():
         assert 500 not in statuses and len(statuses) == count, f"{transport}: {statuses}"
-    if fault == "pool-saturated":
-        request.applymarker(pytest.mark.xfail(reason=POOL_WAITS))
     for transport, statuses in found.items():
         check(transport, statuses, count, fault, setup.mode)
         assert statuses.count(200) <= LIMIT
     if fault in ("up", "pool-saturated"):  # Redis never went away: nothing may have been taken for an outage
         assert state.limiter.stats.store_errors + state.accounting.budgets.store_errors == errors_before
-    if setup.topology == "cluster" and any(200 in statuses for statuses in found.values()):
-        request.applymarker(pytest.mark.xfail(reason=LEDGER_ON_CLUSTER))
     for transport, statuses in found.items():
         served = statuses.count(200)
         assert wait_for_ledger(setup.redis, cell_key(fault, transport), served) == served, transport

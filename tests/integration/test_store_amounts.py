@@ -15,6 +15,7 @@ from proxy.config.loader import parse_policy
 from proxy.limits.limiter import Limiter
 from proxy.store import scripts
 from proxy.store.base import MAX_AMOUNT, REQUESTS, TOKENS, AmountError, StoreError
+from proxy.store.connect import Target
 from proxy.store.redis_store import RedisStore
 from tests.redis_support import redis_cluster, redis_server  # noqa: F401  (fixtures)
 from tests.test_limits_store import make_store, run, scope  # noqa: F401  (fixture)
@@ -75,7 +76,7 @@ def test_redis_budget_counters_refuse_bad_amounts(request, where):
     key = f"laneway:budget:{{lw-budget}}:key:amounts-{uuid.uuid4().hex[:8]}:day"
 
     async def main():
-        store = RedisStore(server.url, timeout_ms=2000, cluster=where == "cluster")
+        store = RedisStore(Target(server.url, cluster=where == "cluster", timeout_s=2.0))
         try:
             for amount in (-1, -2**63, 2**63, True, 0.5):
                 with pytest.raises(AmountError):
