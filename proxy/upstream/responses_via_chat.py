@@ -158,9 +158,9 @@ def response_usage(usage: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def response_object(body: dict[str, Any], response_id: str, model: str, status: str) -> dict[str, Any]:
-    """A Response as OpenAI builds it from the create request ``body``, with no output yet."""
+    """A Response as OpenAI builds it from the create request ``body``, with no output (nor usage) yet."""
     text = body.get("text") if isinstance(body.get("text"), dict) else {}
-    return {
+    response = {
         "id": response_id, "object": "response", "created_at": int(time.time()), "status": status,
         "background": False, "error": None, "incomplete_details": None,
         "instructions": body.get("instructions"), "max_output_tokens": body.get("max_output_tokens"),
@@ -169,9 +169,19 @@ def response_object(body: dict[str, Any], response_id: str, model: str, status: 
         "reasoning": body.get("reasoning") or {"effort": None, "summary": None},
         "store": False,  # the provider keeps nothing: continuations must resend the conversation
         "temperature": body.get("temperature", 1.0), "text": {"format": {"type": "text"}, **text},
-        "tool_choice": body.get("tool_choice", "auto"), "tools": body.get("tools") or [],
-        "top_p": body.get("top_p", 1.0), "truncation": "disabled", "usage": None, "user": body.get("user"),
+        "tool_choice": body.get("tool_choice", "auto"), "tools": [_tool_echo(t) for t in body.get("tools") or ()],
+        "top_p": body.get("top_p", 1.0), "truncation": "disabled",
     }
+    if body.get("user") is not None:
+        response["user"] = body["user"]
+    return response
+
+
+def _tool_echo(tool: dict[str, Any]) -> dict[str, Any]:
+    """A function tool as OpenAI echoes it: ``description``, ``parameters`` and ``strict`` filled in."""
+    if tool.get("type") != "function":
+        return tool
+    return {"description": None, "parameters": None, "strict": True, **tool}
 
 
 def _finished(response: dict[str, Any], finish_reason: str | None, usage: dict[str, Any] | None) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """The ``claude`` route (Anthropic Messages API through litellm) on OpenAI's wire.
 
-Every body and event Laneway writes for it is checked strictly against the openai SDK's types:
-it must parse, and carry no member the type does not know (litellm's own fields included).
+Every body and event Laneway writes for it is checked against OpenAI's OpenAPI schemas (the
+vendored subset) and strictly against the openai SDK's types: it must parse, and carry no member
+the type does not know (litellm's own fields included).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import BaseModel, TypeAdapter
 
 from tests.test_proxy_http import sim_stats
+from tests.unit.simulate.spec import conforms
 
 STREAM_EVENT = TypeAdapter(ResponseStreamEvent)
 SHELL = {"type": "function", "name": "shell", "description": "Run a command.",
@@ -58,6 +60,8 @@ def sse_data(proxy, path: str, body: dict) -> list[dict]:
 
 
 def checked_events(events: list[dict]) -> list:
+    for event in events:
+        conforms("ResponseStreamEvent", event)
     parsed = [strict(STREAM_EVENT.validate_python(e)) for e in events]
     assert [e.sequence_number for e in parsed] == list(range(len(parsed)))
     return parsed
@@ -78,6 +82,7 @@ def test_responses_http_whole_and_streamed(proxy, gpu_sim):
     strict(Response.model_validate(whole.model_dump()))
     raw = httpx.post(proxy.url + "/v1/responses", json={"model": "claude", "input": "hello", "max_output_tokens": 5},
                      timeout=10).json()
+    conforms("Response", raw)
     strict(Response.model_validate(raw))
     assert whole.output_text.split() == [f"tok{i}" for i in range(1, 6)]
     assert whole.status == "incomplete" and whole.incomplete_details.reason == "max_output_tokens"
@@ -141,6 +146,7 @@ def _turn(conn) -> list:
         data = orjson.loads(conn.recv_bytes())
         if data["type"] == "laneway.route":
             continue
+        conforms("ResponseStreamEvent", data)
         events.append(strict(STREAM_EVENT.validate_python(data)))
         if data["type"] in ("response.completed", "response.incomplete", "error"):
             assert [e.sequence_number for e in events] == list(range(len(events)))
@@ -161,6 +167,7 @@ def test_chat_stream_is_spec_correct(proxy, gpu_sim, include_usage):
         body["stream_options"] = {"include_usage": True}
     chunks = sse_data(proxy, "/v1/chat/completions", body)
     for chunk in chunks:
+        conforms("CreateChatCompletionStreamResponse", chunk)
         strict(ChatCompletionChunk.model_validate(chunk))
         for choice in chunk["choices"]:
             assert "logprobs" in choice and "finish_reason" in choice
@@ -178,6 +185,7 @@ def test_chat_whole_and_tool_call_are_spec_correct(proxy, gpu_sim):
     tool = {"type": "function", "function": {k: v for k, v in SHELL.items() if k != "type"}}
     raw = httpx.post(proxy.url + "/v1/chat/completions", timeout=10, json={
         "model": "claude", "messages": [{"role": "user", "content": "go sim:tool"}], "tools": [tool], "max_tokens": 50}).json()
+    conforms("CreateChatCompletionResponse", raw)
     strict(ChatCompletion.model_validate(raw))
     [choice] = raw["choices"]
     assert choice["logprobs"] is None and choice["message"]["refusal"] is None
@@ -186,6 +194,7 @@ def test_chat_whole_and_tool_call_are_spec_correct(proxy, gpu_sim):
         "model": "claude", "messages": [{"role": "user", "content": "go sim:tool"}], "tools": [tool], "max_tokens": 50,
         "stream": True})
     for chunk in chunks:
+        conforms("CreateChatCompletionStreamResponse", chunk)
         strict(ChatCompletionChunk.model_validate(chunk))
     calls = [c["choices"][0]["delta"]["tool_calls"][0] for c in chunks if c["choices"][0]["delta"].get("tool_calls")]
     assert calls[0]["id"].startswith("toolu_") and calls[0]["function"]["name"] == "shell"
