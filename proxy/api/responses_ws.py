@@ -37,6 +37,8 @@ from proxy.upstream.ws_pool import SocketPin
 log = logging.getLogger("laneway")
 
 # Client-event fields that describe the socket, not the model request.
+# A response that ended in one of these can be continued (an incomplete one was cut at max_output_tokens).
+_FINAL = (b"response.completed", b"response.incomplete")
 _CLIENT_ONLY = frozenset({"type", "stream", "stream_id", "client_metadata", "generate", "previous_response_id"})
 _HISTORY = 8  # responses per connection a turn may continue from (memory bound)
 _RELAYED_ERROR_HEADERS = (b"retry-after", b"retry-after-ms", b"x-should-retry")
@@ -364,7 +366,7 @@ class _Connection:
                 if not texts:
                     continue
                 if completed is None:
-                    completed = next((data for data in texts if event_type(data) == b"response.completed"), None)
+                    completed = next((data for data in texts if event_type(data) in _FINAL), None)
                 if prefix is not None:
                     texts = [prefix + data[1:] for data in texts]
                 await self._send_texts(texts)

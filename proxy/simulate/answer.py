@@ -77,6 +77,22 @@ def responses_functions(body: dict[str, Any]) -> list[Function]:
     return out
 
 
+def messages_functions(body: dict[str, Any]) -> list[Function]:
+    """Anthropic tools: client tools carry ``input_schema``; server tools (``type`` set) are not called."""
+    return [Function(t["name"], t.get("input_schema")) for t in body.get("tools") or ()
+            if t.get("type", "custom") == "custom" and "name" in t]
+
+
+def messages_choice(choice: Any) -> Any:
+    """Anthropic's ``tool_choice`` (auto / any / tool / none) in the OpenAI shape ``plan`` reads."""
+    if not isinstance(choice, dict):
+        return None
+    kind = choice.get("type")
+    if kind == "tool":
+        return {"type": "function", "name": choice.get("name")}
+    return {"any": "required", "none": "none"}.get(kind, "auto")
+
+
 def _forced(choice: Any) -> tuple[str, str | None]:
     """(mode, function name) from any tool_choice shape: mode is none / auto / required."""
     if choice is None or isinstance(choice, str):
@@ -204,6 +220,18 @@ def cues_from_messages(messages: list[dict[str, Any]]) -> tuple[str, bool]:
     last_user = next((m for m in reversed(messages) if m.get("role") == "user"), None)
     text = prompt_text({"messages": [last_user]}) if last_user else ""
     return text, bool(messages) and messages[-1].get("role") == "tool"
+
+
+def cues_from_anthropic(messages: list[dict[str, Any]]) -> tuple[str, bool]:
+    """(text of the latest user message, whether it carries a ``tool_result``) for the Messages API,
+    where a tool's output comes back as a block of a user message."""
+    last_user = next((m for m in reversed(messages) if m.get("role") == "user"), None)
+    if last_user is None:
+        return "", False
+    content = last_user.get("content")
+    blocks = content if isinstance(content, list) else []
+    after_tool = any(isinstance(b, dict) and b.get("type") == "tool_result" for b in blocks)
+    return prompt_text({"messages": [last_user]}), after_tool
 
 
 def cues_from_items(items: list[Any]) -> tuple[str, bool]:

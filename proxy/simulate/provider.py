@@ -18,7 +18,10 @@ from typing import Any
 import orjson
 
 from . import validate
-from .answer import Plan, as_items, chat_functions, cues_from_items, cues_from_messages, plan, responses_functions
+from .answer import (
+    Plan, as_items, chat_functions, cues_from_anthropic, cues_from_items, cues_from_messages, messages_choice,
+    messages_functions, plan, responses_functions,
+)
 from .asgi import HeaderSeq, Receive, Scope, Send, SimulatedDrop, norm_path
 from .profiles import Profile
 from .ratelimit import Headers, retry_headers
@@ -341,6 +344,9 @@ class SimulatorApp:
         cap, capped = requested_output(body, self.profile.default_output_tokens)
         choices = body.get("n") or 1 if kind in ("chat", "completions") else 1
         answer = self._plan(req)
+        if kind == "messages" and answer.pieces is None and cap > self.profile.default_output_tokens:
+            # Anthropic requires max_tokens as a ceiling: the model ends its turn at its own length
+            cap, capped = self.profile.default_output_tokens, False
         turn.n, turn.capped = answer.size(cap, capped)
         turn.choices, turn.pieces, turn.call = choices, answer.pieces, answer.call
         if kind == "chat" and body.get("logprobs") is True:
@@ -361,6 +367,10 @@ class SimulatorApp:
             last_user, after_tool = cues_from_items(req.conversation)
             text = body.get("text") or {}
             return plan(responses_functions(body), body.get("tool_choice"), text.get("format"), last_user,
+                        after_tool, words)
+        if req.kind == "messages":
+            last_user, after_tool = cues_from_anthropic(body["messages"])
+            return plan(messages_functions(body), messages_choice(body.get("tool_choice")), None, last_user,
                         after_tool, words)
         return _WORDS
 

@@ -365,11 +365,21 @@ class ResponsesRenderer:
 
 
 class AnthropicRenderer:
-    """POST /v1/messages (Anthropic Messages API)."""
+    """POST /v1/messages (Anthropic Messages API): a text block, or one ``tool_use`` block."""
+
+    _TEXT_PREFIX = (
+        b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+        b'"delta":{"type":"text_delta","text":"'
+    )
+    _JSON_PREFIX = (
+        b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+        b'"delta":{"type":"input_json_delta","partial_json":"'
+    )
 
     def __init__(self, t: Turn) -> None:
         self.t = t
-        self.stop_reason = "max_tokens" if t.capped else "end_turn"
+        self.stop_reason = "max_tokens" if t.capped else "tool_use" if t.call else "end_turn"
+        self._prefix = self._JSON_PREFIX if t.call else self._TEXT_PREFIX
 
     def _message(self, content: list[dict[str, Any]], stop: str | None, output_tokens: int) -> dict[str, Any]:
         t = self.t
@@ -384,24 +394,26 @@ class AnthropicRenderer:
             "usage": {"input_tokens": t.input_tokens, "output_tokens": output_tokens},
         }
 
+    def _block(self, whole: bool) -> dict[str, Any]:
+        """The content block; streamed, a tool_use block starts with empty input and gets it as JSON deltas."""
+        t = self.t
+        if t.call is None:
+            return {"type": "text", "text": t.text if whole else ""}
+        arguments = orjson.loads(t.text) if whole and not t.capped else {}
+        return {"type": "tool_use", "id": f"toolu_{t.suffix}", "name": t.call.name, "input": arguments}
+
     def complete(self) -> bytes:
-        content = [{"type": "text", "text": output_text(self.t.n)}]
-        return orjson.dumps(self._message(content, self.stop_reason, self.t.n))
+        return orjson.dumps(self._message([self._block(True)], self.stop_reason, self.t.n))
 
     def prelude(self) -> bytes:
         return (
             _event({"type": "message_start", "message": self._message([], None, 1)})
-            + _event({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})
+            + _event({"type": "content_block_start", "index": 0, "content_block": self._block(False)})
             + _event({"type": "ping"})
         )
 
-    _TOK_PREFIX = (
-        b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
-        b'"delta":{"type":"text_delta","text":"'
-    )
-
     def token(self, i: int) -> bytes:
-        return self._TOK_PREFIX + token_bytes(i) + b'"}}\n\n'
+        return self._prefix + self.t.piece(i) + b'"}}\n\n'
 
     def epilogue(self) -> bytes:
         return (

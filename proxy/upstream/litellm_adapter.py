@@ -3,10 +3,13 @@
 litellm translates an OpenAI chat request to the provider's API and the answer back to
 OpenAI chunks; this adapter turns those into the same byte stream and status/headers
 interface a pass-through upstream response has, so the API layer relays both alike.
+Chat is served as chat (``litellm_chat`` puts it on OpenAI's wire); Responses requests are
+translated to a chat call and the answer back (``responses_via_chat``).
 """
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol
 
 import orjson
 
@@ -14,6 +17,8 @@ from proxy.call import ModelRequest, UpstreamConnectError, UpstreamError, Upstre
 from proxy.config.schema import Deployment
 from proxy.errors import UnsupportedEndpoint
 from proxy.litellm_import import litellm
+from proxy.upstream.litellm_chat import chat_chunks, chat_completion
+from proxy.upstream.responses_via_chat import ResponsesStream, chat_params, response_from_chat, sse
 
 # OpenAI chat parameters forwarded to litellm as given; anything else is dropped by litellm's own mapping.
 _CHAT_PARAMS = (
@@ -25,26 +30,34 @@ _JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
 class LitellmResponse:
-    """A litellm result as an ``UpstreamResponse``: the provider's chunks re-encoded as OpenAI SSE."""
+    """A litellm result as an ``UpstreamResponse``: the provider's chunks re-encoded by ``encode``."""
 
-    def __init__(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes = b"", stream=None) -> None:
+    def __init__(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes = b"", stream=None,
+                 encode: "StreamEncoder | None" = None) -> None:
         self.status = status
         self.headers = headers
         self._body = body
         self._stream = stream
+        self._encode = encode
 
     async def iter_body(self) -> AsyncIterator[bytes]:
-        if self._stream is None:
+        if self._stream is None or self._encode is None:
             yield self._body
             return
+        encode = self._encode
+        head = encode.start()
+        if head:
+            yield head
         try:
             async for chunk in self._stream:
-                yield b"data: " + chunk.model_dump_json(exclude_none=True).encode() + b"\n\n"
+                out = encode.chunk(chunk.model_dump())
+                if out:
+                    yield out
         except Exception as exc:
             raise _upstream_error(exc) from None
         finally:
             self.release()
-        yield b"data: [DONE]\n\n"
+        yield encode.end()
 
     async def read(self) -> bytes:
         return b"".join([chunk async for chunk in self.iter_body()])
@@ -59,27 +72,76 @@ class LitellmResponse:
         return b""
 
 
+class StreamEncoder(Protocol):
+    """Chat chunks (dumped to dicts) as the bytes of the client's stream: start, per chunk, end."""
+
+    def start(self) -> bytes: ...
+    def chunk(self, chunk: dict[str, Any]) -> bytes: ...
+    def end(self) -> bytes: ...
+
+
+class ChatSse:
+    """OpenAI chat chunks; ``include_usage``: the client asked, so chunks say ``"usage": null``."""
+
+    def __init__(self, include_usage: bool) -> None:
+        self.include_usage = include_usage
+
+    def start(self) -> bytes:
+        return b""
+
+    def chunk(self, chunk: dict[str, Any]) -> bytes:
+        return b"".join(b"data: " + orjson.dumps(c) + b"\n\n" for c in chat_chunks(chunk, self.include_usage))
+
+    def end(self) -> bytes:
+        return b"data: [DONE]\n\n"
+
+
+class ResponsesSse:
+    """The Responses event stream for a chat stream."""
+
+    def __init__(self, events: ResponsesStream) -> None:
+        self.events = events
+
+    def start(self) -> bytes:
+        return b"".join(map(sse, self.events.start()))
+
+    def chunk(self, chunk: dict[str, Any]) -> bytes:
+        return b"".join(map(sse, self.events.feed(chunk)))
+
+    def end(self) -> bytes:
+        return b"".join(map(sse, self.events.finish()))
+
+
 class LitellmTarget:
-    """Sends chat requests for one deployment through ``litellm.acompletion``."""
+    """Sends chat and Responses requests for one deployment through ``litellm.acompletion``."""
 
     def __init__(self, deployment: Deployment) -> None:
         self.deployment = deployment
         self._model = f"{deployment.provider}/{deployment.model}"
 
     def injects_usage(self, req: ModelRequest) -> bool:
-        return req.stream and not req.client_wants_usage
+        """Chat streams always ask for usage; a Responses stream ends with it anyway."""
+        return req.endpoint == "chat" and req.stream and not req.client_wants_usage
 
     async def forward(self, method: str, path: str, request_id: str) -> LitellmResponse:
         raise UnsupportedEndpoint(f"Deployment '{self.deployment.name}' ({self.deployment.provider}) keeps no stored responses.")
 
     async def send(self, req: ModelRequest, pin: object = None) -> LitellmResponse:
-        """``pin`` is ignored: litellm speaks HTTP only."""
-        if req.endpoint != "chat":
-            raise UnsupportedEndpoint(
-                f"Deployment '{self.deployment.name}' ({self.deployment.provider}) serves /v1/chat/completions only; "
-                "use a route with an OpenAI-compatible deployment for this endpoint.")
+        """``pin`` is ignored: litellm speaks HTTP only (a WebSocket turn arrives with its whole input)."""
+        if req.endpoint == "chat":
+            params = {name: req.body[name] for name in _CHAT_PARAMS if name in req.body}
+            return await self._call(req, params, ChatSse(req.client_wants_usage), chat_completion)
+        if req.endpoint == "responses":
+            body = req.body
+            return await self._call(req, chat_params(body), ResponsesSse(ResponsesStream(body, self.deployment.model)),
+                                    lambda result: response_from_chat(body, result))
+        raise UnsupportedEndpoint(
+            f"Deployment '{self.deployment.name}' ({self.deployment.provider}) serves /v1/chat/completions and "
+            "/v1/responses only; use a route with an OpenAI-compatible deployment for this endpoint.")
+
+    async def _call(self, req: ModelRequest, params: dict[str, Any], encoder: StreamEncoder,
+                    whole: Callable[[dict[str, Any]], dict[str, Any]]) -> LitellmResponse:
         dep = self.deployment
-        params = {name: req.body[name] for name in _CHAT_PARAMS if name in req.body}
         if req.stream:
             params["stream"] = True
             params["stream_options"] = {"include_usage": True}
@@ -96,8 +158,8 @@ class LitellmTarget:
         except Exception as exc:
             return _error_response(exc)
         if req.stream:
-            return LitellmResponse(200, _SSE_HEADERS, stream=result)
-        return LitellmResponse(200, _JSON_HEADERS, orjson.dumps(result.model_dump(exclude_none=True)))
+            return LitellmResponse(200, _SSE_HEADERS, stream=result, encode=encoder)
+        return LitellmResponse(200, _JSON_HEADERS, orjson.dumps(whole(result.model_dump())))
 
 
 def _error_response(exc: Exception) -> LitellmResponse:

@@ -8,6 +8,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import httpx
 import pytest
 
 from proxy.simulate import TOOL_MARKER
@@ -67,3 +68,25 @@ def test_codex_tool_turn_through_laneway(codex_bin, tmp_path, wafer_sim, websock
     policy = POLICY.format(enabled=str(websockets).lower(), wafer=wafer_sim.url)
     with proxy_from_yaml(tmp_path, policy) as proxy:
         assert_tool_turn(run_tool_turn(codex_bin, tmp_path, proxy.url + "/v1", websockets))
+
+
+CLAUDE_POLICY = """\
+version: 1
+auth: open
+server:
+  websocket: {{enabled: {enabled}}}
+deployments:
+  - {{name: claude-wafer, provider: anthropic, model: claude-sim, base_url: "{wafer}", hardware: wafer}}
+routes:
+  - {{name: codex, candidates: [claude-wafer]}}
+"""
+
+
+@pytest.mark.parametrize("websockets", [False, True], ids=["http", "websocket"])
+def test_codex_tool_turn_through_laneway_to_anthropic(codex_bin, tmp_path, wafer_sim, websockets):  # noqa: F811
+    """Codex (Responses only) on an Anthropic Messages deployment: Laneway translates both ways."""
+    policy = CLAUDE_POLICY.format(enabled=str(websockets).lower(), wafer=wafer_sim.url)
+    with proxy_from_yaml(tmp_path, policy) as proxy:
+        assert_tool_turn(run_tool_turn(codex_bin, tmp_path, proxy.url + "/v1", websockets))
+    by_model = httpx.get(wafer_sim.url + "/sim/stats").json()["by_model"]
+    assert by_model["claude-sim"]["requests"] >= 2, "the call and the answer both reached /v1/messages"
