@@ -8,8 +8,8 @@ from __future__ import annotations
 import random
 from dataclasses import asdict, dataclass, field
 
+from proxy.limits.headroom import HeadroomLearner
 from proxy.routing.breaker import Breakers
-from proxy.routing.headroom import HeadroomView, ProviderHeadroom
 from proxy.routing.stats import LatencyStats
 
 
@@ -30,12 +30,7 @@ class RoutingCounters:
 @dataclass(slots=True)
 class RoutingState:
     stats: LatencyStats = field(default_factory=LatencyStats)
-    provider_headroom: ProviderHeadroom = field(default_factory=ProviderHeadroom)
-    headroom: HeadroomView | None = None  # the limiter's view when one is plugged in; else provider_headroom
+    headroom: HeadroomLearner = field(default_factory=HeadroomLearner)  # the limiter's learner, in a ProxyState
     breakers: Breakers = field(default_factory=Breakers)
     counters: RoutingCounters = field(default_factory=RoutingCounters)
     rng: random.Random = field(default_factory=random.Random)
-
-    def __post_init__(self) -> None:
-        if self.headroom is None:
-            self.headroom = self.provider_headroom
