@@ -49,6 +49,14 @@ class Priors:
 
 
 @dataclass(frozen=True, slots=True)
+class Learning:
+    """How fast routing forgets what it measured about a deployment, and how it rechecks a demoted one."""
+
+    half_life_s: float = 30.0     # an old measurement's weight halves this often
+    probe_interval_s: float = 3.0  # a lane demoted by its measurements gets one request this often (0: never)
+
+
+@dataclass(frozen=True, slots=True)
 class BreakerSettings:
     """Circuit breaker: open after `failures` consecutive failures, probe again after `cooldown_s`."""
 
@@ -81,6 +89,7 @@ class Deployment:
     timeouts: Timeouts = Timeouts()
     headers: Mapping[str, str] = field(default_factory=dict)  # extra upstream headers, already interpolated
     priors: Priors = Priors()
+    learning: Learning = Learning()
     breaker: BreakerSettings = BreakerSettings()
     websocket: bool = False  # the provider speaks Responses WebSocket mode: run turns over pooled sockets
     websocket_max_connections: int = 8  # sockets Laneway may hold open to it (the provider's cap)

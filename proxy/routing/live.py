@@ -22,6 +22,7 @@ class RoutingCounters:
     breaker_skips: int = 0     # the preferred candidate was passed over because its breaker is open
     hedges_started: int = 0    # a second attempt was started because the first was slow
     hedges_won: int = 0        # ... and the second attempt delivered the first token
+    probes: int = 0            # a lane its measurements demoted was sent a request to see if it recovered
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
