@@ -51,6 +51,7 @@ from .fields import (
 )
 from .schema import (
     AUTH_MODES,
+    MODALITIES,
     PROVIDERS,
     SIMULATOR_DIALECTS,
     SIMULATOR_PROFILES,
@@ -208,6 +209,9 @@ DEPLOYMENT = Spec(
         "priors": Field(section(PRIORS)),
         "learning": Field(section(LEARNING)),
         "breaker": Field(section(BREAKER)),
+        "context_window": Field(positive_int),
+        "modalities": Field(list_of(one_of(MODALITIES, "modality"), empty="must list at least one modality")),
+        "reasoning": Field(boolean),
         "websocket": Field(boolean),
         "websocket_max_connections": Field(positive_int),
         "limits": Field(section(LIMITS)),

@@ -19,6 +19,7 @@ OPENAI_COMPATIBLE = frozenset({"openai", "cerebras", "groq", "together", "vllm",
 LITELLM_PROVIDERS = frozenset({"anthropic"})
 PROVIDERS = OPENAI_COMPATIBLE | LITELLM_PROVIDERS
 STRATEGIES = frozenset({"fallback", "latency", "cost", "weighted"})
+MODALITIES = frozenset({"text", "image", "audio"})  # what a request's input may carry
 AUTH_MODES = frozenset({"open", "keys"})
 SIMULATOR_PROFILES = frozenset({"wafer", "gpu", "instant"})
 SIMULATOR_DIALECTS = frozenset({"openai", "cerebras"})
@@ -91,6 +92,9 @@ class Deployment:
     priors: Priors = Priors()
     learning: Learning = Learning()
     breaker: BreakerSettings = BreakerSettings()
+    context_window: int | None = None  # tokens in + out it accepts; None: not checked
+    modalities: tuple[str, ...] | None = None  # input it takes (MODALITIES); None: anything
+    reasoning: bool = False  # reasons deeply: preferred for requests asking reasoning effort "high"
     websocket: bool = False  # the provider speaks Responses WebSocket mode: run turns over pooled sockets
     websocket_max_connections: int = 8  # sockets Laneway may hold open to it (the provider's cap)
     limits: Limits | None = None

@@ -3,9 +3,10 @@
 ``order_candidates`` is what ``Router.dispatch`` calls before trying candidates in turn.
 It returns every candidate (never drops one for being slow, short of quota or failing:
 those move to the back, so the request still has somewhere to go) except those a client's
-``x-laneway-max-cost-usd`` rules out, and a short machine-readable reason:
+``x-laneway-max-cost-usd`` rules out or that cannot take the request at all (its context window,
+its input modalities: see ``capability``), and a short machine-readable reason:
 
-    <strategy>[;slo-miss][;probe:<name>][;hint:lane=<tag>][;spill:<name>=requests|tokens|reserve][;breaker:<name>=open]
+    <strategy>[;capability:<name>=context|image|audio][;slo-miss][;hint:reasoning=high][;probe:<name>][;hint:lane=<tag>][;spill:<name>=requests|tokens|reserve][;breaker:<name>=open]
 
 where <strategy> is ``primary`` for the ordered ``fallback`` strategy.
 """
@@ -18,6 +19,7 @@ from proxy.call import ModelRequest
 from proxy.config.schema import Deployment, Route
 from proxy.errors import InvalidRequest
 from proxy.pricing import price_of
+from proxy.routing.capability import explain, unable, wants_deep_reasoning
 from proxy.routing.hints import Hints
 from proxy.routing.live import RoutingState
 
@@ -95,6 +97,9 @@ def order_candidates(
     order = [deployments[name] for name in route.candidates]
     strategy = route.strategy
     notes: list[str] = []
+    unfit = unable(order, req)
+    if unfit:
+        order = _capable(order, unfit, req, route, notes)
     predictions: dict[str, Prediction] | None = None
     needs_prediction = (
         strategy in ("latency", "cost") or route.slo is not None or hints.max_latency_ms is not None
@@ -121,6 +126,11 @@ def order_candidates(
             else:
                 order = meeting + [d for d in order if not predictions[d.name].meets]
         order = _probe(order, req, predictions, live, now, notes)
+    if wants_deep_reasoning(req):
+        deep = [d for d in order if d.reasoning]
+        if deep and deep[0] is not order[0]:
+            order = deep + [d for d in order if not d.reasoning]
+            notes.append("hint:reasoning=high")
     if hints.lane is not None:
         preferred = [d for d in order if d.hardware == hints.lane]
         if preferred:
@@ -154,6 +164,22 @@ def _probe(order: list[Deployment], req: ModelRequest, predictions, live: Routin
                 notes.append(f"probe:{dep.name}")
                 return [dep, *order[:index], *order[index + 1:]]
     return order
+
+
+def _capable(order: list[Deployment], unfit: dict[str, str], req: ModelRequest, route: Route,
+             notes: list[str]) -> list[Deployment]:
+    """Skip candidates that cannot take the request; none left: a 400 that says why for each."""
+    kept = [d for d in order if d.name not in unfit]
+    if not kept:
+        reasons = "; ".join(explain(d, unfit[d.name], req) for d in order)
+        raise ProxyError(
+            400,
+            f"No deployment of '{route.name}' can take this request: {reasons}.",
+            code="unsupported_request",
+            param="messages",
+        )
+    notes.extend(f"capability:{d.name}={unfit[d.name]}" for d in order if d.name in unfit)
+    return kept
 
 
 def _within_budget(order: list[Deployment], predictions, max_cost: float, route: Route) -> list[Deployment]:
