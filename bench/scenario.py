@@ -356,9 +356,10 @@ def report(lanes: list[Lane], turns: list[Turn], args: argparse.Namespace, degra
           f"{over:+.0%} against the oracle's {pct(best_times, 0.95):.2f} s")
     if degraded:
         before = share(mine["results"], max(0.0, degraded[0] - 30), degraded[0])
-        after = share(mine["results"], degraded[1], degraded[1] + 30)
+        after = [share(mine["results"], degraded[1] + t, degraded[1] + t + 10) for t in (0, 10, 20)]
         print(f"recovery: the fast lane served {before:.0%} of latency-strategy requests in the 30 s before the "
-              f"degradation, {after:.0%} in the 30 s after it ended ({after / max(before, 1e-9):.0%} of before)")
+              f"degradation; after it ended, {' / '.join(f'{a:.0%}' for a in after)} in the 0-10 / 10-20 / 20-30 s "
+              f"that followed")
 
 
 def main() -> None:
