@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from proxy.call import ModelRequest
 from proxy.config.schema import Deployment
-from proxy.upstream.request import ModelRequest
 
 # Content-part types that carry non-text input (Chat Completions, Responses, Anthropic Messages).
 _PARTS = {"image_url": "image", "input_image": "image", "image": "image", "input_audio": "audio", "audio": "audio"}

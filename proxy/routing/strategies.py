@@ -172,8 +172,7 @@ def _capable(order: list[Deployment], unfit: dict[str, str], req: ModelRequest, 
     kept = [d for d in order if d.name not in unfit]
     if not kept:
         reasons = "; ".join(explain(d, unfit[d.name], req) for d in order)
-        raise ProxyError(
-            400,
+        raise InvalidRequest(
             f"No deployment of '{route.name}' can take this request: {reasons}.",
             code="unsupported_request",
             param="messages",
