@@ -81,7 +81,7 @@ routes:
 {route}"""
 
 STRATEGIES = {
-    "latency": "    strategy: latency\n    spill: {reserve_fraction: 0.4, reserve_min_gain_ms: 1500}\n",
+    "latency": "    strategy: latency\n    spill: {reserve_fraction: 0.8, reserve_min_gain_ms: 2200}\n",
     "cost": "    strategy: cost\n    slo: {total_ms: 3000, percentile: 95}\n",
     "round-robin": "    strategy: weighted\n    weights: {wafer: 1, gpu: 1}\n",
     "429-fallback": "    strategy: fallback\n    spill: {min_requests: 0}\n",
