@@ -3,21 +3,33 @@
 One seeded, bounded replay is sent, at the same moments, to four proxies that differ only in
 the `codex` route's strategy. Each proxy has its own pair of simulated providers:
   - a wafer lane (60 ms TTFT, 1500 tok/s) with tight preview limits: 30 RPM / 60k TPM,
-    advertised in OpenAI-style x-ratelimit-* headers; a fast-lane price premium
+    advertised in OpenAI- or Cerebras-style headers (Cerebras: the only request window it
+    advertises is per day); a fast-lane price premium
   - a GPU lane (400 ms TTFT, 80 tok/s) with no limits and a lower price
 
-The workload mixes short interactive turns arriving in bursts (a developer iterating) with
-long agentic turns (big context, long answers). Strategies compared:
+Workload mixes (--mix):
+  coding   bursts of short interactive turns (3-8, 0.3-1 s apart) and a long agentic turn every 6-12 s
+  bursty   bursts of 20-60 requests, prompts 1-40 KB, max_tokens 40-2000
+  long     long generations dominate (most turns ask 800-2000 tokens)
+Variants: --dialect openai|cerebras (the wafer lane's header dialect), --declared (the policy
+declares the wafer's limits, so the limiter admits; default: learnt from headers only),
+--degrade START:END (the wafer lane's TTFT goes x50, 3 s, between those seconds).
+
+Strategies compared:
   latency       predicted completion time, spill before 429, scarce fast-lane quota kept
                 for the requests that gain most from it (spill.reserve_*)
   cost          cheapest candidate predicted to meet a 3 s SLO at p95
   round-robin   `weighted` 1:1 (falls back on 429 / 5xx like every strategy)
   429-fallback  fast lane first, next lane only after the fast lane answered 429
+and an oracle row: the best assignment of the same requests to the same lanes, computed
+offline with full knowledge of lane speeds, quotas and the degradation (no proxy overhead).
 
-    .venv/bin/python bench/scenario.py [--seed 7] [--duration 60]
+    .venv/bin/python bench/scenario.py [--seed 7] [--duration 60] [--mix coding] [--dialect openai]
+                                       [--declared] [--degrade 20:50]
 
 Prints one table (client-visible 429s and other errors, spills, fallbacks, share served by
-the fast lane, p50/p95 completion time, spend at the policy's `prices:`) and a summary line.
+the fast lane, the longest the fast lane went unused, p50/p95 completion time, spend at the
+policy's `prices:`) and a summary line.
 """
 from __future__ import annotations
 
@@ -37,6 +49,10 @@ import orjson
 
 ROOT = Path(__file__).resolve().parent.parent
 PRICES = {"wafer": (1.0, 4.0), "gpu": (0.5, 2.0)}  # USD per million input / output tokens
+# name -> (TTFT s, tokens/s) as the simulators are started; the wafer lane's quota
+LANES = {"wafer": (0.06, 1500.0), "gpu": (0.4, 80.0)}
+WAFER_RPM, WAFER_TPM, WAFER_RPD = 30, 60_000, 14_400
+DEGRADED_TTFT_S = 3.0
 
 POLICY = """\
 version: 1
@@ -48,7 +64,7 @@ deployments:
     base_url: http://127.0.0.1:{wafer_port}/v1
     hardware: wafer
     priors: {{ttft_ms: 60, tokens_per_s: 1500}}
-  - name: gpu
+{wafer_limits}  - name: gpu
     provider: openai
     model: sim-gpu
     base_url: http://127.0.0.1:{gpu_port}/v1
@@ -65,7 +81,7 @@ routes:
 {route}"""
 
 STRATEGIES = {
-    "latency": "    strategy: latency\n    spill: {reserve_fraction: 0.4, reserve_min_gain_ms: 4000}\n",
+    "latency": "    strategy: latency\n    spill: {reserve_fraction: 0.8, reserve_min_gain_ms: 2200}\n",
     "cost": "    strategy: cost\n    slo: {total_ms: 3000, percentile: 95}\n",
     "round-robin": "    strategy: weighted\n    weights: {wafer: 1, gpu: 1}\n",
     "429-fallback": "    strategy: fallback\n    spill: {min_requests: 0}\n",
@@ -83,6 +99,7 @@ class Turn:
 
 @dataclass
 class Result:
+    at: float          # the turn's arrival, seconds after the start
     status: int
     seconds: float
     deployment: str = ""
@@ -97,24 +114,87 @@ class Lane:
     procs: list[subprocess.Popen] = field(default_factory=list)
     results: list[Result] = field(default_factory=list)
     counters: dict = field(default_factory=dict)
+    wafer_url: str = ""
 
 
-def workload(seed: int, duration: float) -> list[Turn]:
-    """Bursts of short turns (every ~8 s, 3-8 turns 0.3-1 s apart) and a long turn every 6-12 s."""
+def workload(seed: int, duration: float, mix: str = "coding") -> list[Turn]:
+    """The seeded arrivals of one mix (see the module docstring)."""
     rng = random.Random(seed)
     turns: list[Turn] = []
-    t = rng.expovariate(1 / 4)
-    while t < duration:
-        at = t
-        for _ in range(rng.randint(3, 8)):
-            turns.append(Turn(at, "short", rng.randint(400, 1500), rng.randint(60, 200)))
-            at += rng.uniform(0.3, 1.0)
-        t += rng.expovariate(1 / 8)
-    t = rng.uniform(0, 5)
-    while t < duration:
-        turns.append(Turn(t, "long", rng.randint(3000, 5000), rng.randint(700, 1200)))
-        t += rng.uniform(6, 12)
+    if mix == "bursty":
+        t = rng.uniform(0, 3)
+        while t < duration:
+            for _ in range(rng.randint(20, 60)):
+                out = rng.randint(40, 2000)
+                turns.append(Turn(t, "short" if out < 400 else "long", rng.randint(250, 10_000), out))
+                t += rng.uniform(0.02, 0.3)
+            t += rng.expovariate(1 / 15)
+    else:
+        long_gap, short_out = ((2, 5), (60, 200)) if mix == "long" else ((6, 12), (60, 200))
+        t = rng.expovariate(1 / 4)
+        while t < duration:
+            at = t
+            for _ in range(rng.randint(3, 8) if mix == "coding" else rng.randint(1, 3)):
+                turns.append(Turn(at, "short", rng.randint(400, 1500), rng.randint(*short_out)))
+                at += rng.uniform(0.3, 1.0)
+            t += rng.expovariate(1 / 8)
+        t = rng.uniform(0, 5)
+        while t < duration:
+            out = rng.randint(800, 2000) if mix == "long" else rng.randint(700, 1200)
+            turns.append(Turn(t, "long", rng.randint(3000, 5000), out))
+            t += rng.uniform(*long_gap)
     return sorted((turn for turn in turns if turn.at < duration), key=lambda turn: turn.at)
+
+
+def service_s(lane: str, turn: Turn, degraded: tuple[float, float] | None) -> float:
+    """Completion time of ``turn`` on ``lane`` as the simulators serve it, without any proxy."""
+    ttft, rate = LANES[lane]
+    if lane == "wafer" and degraded is not None and degraded[0] <= turn.at < degraded[1]:
+        ttft = DEGRADED_TTFT_S
+    return ttft + turn.output_tokens / rate
+
+
+def _fits(taken: list[tuple[float, int]], at: float, tokens: int) -> bool:
+    """Whether one more wafer admission at ``at`` keeps every sliding minute within its quota."""
+    for end in [at] + [e for e, _ in taken if at <= e < at + 60]:
+        inside = [t for a, t in taken if end - 60 < a <= end]
+        if len(inside) + 1 > WAFER_RPM or sum(inside) + tokens > WAFER_TPM:
+            return False
+    return True
+
+
+def oracle(turns: list[Turn], degraded: tuple[float, float] | None) -> tuple[list[float], list[str]]:
+    """Completion times and lanes of the best assignment found offline for p95, quotas respected.
+
+    For a bound T (bisected): the turns the GPU lane (no quota) cannot serve within T take the
+    wafer lane's sliding-minute quota (requests, and prompt + output tokens charged at admission
+    like the simulator) in arrival order; T is feasible when at most 5% miss it. Quota left
+    over then goes, in arrival order, to any turn the wafer lane serves faster.
+    """
+    gpu = [service_s("gpu", t, degraded) for t in turns]
+    wafer = [service_s("wafer", t, degraded) for t in turns]
+
+    def assign(bound: float) -> tuple[list[str], int]:
+        taken: list[tuple[float, int]] = []
+        lanes = ["gpu"] * len(turns)
+        for first_pass in (True, False):
+            for i, turn in enumerate(turns):
+                wanted = gpu[i] > bound if first_pass else lanes[i] == "gpu"
+                tokens = turn.prompt_tokens + turn.output_tokens
+                if wanted and wafer[i] < gpu[i] and _fits(taken, turn.at, tokens):
+                    taken.append((turn.at, tokens))
+                    lanes[i] = "wafer"
+        return lanes, sum((wafer[i] if lane == "wafer" else gpu[i]) > bound for i, lane in enumerate(lanes))
+
+    lo, hi = 0.0, max(gpu)
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        if assign(mid)[1] <= 0.05 * len(turns):
+            hi = mid
+        else:
+            lo = mid
+    lanes = assign(hi)[0]
+    return [wafer[i] if lane == "wafer" else gpu[i] for i, lane in enumerate(lanes)], lanes
 
 
 def free_port() -> int:
@@ -140,17 +220,20 @@ def wait_ready(url: str, procs: list[subprocess.Popen], timeout: float = 60) -> 
     raise SystemExit(f"{url} did not come up")
 
 
-def launch(name: str, workdir: Path) -> Lane:
+def launch(name: str, workdir: Path, dialect: str, declared: bool) -> Lane:
     wafer_port, gpu_port, port = free_port(), free_port(), free_port()
     sim = [sys.executable, "-m", "proxy.simulate", "--host", "127.0.0.1"]
     policy = workdir / f"{name}.yaml"
+    limits = f"    limits: {{rpm: {WAFER_RPM}, tpm: {WAFER_TPM}, rpd: {WAFER_RPD}}}\n" if declared else ""
     policy.write_text(POLICY.format(
-        wafer_port=wafer_port, gpu_port=gpu_port, route=STRATEGIES[name],
+        wafer_port=wafer_port, gpu_port=gpu_port, route=STRATEGIES[name], wafer_limits=limits,
         wafer_in=PRICES["wafer"][0], wafer_out=PRICES["wafer"][1], gpu_in=PRICES["gpu"][0], gpu_out=PRICES["gpu"][1],
     ))
     lane = Lane(name, port)
+    lane.wafer_url = f"http://127.0.0.1:{wafer_port}"
+    quota = ["--rpm", str(WAFER_RPM), "--tpm", str(WAFER_TPM), "--rpd", str(WAFER_RPD), "--dialect", dialect]
     lane.procs = [
-        start(sim + ["--profile", "wafer", "--port", str(wafer_port), "--rpm", "30", "--tpm", "60000", "--dialect", "openai"]),
+        start(sim + ["--profile", "wafer", "--port", str(wafer_port), *quota]),
         start(sim + ["--profile", "gpu", "--port", str(gpu_port)]),
         start([sys.executable, "-m", "proxy.cli", "serve", "--policy", str(policy), "--port", str(port),
                "--no-simulators", "--log-level", "warning"]),
@@ -169,14 +252,14 @@ def body(turn: Turn, rng: random.Random) -> bytes:
     })
 
 
-async def send(client: httpx.AsyncClient, lane: Lane, payload: bytes) -> None:
+async def send(client: httpx.AsyncClient, lane: Lane, turn: Turn, payload: bytes) -> None:
     started = time.perf_counter()
     async with client.stream("POST", f"http://127.0.0.1:{lane.port}/v1/chat/completions", content=payload,
                              headers={"content-type": "application/json"}) as response:
         tail = b""
         async for chunk in response.aiter_bytes():
             tail = (tail + chunk)[-4096:]
-        result = Result(response.status_code, time.perf_counter() - started,
+        result = Result(turn.at, response.status_code, time.perf_counter() - started,
                         response.headers.get("x-laneway-deployment", ""))
     usage_at = tail.rfind(b'"usage":{')
     if response.status_code == 200 and usage_at >= 0:
@@ -185,18 +268,31 @@ async def send(client: httpx.AsyncClient, lane: Lane, payload: bytes) -> None:
     lane.results.append(result)
 
 
-async def replay(lanes: list[Lane], turns: list[Turn], seed: int) -> None:
+async def degrade(client: httpx.AsyncClient, lanes: list[Lane], degraded: tuple[float, float], began: float) -> None:
+    """Slow every wafer response's first byte by DEGRADED_TTFT_S between the two moments.
+
+    The simulator's fault queue is cleared with /sim/reset, which also empties its rate
+    windows: every strategy's wafer lane gets that same fresh minute when the lane recovers.
+    """
+    await asyncio.sleep(max(0.0, degraded[0] - (time.perf_counter() - began)))
+    fault = {"mode": f"slow_first_byte:{DEGRADED_TTFT_S * 1000:g}", "count": 100_000}
+    await asyncio.gather(*(client.post(lane.wafer_url + "/sim/faults", json=fault) for lane in lanes))
+    await asyncio.sleep(max(0.0, degraded[1] - (time.perf_counter() - began)))
+    await asyncio.gather(*(client.post(lane.wafer_url + "/sim/reset") for lane in lanes))
+
+
+async def replay(lanes: list[Lane], turns: list[Turn], seed: int, degraded: tuple[float, float] | None) -> None:
     rng = random.Random(seed + 1)
     payloads = [body(turn, rng) for turn in turns]
     limits = httpx.Limits(max_connections=400, max_keepalive_connections=100)
     async with httpx.AsyncClient(timeout=120, limits=limits) as client:
         began = time.perf_counter()
-        tasks = []
+        tasks = [asyncio.ensure_future(degrade(client, lanes, degraded, began))] if degraded else []
         for turn, payload in zip(turns, payloads):
             delay = turn.at - (time.perf_counter() - began)
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks += [asyncio.ensure_future(send(client, lane, payload)) for lane in lanes]
+            tasks += [asyncio.ensure_future(send(client, lane, turn, payload)) for lane in lanes]
         await asyncio.gather(*tasks)
         for lane in lanes:
             lane.counters = (await client.get(f"http://127.0.0.1:{lane.port}/admin/policy")).json()["routing"]["counters"]
@@ -212,12 +308,27 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-def report(lanes: list[Lane], turns: list[Turn], seed: int, duration: float) -> None:
+def longest_gap(results: list[Result], duration: float) -> float:
+    """The longest stretch of arrivals (s) none of which the fast lane served."""
+    times = sorted(r.at for r in results if r.status == 200 and r.deployment == "wafer")
+    edges = [0.0, *times, duration]
+    return max(b - a for a, b in zip(edges, edges[1:]))
+
+
+def share(results: list[Result], start: float, end: float) -> float:
+    window = [r for r in results if start <= r.at < end and r.status == 200]
+    return sum(r.deployment == "wafer" for r in window) / max(1, len(window))
+
+
+def report(lanes: list[Lane], turns: list[Turn], args: argparse.Namespace, degraded: tuple[float, float] | None) -> None:
     shorts = sum(t.kind == "short" for t in turns)
-    print(f"workload: seed {seed}, {duration:g} s, {len(turns)} turns ({shorts} short interactive, "
-          f"{len(turns) - shorts} long agentic); wafer lane 30 RPM / 60k TPM, GPU lane unlimited\n")
-    print("| strategy | client 429s | other errors | spills | fallbacks | on wafer | p50 s | p95 s | spend USD |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    limits = "declared in the policy" if args.declared else f"learnt from {args.dialect}-style headers only"
+    print(f"workload: seed {args.seed}, mix {args.mix}, {args.duration:g} s, {len(turns)} turns ({shorts} short, "
+          f"{len(turns) - shorts} long); wafer lane {WAFER_RPM} RPM / {WAFER_TPM // 1000}k TPM / {WAFER_RPD} RPD "
+          f"({limits}), GPU lane unlimited" + (f"; wafer TTFT x50 from {degraded[0]:g} s to {degraded[1]:g} s" if degraded else "")
+          + "\n")
+    print("| strategy | client 429s | other errors | spills | fallbacks | on wafer | wafer unused s | p50 s | p95 s | spend USD |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     rows = {}
     for lane in lanes:
         ok = [r for r in lane.results if r.status == 200]
@@ -225,31 +336,49 @@ def report(lanes: list[Lane], turns: list[Turn], seed: int, duration: float) -> 
         rows[lane.name] = row = {
             "429": sum(r.status == 429 for r in lane.results),
             "errors": sum(r.status not in (200, 429) for r in lane.results),
-            "p50": pct(times, 0.50), "p95": pct(times, 0.95),
+            "p50": pct(times, 0.50), "p95": pct(times, 0.95), "results": lane.results,
         }
         wafer = sum(r.deployment == "wafer" for r in ok) / max(1, len(ok))
         print(f"| {lane.name} | {row['429']} | {row['errors']} | {lane.counters.get('spills', 0)} | "
-              f"{lane.counters.get('fallbacks', 0)} | {wafer:.0%} | {row['p50']:.2f} | {row['p95']:.2f} | "
-              f"{spend(ok):.4f} |")
-    best, base = rows["latency"], rows["429-fallback"]
-    gain = 1 - best["p95"] / base["p95"]
-    verdict = "meets" if best["429"] == 0 and gain >= 0.30 else "MISSES"
-    print(f"\nsummary: latency strategy {verdict} the targets: {best['429']} client-visible 429s, "
-          f"p95 {best['p95']:.2f} s vs {base['p95']:.2f} s for fall-back-after-429 ({gain:.0%} lower)")
+              f"{lane.counters.get('fallbacks', 0)} | {wafer:.0%} | {longest_gap(lane.results, args.duration):.1f} | "
+              f"{row['p50']:.2f} | {row['p95']:.2f} | {spend(ok):.4f} |")
+    best_times, best_lanes = oracle(turns, degraded)
+    best = [Result(t.at, 200, s, lane, t.prompt_tokens, t.output_tokens) for t, s, lane in zip(turns, best_times, best_lanes)]
+    print(f"| oracle | 0 | 0 | - | - | {best_lanes.count('wafer') / len(best_lanes):.0%} | "
+          f"{longest_gap(best, args.duration):.1f} | {pct(best_times, 0.5):.2f} | {pct(best_times, 0.95):.2f} | "
+          f"{spend(best):.4f} |")
+    mine, base = rows["latency"], rows["429-fallback"]
+    gain = 1 - mine["p95"] / base["p95"]
+    over = mine["p95"] / pct(best_times, 0.95) - 1
+    verdict = "meets" if mine["429"] == 0 and gain >= 0.30 and over <= 0.20 else "MISSES"
+    print(f"\nsummary: latency strategy {verdict} the targets: {mine['429']} client-visible 429s, "
+          f"p95 {mine['p95']:.2f} s vs {base['p95']:.2f} s for fall-back-after-429 ({gain:.0%} lower), "
+          f"{over:+.0%} against the oracle's {pct(best_times, 0.95):.2f} s")
+    if degraded:
+        before = share(mine["results"], max(0.0, degraded[0] - 30), degraded[0])
+        after = [share(mine["results"], degraded[1] + t, degraded[1] + t + 10) for t in (0, 10, 20)]
+        print(f"recovery: the fast lane served {before:.0%} of latency-strategy requests in the 30 s before the "
+              f"degradation; after it ended, {' / '.join(f'{a:.0%}' for a in after)} in the 0-10 / 10-20 / 20-30 s "
+              f"that followed")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of arrivals (the replay ends ~15 s later)")
+    parser.add_argument("--mix", choices=("coding", "bursty", "long"), default="coding")
+    parser.add_argument("--dialect", choices=("openai", "cerebras"), default="openai", help="the wafer lane's headers")
+    parser.add_argument("--declared", action="store_true", help="declare the wafer lane's limits in the policy")
+    parser.add_argument("--degrade", metavar="START:END", help="the wafer lane's TTFT x50 between these seconds")
     args = parser.parse_args()
-    turns = workload(args.seed, args.duration)
+    degraded = tuple(float(v) for v in args.degrade.split(":")) if args.degrade else None
+    turns = workload(args.seed, args.duration, args.mix)
     lanes: list[Lane] = []
     with tempfile.TemporaryDirectory() as tmp:
         try:
             for name in STRATEGIES:
-                lanes.append(launch(name, Path(tmp)))
-            asyncio.run(replay(lanes, turns, args.seed))
+                lanes.append(launch(name, Path(tmp), args.dialect, args.declared))
+            asyncio.run(replay(lanes, turns, args.seed, degraded))
         finally:
             for lane in lanes:
                 for proc in lane.procs:
@@ -259,7 +388,7 @@ def main() -> None:
                         proc.wait(10)
                     except subprocess.TimeoutExpired:
                         proc.kill()
-    report(lanes, turns, args.seed, args.duration)
+    report(lanes, turns, args, degraded)
 
 
 if __name__ == "__main__":

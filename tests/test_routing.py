@@ -14,7 +14,7 @@ from proxy.config.schema import BreakerSettings
 from proxy.errors import Refused
 from proxy.pricing.catalogue import activate, book_for
 from proxy.routing.breaker import CLOSED, HALF_OPEN, OPEN, Breaker
-from proxy.routing.headroom import ProviderHeadroom
+from proxy.limits.headroom import HeadroomLearner
 from proxy.routing.hints import NO_HINTS, Hints
 from proxy.routing.live import RoutingState
 from proxy.routing.stats import Sketch
@@ -231,23 +231,24 @@ def test_bad_hint_values_are_400():
 
 
 def test_provider_headers_in_both_dialects():
-    view = ProviderHeadroom()
+    view = HeadroomLearner()
     view.learn("a", 200, [(b"x-ratelimit-limit-requests", b"30"), (b"x-ratelimit-remaining-requests", b"4"),
                           (b"x-ratelimit-reset-requests", b"6m0s"), (b"x-ratelimit-remaining-tokens", b"900"),
                           (b"x-ratelimit-reset-tokens", b"12ms")], now=100.0)
     room = view.headroom("a")
-    assert (room.requests, room.requests_limit, room.tokens) == (4, 30, 900)
-    assert room.requests_reset_at == pytest.approx(460.0) and room.tokens_reset_at == pytest.approx(100.012)
+    requests, tokens = room.windows["requests"], room.windows["tokens"]
+    assert (requests.remaining, requests.limit, tokens.remaining) == (4, 30, 900)
+    assert requests.reset_at == pytest.approx(460.0) and tokens.reset_at == pytest.approx(100.012)
     view.learn("c", 200, [(b"x-ratelimit-remaining-tokens-minute", b"1200"), (b"x-ratelimit-limit-tokens-minute", b"60000"),
                           (b"x-ratelimit-reset-tokens-minute", b"33.5"), (b"x-ratelimit-remaining-requests-day", b"0"),
                           (b"x-ratelimit-reset-requests-day", b"33011.38")], now=0.0)
     room = view.headroom("c")
-    assert (room.tokens, room.tokens_limit, room.requests) == (1200, 60000, 0)
+    assert (room.tokens, room.windows["tokens-minute"].limit, room.requests) == (1200, 60000, 0)
     assert room.short(need_tokens=10, min_requests=1, min_tokens=0, now=1.0) == "requests"
     # Anthropic's dialect, and the tighter of two request windows.
     view.learn("d", 200, [(b"anthropic-ratelimit-requests-remaining", b"7"), (b"anthropic-ratelimit-requests-limit", b"50"),
                           (b"x-ratelimit-remaining-requests-day", b"3"), (b"x-ratelimit-reset-requests-day", b"100")], now=0.0)
-    assert view.headroom("d").requests == 3 and view.headroom("d").requests_reset_at == pytest.approx(100.0)
+    assert view.headroom("d").requests == 3 and view.headroom("d").tightest("requests").reset_at == pytest.approx(100.0)
     view.learn("b", 200, [(b"content-type", b"application/json")])
     assert view.headroom("b") is None
 
@@ -256,16 +257,16 @@ def test_spill_moves_a_lane_short_of_quota_behind_before_it_answers_429():
     live = RoutingState()
     pol = policy("latency")
     now = time.monotonic()
-    live.provider_headroom.learn("wafer", 200, [(b"x-ratelimit-remaining-requests", b"1"),
+    live.headroom.learn("wafer", 200, [(b"x-ratelimit-remaining-requests", b"1"),
                                                 (b"x-ratelimit-reset-requests", b"30s")], now=now)
     assert order(pol, live=live, now=now)[0] == ["wafer", "gpu"]
-    live.provider_headroom.debit("wafer", 100)  # one more request sent: none left in the window
+    live.headroom.sent("wafer", 100)  # one more request sent: none left in the window
     assert order(pol, live=live, now=now) == (["gpu", "wafer"], "latency;spill:wafer=requests")
     assert live.counters.spills == 1
     assert order(pol, live=live, now=now + 31)[0] == ["wafer", "gpu"], "the window has refilled"
     # Tokens: the request's estimate (prompt + max_tokens) must fit in what is left.
     live = RoutingState()
-    live.provider_headroom.learn("wafer", 200, [(b"x-ratelimit-remaining-tokens", b"500"),
+    live.headroom.learn("wafer", 200, [(b"x-ratelimit-remaining-tokens", b"500"),
                                                 (b"x-ratelimit-reset-tokens", b"10s")], now=now)
     assert order(pol, request(max_tokens=1000), live=live, now=now)[1] == "latency;spill:wafer=tokens"
     assert order(pol, request(max_tokens=100), live=live, now=now)[0][0] == "wafer"
@@ -274,7 +275,7 @@ def test_spill_moves_a_lane_short_of_quota_behind_before_it_answers_429():
 def test_a_429_empties_the_view_until_retry_after():
     live = RoutingState()
     now = time.monotonic()
-    live.provider_headroom.learn("wafer", 429, [(b"retry-after-ms", b"2000")], now=now)
+    live.headroom.learn("wafer", 429, [(b"retry-after-ms", b"2000")], now=now)
     assert order(policy("latency"), live=live, now=now + 1)[0][0] == "gpu"
     assert order(policy("latency"), live=live, now=now + 2.5)[0][0] == "wafer"
 
@@ -283,7 +284,7 @@ def test_reserve_keeps_scarce_quota_for_requests_that_gain_most():
     extra = "    spill: {reserve_fraction: 0.5, reserve_min_gain_ms: 3000}\n"
     live = RoutingState()
     now = time.monotonic()
-    live.provider_headroom.learn("wafer", 200, [(b"x-ratelimit-limit-requests", b"30"),
+    live.headroom.learn("wafer", 200, [(b"x-ratelimit-limit-requests", b"30"),
                                                 (b"x-ratelimit-remaining-requests", b"10"),
                                                 (b"x-ratelimit-reset-requests", b"30s")], now=now)
     # A short answer gains ~1.6 s from the fast lane: it goes to the GPU lane while quota is scarce.
@@ -296,7 +297,7 @@ def test_no_spill_when_every_candidate_is_short():
     live = RoutingState()
     now = time.monotonic()
     for name in ("wafer", "gpu"):
-        live.provider_headroom.learn(name, 429, [(b"retry-after", b"5")], now=now)
+        live.headroom.learn(name, 429, [(b"retry-after", b"5")], now=now)
     assert order(policy("latency"), live=live, now=now) == (["wafer", "gpu"], "latency")
 
 

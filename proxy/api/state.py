@@ -39,9 +39,9 @@ class ProxyState:
     def __init__(self, policy: Policy) -> None:
         self.pools = UpstreamPools()
         self.sockets = SocketPools()  # upstream WebSocket pools, like the HTTP pools shared across reloads
-        self.routing = RoutingState()  # learnt statistics survive policy reloads
         self.accounting = Accounting(policy)  # price book, usage ledger, budgets; survives reloads
         self.limiter = Limiter.from_policy(policy)  # shared limits state; survives reloads
+        self.routing = RoutingState(headroom=self.limiter.learner)  # learnt statistics survive policy reloads
         self.accounting.budgets.use_store(self.limiter.store, policy.store.on_store_error)  # one shared spend per budget
         self.runtime = self._build(policy)
         # Told of every finished request after its ticket and budget hold are given back.
@@ -54,7 +54,6 @@ class ProxyState:
     def _build(self, policy: Policy) -> Runtime:
         budgets = self.accounting.budgets
         self.limiter.load(policy)
-        self.routing.headroom = self.limiter if self.limiter.active else self.routing.provider_headroom
         return Runtime(policy, Router(policy, self.pools, self.sockets, self.routing), Authenticator(policy), budgets,
                        self.limiter)
 

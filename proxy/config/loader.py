@@ -50,6 +50,7 @@ from .fields import (
 )
 from .schema import (
     AUTH_MODES,
+    MODALITIES,
     PROVIDERS,
     SIMULATOR_DIALECTS,
     SIMULATOR_PROFILES,
@@ -60,6 +61,7 @@ from .schema import (
     BreakerSettings,
     Deployment,
     Hedge,
+    Learning,
     LedgerSettings,
     Limits,
     Priors,
@@ -142,6 +144,7 @@ PRIORS = Spec(
     {"ttft_ms": Field(positive_float), "tokens_per_s": Field(positive_float), "concurrency": Field(positive_int)},
     Priors,
 )
+LEARNING = Spec({"half_life_s": Field(positive_float), "probe_interval_s": Field(_non_negative)}, Learning)
 BREAKER = Spec(
     {"failures": Field(positive_int), "cooldown_s": Field(positive_float), "half_open_probes": Field(positive_int)},
     BreakerSettings,
@@ -205,7 +208,11 @@ DEPLOYMENT = Spec(
         "timeouts": Field(section(TIMEOUTS)),
         "headers": Field(headers),
         "priors": Field(section(PRIORS)),
+        "learning": Field(section(LEARNING)),
         "breaker": Field(section(BREAKER)),
+        "context_window": Field(positive_int),
+        "modalities": Field(list_of(one_of(MODALITIES, "modality"), empty="must list at least one modality")),
+        "reasoning": Field(boolean),
         "websocket": Field(boolean),
         "websocket_max_connections": Field(positive_int),
         "limits": Field(section(LIMITS)),

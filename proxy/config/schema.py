@@ -19,6 +19,7 @@ OPENAI_COMPATIBLE = frozenset({"openai", "cerebras", "groq", "together", "vllm",
 LITELLM_PROVIDERS = frozenset({"anthropic"})
 PROVIDERS = OPENAI_COMPATIBLE | LITELLM_PROVIDERS
 STRATEGIES = frozenset({"fallback", "latency", "cost", "weighted"})
+MODALITIES = frozenset({"text", "image", "audio"})  # what a request's input may carry
 AUTH_MODES = frozenset({"open", "keys"})
 SIMULATOR_PROFILES = frozenset({"wafer", "gpu", "instant"})
 SIMULATOR_DIALECTS = frozenset({"openai", "cerebras"})
@@ -46,6 +47,14 @@ class Priors:
     ttft_ms: float = 500.0
     tokens_per_s: float = 100.0
     concurrency: int = 8  # requests it serves in parallel before queueing adds latency
+
+
+@dataclass(frozen=True, slots=True)
+class Learning:
+    """How fast routing forgets what it measured about a deployment, and how it rechecks a demoted one."""
+
+    half_life_s: float = 30.0     # an old measurement's weight halves this often
+    probe_interval_s: float = 3.0  # a lane demoted by its measurements gets one request this often (0: never)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +90,11 @@ class Deployment:
     timeouts: Timeouts = Timeouts()
     headers: Mapping[str, str] = field(default_factory=dict)  # extra upstream headers, already interpolated
     priors: Priors = Priors()
+    learning: Learning = Learning()
     breaker: BreakerSettings = BreakerSettings()
+    context_window: int | None = None  # tokens in + out it accepts; None: not checked
+    modalities: tuple[str, ...] | None = None  # input it takes (MODALITIES); None: anything
+    reasoning: bool = False  # reasons deeply: preferred for requests asking reasoning effort "high"
     websocket: bool = False  # the provider speaks Responses WebSocket mode: run turns over pooled sockets
     websocket_max_connections: int = 8  # sockets Laneway may hold open to it (the provider's cap)
     limits: Limits | None = None

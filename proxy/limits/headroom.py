@@ -1,42 +1,139 @@
-"""Remaining quota of one deployment, as the router reads it."""
+"""How much quota each deployment has left, window by window: the one learner of it.
+
+Two sources feed one view per deployment. The provider's rate-limit headers (every dialect
+``provider_headers`` reads: OpenAI / Groq ``-requests`` / ``-tokens``, Cerebras
+``-requests-day`` / ``-tokens-minute``, Anthropic's ``anthropic-ratelimit-*``), parsed once per
+response in ``HeadroomLearner.learn``; and, when the limiter is active, what each admission
+left in our own configured windows (``rpm``, ``tpm``, ``rpd``, ``tpd``). Each window keeps its
+own remaining count and reset, so a per-day cap and a per-minute one are both visible and
+neither hides the other: the newest word about a window replaces the old one, and the
+tightest live window binds. Between responses provider windows are debited locally for every
+request sent, so a burst does not all see the same stale figure.
+
+A 429 blocks the deployment for its ``retry-after``, or, without one, until the earliest reset
+of the windows it names (those at 0), else of the shortest window it reports. It never sets a
+window it does not name to 0: one per-minute refusal from a provider whose only request window
+is per day would otherwise spill the lane until tomorrow. A named window's reset is bounded
+by the ``retry-after``.
+
+Routing reads ``headroom(name)``; the limiter subscribes (``sink``) to write the provider's word
+to its shared store, so each response's headers are parsed once for both.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from proxy.limits.provider_headers import ProviderWindow, parse_headers
+
+DEFAULT_429_WAIT_S = 1.0  # a bare 429: no retry-after and no window to read a reset from
+
+# deployment, the provider's windows (resets bounded by a 429's retry-after), ms the 429 blocks for
+Sink = Callable[[str, list[ProviderWindow], int], None]
+
+
+@dataclass(slots=True)
+class Window:
+    """One quota window; ``reset_at`` is ``time.monotonic()``; ``limit`` None when not stated."""
+
+    kind: str                 # "requests" | "tokens"
+    remaining: float
+    limit: float | None
+    reset_at: float
+    provider: bool = True     # the provider's word (debited per request sent), else our configured bucket
 
 
 @dataclass(slots=True)
 class Headroom:
-    """Quota left on one deployment and when it refills; ``None`` means unknown.
+    """Quota left on one deployment: its windows by name ("requests-day", "tpm", ...)."""
 
-    Times are ``time.monotonic()``. Both the limiter (ours and the provider's word) and the
-    router's header-learned view describe headroom with this one type.
-    """
-
-    requests: float | None = None
-    tokens: float | None = None
-    requests_limit: float | None = None
-    tokens_limit: float | None = None
-    requests_reset_at: float = 0.0
-    tokens_reset_at: float = 0.0
+    windows: dict[str, Window] = field(default_factory=dict)
     exhausted_until: float = 0.0     # an upstream 429 said so
 
+    def live(self, now: float) -> Iterable[Window]:
+        """Windows whose figures still hold (a window past its reset has refilled)."""
+        return (w for w in self.windows.values() if now < w.reset_at)
+
+    def tightest(self, kind: str) -> Window | None:
+        """The window of ``kind`` with the least left, as last reported (expired ones included)."""
+        return min((w for w in self.windows.values() if w.kind == kind), key=lambda w: w.remaining, default=None)
+
+    @property
+    def requests(self) -> float | None:
+        window = self.tightest("requests")
+        return None if window is None else window.remaining
+
+    @property
+    def tokens(self) -> float | None:
+        window = self.tightest("tokens")
+        return None if window is None else window.remaining
+
     def fraction_left(self, now: float) -> float:
-        """The smaller of requests / tokens left as a share of the window's limit (1.0 when unknown)."""
+        """The smallest share left of any live window with a stated limit (1.0 when none)."""
         if now < self.exhausted_until:
             return 0.0
-        share = 1.0
-        if self.requests is not None and self.requests_limit and now < self.requests_reset_at:
-            share = min(share, self.requests / self.requests_limit)
-        if self.tokens is not None and self.tokens_limit and now < self.tokens_reset_at:
-            share = min(share, self.tokens / self.tokens_limit)
-        return max(0.0, share)
+        shares = [w.remaining / w.limit for w in self.live(now) if w.limit]
+        return max(0.0, min(shares, default=1.0))
 
     def short(self, need_tokens: int, min_requests: int, min_tokens: int, now: float) -> str | None:
         """Why this deployment should be spilled from now ("requests" / "tokens"), or None."""
         if now < self.exhausted_until:
             return "requests"
-        if self.requests is not None and now < self.requests_reset_at and self.requests < min_requests:
-            return "requests"
-        if self.tokens is not None and now < self.tokens_reset_at and self.tokens < need_tokens + min_tokens:
-            return "tokens"
+        for w in self.live(now):
+            if w.kind == "requests" and w.remaining < min_requests:
+                return "requests"
+            if w.kind == "tokens" and w.remaining < need_tokens + min_tokens:
+                return "tokens"
         return None
+
+
+class HeadroomLearner:
+    """Headroom of every deployment, from provider headers and our own admissions; one per process."""
+
+    def __init__(self) -> None:
+        self._by_name: dict[str, Headroom] = {}
+        self.sink: Sink | None = None  # the limiter, to share the provider's word through its store
+
+    def headroom(self, deployment: str) -> Headroom | None:
+        return self._by_name.get(deployment)
+
+    def sent(self, deployment: str, tokens: int) -> None:
+        """A request was sent: count it against what the provider last reported."""
+        room = self._by_name.get(deployment)
+        if room is None:
+            return
+        for w in room.windows.values():
+            if w.provider:
+                w.remaining -= 1 if w.kind == "requests" else tokens
+
+    def learn(self, deployment: str, status: int, headers: list[tuple[bytes, bytes]], now: float | None = None) -> None:
+        """Update from one response's headers and status (parsed here, once, for routing and the limiter)."""
+        report = parse_headers(headers, time.time())
+        if not report and status != 429:
+            return
+        now = time.monotonic() if now is None else now
+        room = self._by_name.setdefault(deployment, Headroom())
+        windows = [w for w in report.windows if w.remaining is not None and w.reset_s is not None]
+        blocked_s = 0.0
+        if status == 429:
+            named = [w for w in windows if w.remaining <= 0]
+            wait = report.retry_after_s
+            if wait is None:
+                wait = min((w.reset_s for w in named or windows), default=DEFAULT_429_WAIT_S)
+            else:
+                for w in named:
+                    w.reset_s = min(w.reset_s, wait)
+            blocked_s = wait
+            room.exhausted_until = max(room.exhausted_until, now + wait)
+        for w in windows:
+            room.windows[w.window] = Window(w.kind, w.remaining, w.limit, now + w.reset_s)
+        if self.sink is not None:
+            self.sink(deployment, windows, max(1, int(blocked_s * 1000)) if status == 429 else 0)
+
+    def admitted(self, deployment: str, window: str, kind: str, remaining: float, limit: float, reset_s: float,
+                 now: float | None = None) -> None:
+        """What an admission left in one of our configured windows (``rpm``, ``tpd``, ...)."""
+        now = time.monotonic() if now is None else now
+        room = self._by_name.setdefault(deployment, Headroom())
+        room.windows[window] = Window(kind, remaining, limit, now + reset_s, provider=False)

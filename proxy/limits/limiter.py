@@ -25,9 +25,9 @@ from proxy.config.schema import Policy, StoreSettings
 from proxy.errors import ClientLimited
 from proxy.limits.buckets import limit_buckets, provider_bucket
 from proxy.limits.failover import Failover
-from proxy.limits.headroom import Headroom
-from proxy.limits.provider_headers import ProviderReport, parse_headers
-from proxy.store.base import CONCURRENCY, AdmitResult, AmountError, Bucket, ProviderWindowState, Store, StoreError, bucket_amounts
+from proxy.limits.headroom import Headroom, HeadroomLearner
+from proxy.limits.provider_headers import ProviderWindow
+from proxy.store.base import CONCURRENCY, REQUESTS, TOKENS, AdmitResult, AmountError, Bucket, ProviderWindowState, Store, StoreError, bucket_amounts
 from proxy.store.memory import MemoryStore
 
 log = logging.getLogger("laneway.limits")
@@ -83,9 +83,6 @@ class Ticket:
     def release(self, deployment: str) -> None:
         self.limiter.release(self, deployment)
 
-    def observe(self, deployment: str, status: int, headers: list[tuple[bytes, bytes]]) -> None:
-        self.limiter.observe(deployment, status, headers)
-
 
 @dataclass(slots=True)
 class LimitStats:
@@ -120,7 +117,8 @@ class Limiter:
         self._live: dict[str, Ticket] = {}
         self._renewer: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
-        self._headroom: dict[str, Headroom] = {}
+        self.learner = HeadroomLearner()  # also routing's view (ProxyState hands it over)
+        self.learner.sink = self._learnt
         self._learning: dict[str, tuple[list[ProviderWindowState], int]] = {}
         self._speaks: set[str] = set()   # deployments whose responses carry rate-limit headers
         self._clients: dict[str, tuple[tuple[Bucket, ...], tuple[Bucket, ...]]] = {}
@@ -253,26 +251,19 @@ class Limiter:
         ticket.held = {}
         self._spawn(ticket.store.settle(ticket.rid, buckets, used_tokens))
 
-    # --- provider headers --------------------------------------------------------------
+    # --- provider headers (learnt by self.learner, shared through the store here) ------------
 
-    def observe(self, deployment: str, status: int, headers: list[tuple[bytes, bytes]]) -> None:
-        """Learn from an upstream response's rate-limit headers (and its 429)."""
-        now = time.time()
-        report = parse_headers(headers, now)
-        if not report and status != 429:
+    def _learnt(self, deployment: str, windows: list[ProviderWindow], exhausted_ms: int) -> None:
+        """The learner read a response's rate-limit headers: note them and share them through the store."""
+        if not self.active:
             return
         self._speaks.add(deployment)
-        windows = self._note_provider(deployment, report, now)
-        exhausted_ms = 0
-        if status == 429:
-            wait = report.retry_after_s
-            if wait is None:
-                wait = max((w.reset_ms for w in windows if w.remaining <= 0), default=1000) / 1000
-            exhausted_ms = max(1, int(wait * 1000))
-            room = self._headroom.setdefault(deployment, Headroom())
-            room.exhausted_until = max(room.exhausted_until, time.monotonic() + wait)
+        now = time.time()
+        for w in windows:
+            self.stats.provider[(deployment, w.window)] = (w.remaining, w.limit, now + w.reset_s)
+        states = [ProviderWindowState(w.window, w.kind, w.remaining, int(w.reset_s * 1000)) for w in windows]
         pending = self._learning.get(deployment)
-        self._learning[deployment] = (windows, max(exhausted_ms, pending[1] if pending else 0))
+        self._learning[deployment] = (states, max(exhausted_ms, pending[1] if pending else 0))
         if pending is None:
             self._spawn(self._flush_learning(deployment))
 
@@ -283,38 +274,19 @@ class Limiter:
         store = self.fallback if self.failover.serving_locally else self.store
         await store.learn(self._provider_buckets.get(deployment) or provider_bucket(deployment), windows, exhausted_ms)
 
-    def _note_provider(self, deployment: str, report: ProviderReport, now: float) -> list[ProviderWindowState]:
-        mono = time.monotonic()
-        room = self._headroom.setdefault(deployment, Headroom())
-        windows = []
-        for w in report.windows:
-            if w.remaining is None or w.reset_s is None:
-                continue
-            windows.append(ProviderWindowState(w.window, w.kind, w.remaining, int(w.reset_s * 1000)))
-            self.stats.provider[(deployment, w.window)] = (w.remaining, w.limit, now + w.reset_s)
-            if w.kind == "requests" and (room.requests is None or mono >= room.requests_reset_at or w.remaining <= room.requests):
-                room.requests, room.requests_limit, room.requests_reset_at = w.remaining, w.limit, mono + w.reset_s
-            elif w.kind == "tokens" and (room.tokens is None or mono >= room.tokens_reset_at or w.remaining <= room.tokens):
-                room.tokens, room.tokens_limit, room.tokens_reset_at = w.remaining, w.limit, mono + w.reset_s
-        return windows
-
     def _note_remaining(self, buckets: tuple[Bucket, ...], result: AdmitResult) -> None:
         now = time.time()
-        mono = time.monotonic()
         for bucket, left, reset in zip(buckets, result.remaining, result.reset_ms):
             if bucket.scope != "deployment" or left < 0:
                 continue
             self.stats.remaining[(bucket.owner, bucket.window)] = (left, bucket.limit, now + reset / 1000)
-            if bucket.window in ("rpm", "tpm"):
-                room = self._headroom.setdefault(bucket.owner, Headroom())
-                if bucket.window == "rpm":
-                    room.requests, room.requests_limit, room.requests_reset_at = left, bucket.limit, mono + reset / 1000
-                else:
-                    room.tokens, room.tokens_limit, room.tokens_reset_at = left, bucket.limit, mono + reset / 1000
+            if bucket.kind in (REQUESTS, TOKENS):  # per-minute and per-day caps alike
+                kind = "requests" if bucket.kind == REQUESTS else "tokens"
+                self.learner.admitted(bucket.owner, bucket.window, kind, left, bucket.limit, reset / 1000)
 
     def headroom(self, deployment: str) -> Headroom | None:
-        """In-process view (no store call): the tighter of our last admission and the provider's last word."""
-        return self._headroom.get(deployment)
+        """In-process view (no store call): our last admission's windows and the provider's last word."""
+        return self.learner.headroom(deployment)
 
     # --- store trouble, leases, background work ---------------------------------------
 

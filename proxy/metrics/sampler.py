@@ -91,11 +91,12 @@ class Sampler:
             m.breaker_state.labels(name).set(_BREAKER_VALUE.get(states.get(name, CLOSED), 0))
             if not provider_view:
                 continue
-            room = live.provider_headroom.headroom(name)
+            room = live.headroom.headroom(name)
             if room is None:
                 continue
-            _provider_window(name, "requests", room.requests, room.requests_limit, room.requests_reset_at, now)
-            _provider_window(name, "tokens", room.tokens, room.tokens_limit, room.tokens_reset_at, now)
+            for window, w in room.windows.items():
+                if w.provider:
+                    _provider_window(name, window, w.remaining, w.limit, w.reset_at, now)
 
     def _limits(self, stats) -> None:
         for (scope, name), refused in list(stats.rejections.items()):

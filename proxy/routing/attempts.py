@@ -71,7 +71,7 @@ class Attempts:
         breaker = live.breakers.get(name, dep.breaker)
         breaker.begin(time.monotonic())
         live.stats.started(name)
-        live.provider_headroom.debit(name, req.input_estimate + (req.max_output_tokens or DEFAULT_OUTPUT_TOKENS))
+        live.headroom.sent(name, req.input_estimate + (req.max_output_tokens or DEFAULT_OUTPUT_TOKENS))
         try:
             response = await self.targets[name].send(req, pin)
         except UpstreamError:
@@ -85,9 +85,7 @@ class Attempts:
             if ticket is not None:
                 ticket.release(name)
             raise
-        live.provider_headroom.learn(name, response.status, response.headers)
-        if ticket is not None:
-            ticket.observe(name, response.status, response.headers)
+        live.headroom.learn(name, response.status, response.headers)  # routing's view and the limiter's store
         if is_failure(response.status):
             breaker.failure(time.monotonic())
             if ticket is not None:

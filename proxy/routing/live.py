@@ -8,8 +8,8 @@ from __future__ import annotations
 import random
 from dataclasses import asdict, dataclass, field
 
+from proxy.limits.headroom import HeadroomLearner
 from proxy.routing.breaker import Breakers
-from proxy.routing.headroom import HeadroomView, ProviderHeadroom
 from proxy.routing.stats import LatencyStats
 
 
@@ -22,6 +22,7 @@ class RoutingCounters:
     breaker_skips: int = 0     # the preferred candidate was passed over because its breaker is open
     hedges_started: int = 0    # a second attempt was started because the first was slow
     hedges_won: int = 0        # ... and the second attempt delivered the first token
+    probes: int = 0            # a lane its measurements demoted was sent a request to see if it recovered
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -30,12 +31,7 @@ class RoutingCounters:
 @dataclass(slots=True)
 class RoutingState:
     stats: LatencyStats = field(default_factory=LatencyStats)
-    provider_headroom: ProviderHeadroom = field(default_factory=ProviderHeadroom)
-    headroom: HeadroomView | None = None  # the limiter's view when one is plugged in; else provider_headroom
+    headroom: HeadroomLearner = field(default_factory=HeadroomLearner)  # the limiter's learner, in a ProxyState
     breakers: Breakers = field(default_factory=Breakers)
     counters: RoutingCounters = field(default_factory=RoutingCounters)
     rng: random.Random = field(default_factory=random.Random)
-
-    def __post_init__(self) -> None:
-        if self.headroom is None:
-            self.headroom = self.provider_headroom

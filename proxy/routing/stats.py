@@ -5,20 +5,30 @@ updated when a request finishes, and a quantile is computed (sorting at most 64 
 only when it is asked for after new samples arrived. A deployment with no samples yet is
 predicted from the priors in the policy, so a cold proxy routes sensibly from the first
 request.
+
+Everything forgets with time (``learning.half_life_s`` of the deployment): an old figure's
+weight halves every half-life, so a sample arriving after a quiet spell moves the average
+most of the way to itself; quantiles use only samples younger than two half-lives; the
+weight other replicas give a figure decays the same way. A lane that was demoted gets no
+samples of its own, so routing sends it a bounded trickle of probes (``probe_due``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+import time
+from collections.abc import Callable
 
-from proxy.call import Outcome
-from proxy.config.schema import Priors
+from proxy.call import DEFAULT_OUTPUT_TOKENS, Outcome
+from proxy.config.schema import Learning, Priors
 
 # Prompt-size bucket upper bounds in tokens: short turns and long agentic contexts behave differently.
 BUCKETS = (1024, 8192, 32768)
-ALPHA = 0.2            # EWMA weight of a new sample
+ALPHA = 0.2            # least EWMA weight of a new sample (a burst still moves the average)
 ERROR_ALPHA = 0.1      # error rate moves slower: one failure should not flip the route
 SKETCH_SIZE = 64       # samples kept per quantile sketch
-DEFAULT_OUTPUT_TOKENS = 256
+FRESH_HALF_LIVES = 2.0  # quantiles use samples younger than this many half-lives
+OUTPUT_QUANTILE = 0.9  # a route's expected output: this quantile of what it wrote lately
+DEFAULT_LEARNING = Learning()
 
 
 def bucket_of(input_tokens: int) -> int:
@@ -28,143 +38,194 @@ def bucket_of(input_tokens: int) -> int:
     return len(BUCKETS)
 
 
-class Sketch:
-    """The last SKETCH_SIZE samples in a ring; quantiles sort them lazily, once per change."""
+def _kept(age_s: float, half_life_s: float) -> float:
+    """Share of an old figure's weight left after ``age_s``."""
+    return 0.5 ** (max(0.0, age_s) / half_life_s)
 
-    __slots__ = ("_ring", "_next", "_sorted")
+
+class Sketch:
+    """The last SKETCH_SIZE samples (value, time) in a ring; quantiles sort the fresh ones lazily,
+    again only when a sample arrives or one ages out of the window asked for."""
+
+    __slots__ = ("_ring", "_next", "_sorted", "_valid")
 
     def __init__(self) -> None:
-        self._ring: list[float] = []
+        self._ring: list[tuple[float, float]] = []
         self._next = 0
-        self._sorted: list[float] | None = None
+        self._sorted: list[float] = []
+        self._valid = (math.inf, -math.inf)  # ``since`` values the sorted list holds for: (lo, hi]
 
     def __len__(self) -> int:
         return len(self._ring)
 
-    def add(self, value: float) -> None:
+    def add(self, value: float, at: float = 0.0) -> None:
         if len(self._ring) < SKETCH_SIZE:
-            self._ring.append(value)
+            self._ring.append((value, at))
         else:
-            self._ring[self._next] = value
+            self._ring[self._next] = (value, at)
             self._next = (self._next + 1) % SKETCH_SIZE
-        self._sorted = None
+        self._valid = (math.inf, -math.inf)
 
-    def quantile(self, q: float) -> float:
-        """Nearest-rank quantile, ``q`` in [0, 1]; the sketch must not be empty."""
+    def quantile(self, q: float, since: float = -math.inf) -> float | None:
+        """Nearest-rank quantile (``q`` in [0, 1]) of samples taken at or after ``since``; None if none."""
+        lo, hi = self._valid
+        if not lo < since <= hi:
+            fresh = [at for _, at in self._ring if at >= since]
+            older = [at for _, at in self._ring if at < since]
+            self._sorted = sorted(v for v, at in self._ring if at >= since)
+            self._valid = (max(older, default=-math.inf), min(fresh, default=math.inf))
         ordered = self._sorted
-        if ordered is None:
-            ordered = self._sorted = sorted(self._ring)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else None
 
 
 class Metric:
-    """EWMA plus sketch of one measure (TTFT ms or decode tokens/s) in one bucket."""
+    """Time-decayed EWMA, decayed sample weight and sketch of one measure in one bucket."""
 
-    __slots__ = ("ewma", "sketch")
+    __slots__ = ("ewma", "weight", "at", "sketch")
 
     def __init__(self) -> None:
         self.ewma: float | None = None
+        self.weight = 0.0      # samples behind the EWMA, each counted by what is left of it
+        self.at = -math.inf    # when the last sample was taken
         self.sketch = Sketch()
 
-    def add(self, value: float) -> None:
-        self.ewma = value if self.ewma is None else self.ewma + ALPHA * (value - self.ewma)
-        self.sketch.add(value)
+    def add(self, value: float, now: float, half_life_s: float) -> None:
+        if self.ewma is None:
+            self.ewma, self.weight = value, 1.0
+        else:
+            kept = _kept(now - self.at, half_life_s)
+            self.ewma += max(ALPHA, 1.0 - kept) * (value - self.ewma)
+            self.weight = min(float(SKETCH_SIZE), self.weight * kept + 1.0)
+        self.at = now
+        self.sketch.add(value, now)
+
+    def weight_at(self, now: float, half_life_s: float) -> float:
+        return self.weight * _kept(now - self.at, half_life_s)
 
 
-@dataclass(frozen=True, slots=True)
 class Estimate:
     """What the router expects from one deployment for one request."""
 
-    ttft_ms: float
-    tokens_per_s: float
-    in_flight: int
-    error_rate: float
-    warm: bool  # False: priors only, nothing measured yet
+    __slots__ = ("ttft_ms", "tokens_per_s", "in_flight", "error_rate", "warm")
+
+    def __init__(self, ttft_ms: float, tokens_per_s: float, in_flight: int, error_rate: float, warm: bool) -> None:
+        self.ttft_ms = ttft_ms
+        self.tokens_per_s = tokens_per_s
+        self.in_flight = in_flight
+        self.error_rate = error_rate
+        self.warm = warm  # False: priors only, nothing measured yet
 
 
 class DeploymentStats:
     """Everything measured about one deployment by this process."""
 
-    __slots__ = ("ttft", "decode", "error_rate", "in_flight", "requests", "errors", "output_ewma",
-                 "peer_ttft", "peer_decode", "peer_errors")
+    __slots__ = ("ttft", "decode", "error_rate", "error_weight", "error_at", "in_flight", "requests", "errors",
+                 "learning", "probed_at", "clock", "peer_ttft", "peer_decode", "peer_errors")
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.ttft = [Metric() for _ in range(len(BUCKETS) + 1)]
         self.decode = [Metric() for _ in range(len(BUCKETS) + 1)]
         self.error_rate = 0.0
+        self.error_weight = 0.0
+        self.error_at = -math.inf
         self.in_flight = 0
         self.requests = 0
         self.errors = 0
-        self.output_ewma: float | None = None
-        # Other replicas' figures per bucket: (mean, samples), from proxy.routing.share; None when alone.
-        self.peer_ttft: list[tuple[float, int] | None] | None = None
-        self.peer_decode: list[tuple[float, int] | None] | None = None
-        self.peer_errors: tuple[float, int] | None = None
+        self.learning = DEFAULT_LEARNING  # the live policy's, set by LatencyStats.get
+        self.probed_at = -math.inf        # when routing last sent it a probe
+        self.clock = clock
+        # Other replicas' figures per bucket: (mean, weight), from proxy.routing.share; None when alone.
+        self.peer_ttft: list[tuple[float, float] | None] | None = None
+        self.peer_decode: list[tuple[float, float] | None] | None = None
+        self.peer_errors: tuple[float, float] | None = None
 
-    def estimate(self, priors: Priors, input_tokens: int, percentile: float | None = None) -> Estimate:
-        """EWMA (or, with ``percentile``, the pessimistic quantile) in the prompt's bucket.
+    def estimate(self, priors: Priors, input_tokens: int, percentile: float | None = None,
+                 now: float | None = None) -> Estimate:
+        """Blended EWMA (or, with ``percentile``, the pessimistic quantile) in the prompt's bucket.
 
         An empty bucket borrows from the nearest measured bucket; other replicas' means are
-        blended in by sample count (a quantile is this replica's own when it has one); priors
-        only when nobody has measured the deployment yet. A slow decode is the low quantile
-        of tokens/s, not the high one.
+        blended in by decayed weight; a quantile is this replica's fresh samples' shape scaled
+        to the blended mean (so what peers saw moves it too); priors only when nobody has
+        measured the deployment yet. A slow decode is the low quantile of tokens/s.
         """
+        now = self.clock() if now is None else now
+        half_life = self.learning.half_life_s
         index = bucket_of(input_tokens)
         q = None if percentile is None else percentile / 100.0
-        ttft_ms, warm_t = _figure(self.ttft, self.peer_ttft, index, q, priors.ttft_ms)
-        rate, warm_d = _figure(self.decode, self.peer_decode, index, None if q is None else 1.0 - q, priors.tokens_per_s)
+        ttft_ms, warm_t = _figure(self.ttft, self.peer_ttft, index, q, priors.ttft_ms, now, half_life)
+        rate, warm_d = _figure(self.decode, self.peer_decode, index, None if q is None else 1.0 - q,
+                               priors.tokens_per_s, now, half_life)
         error_rate = self.error_rate
         if self.peer_errors is not None:
-            mine = min(self.requests, SKETCH_SIZE)
+            mine = self.error_weight * _kept(now - self.error_at, half_life)
             rate_peers, weight = self.peer_errors
             error_rate = (error_rate * mine + rate_peers * weight) / (mine + weight) if mine + weight else error_rate
         return Estimate(ttft_ms, max(rate, 1e-3), self.in_flight, error_rate, warm_t or warm_d)
 
-    def summary(self) -> dict[str, object]:
-        """What other replicas need from this one (see proxy.routing.share)."""
+    def probe_due(self, input_tokens: int, now: float) -> bool:
+        """No sample in the prompt's bucket and no probe for ``learning.probe_interval_s``."""
+        interval = self.learning.probe_interval_s
+        if interval <= 0:
+            return False
+        metric = _nearest(self.ttft, bucket_of(input_tokens))
+        last = max(self.probed_at, -math.inf if metric is None else metric.at)
+        return now - last >= interval
+
+    def summary(self, now: float | None = None) -> dict[str, object]:
+        """What other replicas need from this one (see proxy.routing.share): means and decayed weights."""
+        now = self.clock() if now is None else now
+        half_life = self.learning.half_life_s
         return {
-            "t": [None if m.ewma is None else (m.ewma, len(m.sketch)) for m in self.ttft],
-            "d": [None if m.ewma is None else (m.ewma, len(m.sketch)) for m in self.decode],
-            "e": (self.error_rate, min(self.requests, SKETCH_SIZE)),
+            "t": [None if m.ewma is None else (m.ewma, m.weight_at(now, half_life)) for m in self.ttft],
+            "d": [None if m.ewma is None else (m.ewma, m.weight_at(now, half_life)) for m in self.decode],
+            "e": (self.error_rate, self.error_weight * _kept(now - self.error_at, half_life)),
         }
+
+    def record_error(self, failed: bool, now: float) -> None:
+        kept = _kept(now - self.error_at, self.learning.half_life_s)
+        self.error_rate += max(ERROR_ALPHA, 1.0 - kept) * ((1.0 if failed else 0.0) - self.error_rate)
+        self.error_weight = min(float(SKETCH_SIZE), self.error_weight * kept + 1.0)
+        self.error_at = now
+        self.requests += 1
+        if failed:
+            self.errors += 1
 
     def record(self, outcome: Outcome) -> None:
         """Learn from a finished request: TTFT and decode rate from streams, errors from status."""
-        self.requests += 1
+        now = self.clock()
         failed = outcome.status == 429 or outcome.status >= 500
-        if failed:
-            self.errors += 1
-        self.error_rate += ERROR_ALPHA * ((1.0 if failed else 0.0) - self.error_rate)
+        self.record_error(failed, now)
         if failed or outcome.status != 200:
             return
         index = bucket_of(outcome.input_tokens)
-        if outcome.output_tokens:
-            out = float(outcome.output_tokens)
-            self.output_ewma = out if self.output_ewma is None else self.output_ewma + ALPHA * (out - self.output_ewma)
         first = outcome.first_token_at
+        half_life = self.learning.half_life_s
         if first is not None and outcome.upstream_started:
-            self.ttft[index].add((first - outcome.upstream_started) * 1000.0)
+            self.ttft[index].add((first - outcome.upstream_started) * 1000.0, now, half_life)
             decode_s = outcome.finished - first
             if outcome.output_tokens > 1 and decode_s > 0:
-                self.decode[index].add((outcome.output_tokens - 1) / decode_s)
+                self.decode[index].add((outcome.output_tokens - 1) / decode_s, now, half_life)
 
 
-def _figure(local: list[Metric], peers: list[tuple[float, int] | None] | None, index: int, q: float | None,
-            prior: float) -> tuple[float, bool]:
-    """(value, measured) for one measure: local EWMA blended with peers, or a local quantile, or the prior."""
+def _figure(local: list[Metric], peers: list[tuple[float, float] | None] | None, index: int, q: float | None,
+            prior: float, now: float, half_life_s: float) -> tuple[float, bool]:
+    """(value, measured) for one measure: local EWMA blended with peers (scaled to a fresh local
+    quantile when ``q`` is given), else the peers', else the prior."""
     metric = _nearest(local, index)
     peer = _nearest_peer(peers, index) if peers is not None else None
     if metric is None:
         return (prior, False) if peer is None else (peer[0], True)
-    if q is not None:
-        return metric.sketch.quantile(q), True
-    if peer is None:
-        return metric.ewma, True
-    mine = len(metric.sketch)
-    return (metric.ewma * mine + peer[0] * peer[1]) / (mine + peer[1]), True
+    mean = metric.ewma
+    if peer is not None:
+        mine = metric.weight_at(now, half_life_s)
+        mean = (metric.ewma * mine + peer[0] * peer[1]) / (mine + peer[1]) if mine + peer[1] > 0 else metric.ewma
+    if q is None:
+        return mean, True
+    tail = metric.sketch.quantile(q, now - FRESH_HALF_LIVES * half_life_s)
+    return (mean if tail is None else tail * mean / metric.ewma), True
 
 
-def _nearest_peer(peers: list[tuple[float, int] | None], index: int) -> tuple[float, int] | None:
+def _nearest_peer(peers: list[tuple[float, float] | None], index: int) -> tuple[float, float] | None:
     for distance in range(len(peers)):
         for other in (index - distance, index + distance):
             if 0 <= other < len(peers) and peers[other] is not None:
@@ -172,8 +233,8 @@ def _nearest_peer(peers: list[tuple[float, int] | None], index: int) -> tuple[fl
     return None
 
 
-def _pool(figures: list[tuple[float, int] | None]) -> tuple[float, int] | None:
-    """Sample-weighted mean of several replicas' (mean, samples)."""
+def _pool(figures: list[tuple[float, float] | None]) -> tuple[float, float] | None:
+    """Weighted mean of several replicas' (mean, decayed sample weight)."""
     present = [f for f in figures if f is not None and f[1] > 0]
     if not present:
         return None
@@ -192,15 +253,20 @@ def _nearest(metrics: list[Metric], index: int) -> Metric | None:
 
 
 class LatencyStats:
-    """Per-deployment statistics, kept across policy reloads (keyed by deployment name)."""
+    """Per-deployment statistics and per-route output sizes, kept across policy reloads (keyed by name)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._by_name: dict[str, DeploymentStats] = {}
+        self._outputs: dict[str, Sketch] = {}  # route -> output tokens of its recent answers
+        self.clock = clock
 
-    def get(self, name: str) -> DeploymentStats:
+    def get(self, name: str, learning: Learning | None = None) -> DeploymentStats:
+        """One deployment's statistics; ``learning`` (its policy settings) is kept for what follows."""
         stats = self._by_name.get(name)
         if stats is None:
-            stats = self._by_name[name] = DeploymentStats()
+            stats = self._by_name[name] = DeploymentStats(self.clock)
+        if learning is not None and stats.learning is not learning:
+            stats.learning = learning
         return stats
 
     def started(self, name: str) -> None:
@@ -213,14 +279,30 @@ class LatencyStats:
         stats = self.get(outcome.deployment)
         stats.in_flight = max(0, stats.in_flight - 1)
         stats.record(outcome)
+        if outcome.status == 200 and outcome.output_tokens:
+            sketch = self._outputs.get(outcome.route)
+            if sketch is None:
+                sketch = self._outputs[outcome.route] = Sketch()
+            sketch.add(float(outcome.output_tokens))
+
+    def expected_output_tokens(self, route: str, max_tokens: int | None) -> int:
+        """Output tokens to expect from a request on ``route``: the one estimate every component uses.
+
+        The request's own max_tokens when it names one (a prediction that holds at the client's
+        bound is one it can rely on); else the route's recent answers at their 90th percentile;
+        else proxy.call.DEFAULT_OUTPUT_TOKENS.
+        """
+        if max_tokens is not None:
+            return max_tokens
+        sketch = self._outputs.get(route)
+        typical = None if sketch is None else sketch.quantile(OUTPUT_QUANTILE)
+        return DEFAULT_OUTPUT_TOKENS if typical is None else int(typical)
 
     def failed_before_response(self, name: str) -> None:
         """A candidate that errored or was skipped after sending: not in flight, counted as an error."""
         stats = self.get(name)
         stats.in_flight = max(0, stats.in_flight - 1)
-        stats.requests += 1
-        stats.errors += 1
-        stats.error_rate += ERROR_ALPHA * (1.0 - stats.error_rate)
+        stats.record_error(True, self.clock())
 
     def summary(self) -> dict[str, object]:
         return {name: stats.summary() for name, stats in self._by_name.items() if stats.requests}
@@ -256,5 +338,5 @@ class LatencyStats:
         return out
 
 
-def _pair(value: list | None) -> tuple[float, int] | None:
-    return None if value is None else (float(value[0]), int(value[1]))
+def _pair(value: list | None) -> tuple[float, float] | None:
+    return None if value is None else (float(value[0]), float(value[1]))

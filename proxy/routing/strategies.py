@@ -3,9 +3,10 @@
 ``order_candidates`` is what ``Router.dispatch`` calls before trying candidates in turn.
 It returns every candidate (never drops one for being slow, short of quota or failing:
 those move to the back, so the request still has somewhere to go) except those a client's
-``x-laneway-max-cost-usd`` rules out, and a short machine-readable reason:
+``x-laneway-max-cost-usd`` rules out or that cannot take the request at all (its context window,
+its input modalities: see ``capability``), and a short machine-readable reason:
 
-    <strategy>[;hint:lane=<tag>][;slo-miss][;spill:<name>=requests|tokens|reserve][;breaker:<name>=open]
+    <strategy>[;capability:<name>=context|image|audio][;slo-miss][;hint:reasoning=high][;probe:<name>][;hint:lane=<tag>][;spill:<name>=requests|tokens|reserve][;breaker:<name>=open]
 
 where <strategy> is ``primary`` for the ordered ``fallback`` strategy.
 """
@@ -18,42 +19,55 @@ from proxy.call import ModelRequest
 from proxy.config.schema import Deployment, Route
 from proxy.errors import InvalidRequest
 from proxy.pricing import price_of
+from proxy.routing.capability import explain, unable, wants_deep_reasoning
 from proxy.routing.hints import Hints
 from proxy.routing.live import RoutingState
-from proxy.routing.stats import DEFAULT_OUTPUT_TOKENS
+
+
+# A lane is probed when what was measured predicts it this many times slower than its priors do.
+PROBE_WHEN_SLOWER = 2.0
 
 
 class Prediction:
-    """Predicted times (ms) and, when asked for, cost (USD; inf when the model has no known price)."""
+    """Predicted times (ms) and, when asked for, cost (USD; inf when the model has no known price).
 
-    __slots__ = ("total_ms", "slo_total_ms", "meets", "cost_usd")
+    ``prior_ms``: the same request predicted from the deployment's priors alone (what it should
+    do), against which a lane demoted by its measurements is judged for a probe.
+    """
 
-    def __init__(self, total_ms: float, slo_total_ms: float, meets: bool, cost_usd: float | None) -> None:
+    __slots__ = ("total_ms", "slo_total_ms", "meets", "cost_usd", "prior_ms")
+
+    def __init__(self, total_ms: float, slo_total_ms: float, meets: bool, cost_usd: float | None,
+                 prior_ms: float) -> None:
         self.total_ms = total_ms
         self.slo_total_ms = slo_total_ms
         self.meets = meets
         self.cost_usd = cost_usd
+        self.prior_ms = prior_ms
 
 
 def predict(dep: Deployment, route: Route, req: ModelRequest, hints: Hints, live: RoutingState,
             with_cost: bool = False) -> Prediction:
-    """Completion time = TTFT + output tokens / decode rate + queueing, inflated by the error rate.
+    """Completion time = TTFT + expected output tokens / decode rate + queueing, inflated by the error rate.
 
-    The expected EWMA figure ranks candidates; the route's SLO (and the client's max-latency
-    hint) is checked at the SLO's percentile, so a deployment with a long tail can miss it.
-    Cost comes from the price catalogue (policy `prices:` over litellm's), priced now.
+    Expected output is the route's one estimate (``LatencyStats.expected_output_tokens``: the
+    request's max_tokens, else the route's recent answers at p90). The expected (blended EWMA)
+    figure ranks candidates; the route's SLO (and the client's max-latency hint) is checked at
+    the SLO's percentile, so a deployment with a long tail can miss it. Cost comes from the
+    price catalogue (policy `prices:` over litellm's), priced now.
     """
-    stats = live.stats.get(dep.name)
+    stats = live.stats.get(dep.name, dep.learning)
     tokens_in = req.input_estimate
-    out = _expected_output(req, stats.output_ewma)
-    mean = stats.estimate(dep.priors, tokens_in)
-    total = _completion_ms(mean.ttft_ms, mean.tokens_per_s, out, mean.in_flight, dep.priors.concurrency) * (1.0 + mean.error_rate)
+    out = live.stats.expected_output_tokens(route.name, req.max_output_tokens)
+    priors = dep.priors
+    mean = stats.estimate(priors, tokens_in)
+    total = _completion_ms(mean.ttft_ms, mean.tokens_per_s, out, mean.in_flight, priors.concurrency) * (1.0 + mean.error_rate)
     meets = True
     slo_total = total
     slo = route.slo
     if slo is not None or hints.max_latency_ms is not None:
-        tail = stats.estimate(dep.priors, tokens_in, slo.percentile if slo is not None else 95.0)
-        slo_total = _completion_ms(tail.ttft_ms, tail.tokens_per_s, out, tail.in_flight, dep.priors.concurrency)
+        tail = stats.estimate(priors, tokens_in, slo.percentile if slo is not None else 95.0)
+        slo_total = _completion_ms(tail.ttft_ms, tail.tokens_per_s, out, tail.in_flight, priors.concurrency)
         if slo is not None:
             meets = (
                 (slo.ttft_ms is None or tail.ttft_ms <= slo.ttft_ms)
@@ -66,15 +80,8 @@ def predict(dep: Deployment, route: Route, req: ModelRequest, hints: Hints, live
     if with_cost:
         price = price_of(dep, tokens_in, int(out))
         cost = math.inf if price is None else float(price)
-    return Prediction(total, slo_total, meets, cost)
-
-
-def _expected_output(req: ModelRequest, typical: float | None) -> float:
-    """The client's max tokens caps what this deployment usually writes; either alone when only one is known."""
-    cap = req.max_output_tokens
-    if typical is None:
-        return float(cap if cap is not None else DEFAULT_OUTPUT_TOKENS)
-    return min(float(cap), typical) if cap is not None else typical
+    prior = _completion_ms(priors.ttft_ms, priors.tokens_per_s, out, mean.in_flight, priors.concurrency)
+    return Prediction(total, slo_total, meets, cost, prior)
 
 
 def _completion_ms(ttft_ms: float, tokens_per_s: float, out: float, in_flight: int, concurrency: int) -> float:
@@ -90,6 +97,9 @@ def order_candidates(
     order = [deployments[name] for name in route.candidates]
     strategy = route.strategy
     notes: list[str] = []
+    unfit = unable(order, req)
+    if unfit:
+        order = _capable(order, unfit, req, route, notes)
     predictions: dict[str, Prediction] | None = None
     needs_prediction = (
         strategy in ("latency", "cost") or route.slo is not None or hints.max_latency_ms is not None
@@ -115,6 +125,12 @@ def order_candidates(
                     order.sort(key=lambda d: predictions[d.name].total_ms)
             else:
                 order = meeting + [d for d in order if not predictions[d.name].meets]
+        order = _probe(order, req, predictions, live, now, notes)
+    if wants_deep_reasoning(req):
+        deep = [d for d in order if d.reasoning]
+        if deep and deep[0] is not order[0]:
+            order = deep + [d for d in order if not d.reasoning]
+            notes.append("hint:reasoning=high")
     if hints.lane is not None:
         preferred = [d for d in order if d.hardware == hints.lane]
         if preferred:
@@ -125,6 +141,44 @@ def order_candidates(
         order = _skip_open_breakers(order, live, now, notes)
     base = "primary" if strategy == "fallback" else strategy
     return order, base if not notes else base + ";" + ";".join(notes)
+
+
+def _probe(order: list[Deployment], req: ModelRequest, predictions, live: RoutingState, now: float,
+           notes: list[str]) -> list[Deployment]:
+    """Send this request first to a lane its own measurements demoted, if one is due a probe.
+
+    A demoted lane gets no samples, so without probes it would never be seen to recover. A lane
+    qualifies when its priors predict it faster than the current first choice while what was
+    measured predicts it PROBE_WHEN_SLOWER times slower than its priors; each gets at most one
+    request per ``learning.probe_interval_s`` with no fresh sample in the request's prompt-size
+    bucket: a small, bounded share of traffic.
+    """
+    first = predictions[order[0].name].total_ms
+    for index, dep in enumerate(order[1:], 1):
+        mine = predictions[dep.name]
+        if mine.prior_ms < first and mine.total_ms > PROBE_WHEN_SLOWER * mine.prior_ms:
+            stats = live.stats.get(dep.name)
+            if stats.probe_due(req.input_estimate, now):
+                stats.probed_at = now
+                live.counters.probes += 1
+                notes.append(f"probe:{dep.name}")
+                return [dep, *order[:index], *order[index + 1:]]
+    return order
+
+
+def _capable(order: list[Deployment], unfit: dict[str, str], req: ModelRequest, route: Route,
+             notes: list[str]) -> list[Deployment]:
+    """Skip candidates that cannot take the request; none left: a 400 that says why for each."""
+    kept = [d for d in order if d.name not in unfit]
+    if not kept:
+        reasons = "; ".join(explain(d, unfit[d.name], req) for d in order)
+        raise InvalidRequest(
+            f"No deployment of '{route.name}' can take this request: {reasons}.",
+            code="unsupported_request",
+            param="messages",
+        )
+    notes.extend(f"capability:{d.name}={unfit[d.name]}" for d in order if d.name in unfit)
+    return kept
 
 
 def _within_budget(order: list[Deployment], predictions, max_cost: float, route: Route) -> list[Deployment]:
@@ -160,12 +214,17 @@ def _spill(order, route: Route, req: ModelRequest, predictions, live: RoutingSta
     """Move candidates short of quota behind the others, before their provider answers 429."""
     view = live.headroom
     rule = route.spill
-    need = req.input_estimate + (req.max_output_tokens or 0)
+    need = req.input_estimate + live.stats.expected_output_tokens(route.name, req.max_output_tokens)
     ready: list[Deployment] = []
     short: list[Deployment] = []
     for dep in order:
         room = view.headroom(dep.name)
-        why = None if room is None else room.short(need, rule.min_requests, rule.min_tokens, now)
+        if room is None:
+            why = None
+        elif rule.min_requests == 0:  # "fall back only after a 429": only a 429's wait moves it back
+            why = "requests" if now < room.exhausted_until else None
+        else:
+            why = room.short(need, rule.min_requests, rule.min_tokens, now)
         if why is None and room is not None and rule.reserve_fraction > 0 and room.fraction_left(now) < rule.reserve_fraction:
             why = _reserve(dep, order, predictions, rule.reserve_min_gain_ms)
         if why is None:

@@ -1,0 +1,110 @@
+"""Statistics that forget: time-decayed averages, fresh quantiles, decayed peer weights, output sizes."""
+from __future__ import annotations
+
+import pytest
+
+from proxy.call import DEFAULT_OUTPUT_TOKENS, Outcome
+from proxy.config.schema import Learning, Priors
+from proxy.routing.stats import DeploymentStats, LatencyStats, Sketch
+
+PRIORS = Priors(ttft_ms=60, tokens_per_s=1500)
+LEARNING = Learning(half_life_s=10, probe_interval_s=3)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def wafer() -> tuple[Clock, LatencyStats, DeploymentStats]:
+    """A fake clock, statistics on it, and the wafer lane's (half-life 10 s)."""
+    clock = Clock()
+    stats = LatencyStats(clock)
+    return clock, stats, stats.get("wafer", LEARNING)
+
+
+def served(stats: LatencyStats, name: str, ttft_ms: float, output_tokens: int = 100, route: str = "r") -> None:
+    stats.started(name)
+    stats.finished(Outcome("x", "chat", route, "k", None, deployment=name, status=200, stream=True, input_tokens=100,
+                           output_tokens=output_tokens, upstream_started=1.0, first_token_at=1.0 + ttft_ms / 1000,
+                           finished=2.0))
+
+
+def test_a_sample_after_a_quiet_spell_outweighs_what_was_learnt_long_ago():
+    clock, stats, lane = wafer()
+    for _ in range(20):
+        served(stats, "wafer", 3000)
+    clock.now = 30.0  # three half-lives later
+    served(stats, "wafer", 60)
+    assert lane.estimate(PRIORS, 100).ttft_ms == pytest.approx(60 + 2940 / 8)
+    served(stats, "wafer", 60)  # back to back: at least ALPHA of the way, never stuck
+    assert lane.estimate(PRIORS, 100).ttft_ms < 60 + 2940 / 8 * 0.8 + 1
+
+
+def test_quantiles_use_fresh_samples_only():
+    sketch = Sketch()
+    for at in range(10):
+        sketch.add(5000.0, at)
+    for at in range(10, 20):
+        sketch.add(60.0, at)
+    assert sketch.quantile(0.95) == 5000.0
+    assert sketch.quantile(0.95, since=10) == 60.0
+    assert sketch.quantile(0.95, since=25) is None
+    assert sketch.quantile(0.95, since=0) == 5000.0, "the cached sort follows the window asked for"
+
+
+def test_the_slo_tail_follows_what_other_replicas_see():
+    """Item 7: the percentile used to be this replica's own whenever it had samples."""
+    clock, stats, lane = wafer()
+    for _ in range(4):
+        served(stats, "wafer", 60)
+    assert lane.estimate(PRIORS, 100, percentile=95).ttft_ms == pytest.approx(60)
+    stats.merge_peers([{"wafer": {"t": [[3000.0, 40.0], None, None, None], "d": [None] * 4, "e": [0.0, 40.0]}}])
+    tail = lane.estimate(PRIORS, 100, percentile=95).ttft_ms
+    assert tail > 2000, "peers saw the lane slow down: the SLO check sees it too"
+
+
+def test_peer_weight_decays_with_age():
+    clock = Clock()
+    stats = LatencyStats(clock)
+    for _ in range(10):
+        served(stats, "wafer", 100)
+    lane = stats.get("wafer", LEARNING)
+    fresh = lane.summary()["t"][0]
+    clock.now = 20.0
+    old = lane.summary()["t"][0]
+    assert fresh == pytest.approx((100.0, 10.0)) and old == pytest.approx((100.0, 2.5))
+
+
+def test_errors_forget_too():
+    clock, stats, lane = wafer()
+    for _ in range(8):
+        stats.started("wafer")
+        stats.failed_before_response("wafer")
+    assert lane.estimate(PRIORS, 100).error_rate > 0.5
+    clock.now = 40.0
+    served(stats, "wafer", 60)
+    assert lane.estimate(PRIORS, 100).error_rate < 0.1
+
+
+def test_probe_due_once_per_interval_without_fresh_samples():
+    clock, stats, lane = wafer()
+    served(stats, "wafer", 3000)
+    assert not lane.probe_due(100, 1.0)
+    assert lane.probe_due(100, 3.0)
+    lane.probed_at = 3.0
+    assert not lane.probe_due(100, 5.0) and lane.probe_due(100, 6.0)
+    assert not stats.get("gpu", Learning(probe_interval_s=0)).probe_due(100, 1e9)
+
+
+def test_expected_output_is_the_requests_own_bound_else_the_routes_p90():
+    stats = LatencyStats()
+    assert stats.expected_output_tokens("r", None) == DEFAULT_OUTPUT_TOKENS
+    for tokens in range(10, 110, 10):
+        served(stats, "wafer", 60, output_tokens=tokens)
+    assert stats.expected_output_tokens("r", None) == 100
+    assert stats.expected_output_tokens("r", 1000) == 1000, "a lane's average never caps the request's own bound"
+    assert stats.expected_output_tokens("other", None) == DEFAULT_OUTPUT_TOKENS
