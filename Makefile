@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 PORT    ?= 4000
 POLICY  ?= policies/demo.yaml
 # System binaries the tests drive for real (installed from Debian's packages when missing);
-# npm installs the pinned Codex CLI into the git-ignored .tools/ (tests/test_codex_cli.py).
+# npm installs the pinned Codex CLI into the git-ignored .tools/ (tests/e2e/test_codex_cli.py).
 # Debian's `prometheus` package also provides `promtool` (alert rule checks and unit tests).
 SYSTEM_BINS := redis-server npm prometheus
 

@@ -14,7 +14,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import BaseModel, TypeAdapter
 
-from tests.test_proxy_http import sim_stats
+from tests.e2e.test_openai_http import sim_stats
 from tests.unit.simulate.spec import conforms
 
 STREAM_EVENT = TypeAdapter(ResponseStreamEvent)

@@ -13,7 +13,7 @@ import pytest
 
 from proxy.simulate import TOOL_MARKER
 from tests.support import proxy_from_yaml
-from tests.test_codex_cli import POLICY, codex_bin  # noqa: F401  (the pinned CLI, installed on first use)
+from tests.e2e.test_codex_cli import POLICY, codex_bin  # noqa: F401  (the pinned CLI, installed on first use)
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -18,7 +18,7 @@ from proxy.store.base import MAX_AMOUNT, REQUESTS, TOKENS, AmountError, StoreErr
 from proxy.store.connect import Target
 from proxy.store.redis_store import RedisStore
 from tests.redis_support import redis_cluster, redis_server  # noqa: F401  (fixtures)
-from tests.test_limits_store import make_store, run, scope  # noqa: F401  (fixture)
+from tests.integration.test_store import make_store, run, scope  # noqa: F401  (fixture)
 
 BAD = [0, -1, -10**12, -2**63, 2**63, MAX_AMOUNT + 1, True, 1.5]
 

@@ -11,7 +11,7 @@ from proxy.routing.capability import media_of
 from proxy.routing.hints import NO_HINTS
 from proxy.routing.live import RoutingState
 from proxy.routing.strategies import order_candidates
-from tests.test_routing import POLICY
+from tests.unit.routing.test_strategies import POLICY
 
 FAST = "    hardware: wafer\n    context_window: 131072\n    modalities: [text]\n"
 DEEP = "    hardware: gpu\n    context_window: 1000000\n    modalities: [text, image]\n    reasoning: true\n"

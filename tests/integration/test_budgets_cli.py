@@ -14,7 +14,7 @@ from proxy.cli import main
 from proxy.config import load_policy
 from tests.redis_support import RedisServer
 from tests.support import proxy_from_yaml, simulator
-from tests.test_pricing_ledger import redis_totals, wait_for
+from tests.integration.test_ledger import redis_totals, wait_for
 
 ALICE, BOB, CAROL = "lw-alice-budget", "lw-bob-budget", "lw-carol-budget"
 MESSAGES = [{"role": "user", "content": "a short question"}]

@@ -27,7 +27,7 @@ import yaml
 from tests.redis_support import RedisServer
 from tests.support import free_port, proxy_from_yaml, simulator
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DASHBOARDS = sorted((ROOT / "grafana" / "dashboards").glob("*.json"))
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
 KEY = "lw-dashboard-test-key"

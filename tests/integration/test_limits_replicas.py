@@ -10,7 +10,7 @@ import pytest
 
 from tests.redis_support import free_port, redis_cluster, redis_server  # noqa: F401  (fixtures)
 from tests.support import simulator
-from tests.test_limits_resilience import serve_laneway
+from tests.integration.test_limits_resilience import serve_laneway
 
 REPLICAS = 4
 RPM = 40

@@ -17,7 +17,7 @@ import pytest
 from tests.support import proxy_from_yaml, record_outcomes
 
 CODEX_VERSION = "0.169.0"
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TOOLS = ROOT / ".tools"
 CODEX = TOOLS / "node_modules" / ".bin" / "codex"
 

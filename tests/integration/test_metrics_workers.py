@@ -14,9 +14,9 @@ import websockets.sync.client as ws_client
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 
 from tests.support import free_port, simulator
-from tests.test_metrics import scrape, total
+from tests.unit.metrics.test_observer import scrape, total
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 REQUESTS = 48
 
 POLICY = """\

@@ -21,7 +21,7 @@ from proxy.store.memory import MemoryStore
 from proxy.store.redis_store import RedisStore
 from tests.redis_support import free_port, redis_cluster, redis_server  # noqa: F401  (fixtures)
 from tests.support import proxy_from_yaml, simulator
-from tests.test_pricing_ledger import wait_for
+from tests.integration.test_ledger import wait_for
 
 HARD_USD = "0.002"
 HARD = 2000                  # micro-USD
