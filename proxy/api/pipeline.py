@@ -96,7 +96,8 @@ class Pipeline:
         if runtime.limiter is not None:
             call.ticket = runtime.limiter.borrow(outcome.key_name, req.input_estimate, req.max_output_tokens)
         if runtime.budgets is not None:
-            call.hold = await runtime.budgets.borrow(outcome, route.candidates, req)
+            expected = runtime.router.live.stats.expected_output_tokens(route.name, req.max_output_tokens)
+            call.hold = await runtime.budgets.borrow(outcome, route.candidates, req, expected)
         soft = call.hold is not None and call.hold.soft
         owner = await self._owner(req) if req.endpoint == "responses" else None
         attempt = call.attempt = await runtime.router.dispatch(route, req, call.hints, call.ticket, call.pin, soft, owner)

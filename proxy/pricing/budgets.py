@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
-from proxy.call import DEFAULT_OUTPUT_TOKENS, ModelRequest, Outcome
+from proxy.call import ModelRequest, Outcome
 from proxy.config.schema import Budget, Deployment, Policy
 from proxy.errors import BudgetExceeded, StoreUnavailable
 from proxy.pricing.catalogue import active
@@ -128,13 +128,16 @@ class Budgets:
                                          expiry, what, soft, hard))
         return found
 
-    async def borrow(self, outcome: Outcome, candidates: Iterable[str], req: ModelRequest) -> Hold | None:
+    async def borrow(self, outcome: Outcome, candidates: Iterable[str], req: ModelRequest,
+                     output_tokens: int) -> Hold | None:
         """Reserve the request's estimated cost before dispatch (BudgetExceeded over a hard limit).
-        The estimate is the dearest priced candidate's, since routing may fall back to it; None
-        when no budget applies."""
+
+        ``output_tokens`` is what the request is expected to write (its max tokens, else the
+        route's learnt high quantile); the estimate is the dearest priced candidate's, since
+        routing may fall back to it. None when no budget applies."""
         if not self.applies(outcome.key_name, outcome.team):
             return None
-        out = req.max_output_tokens or DEFAULT_OUTPUT_TOKENS
+        out = output_tokens
         priced = [value for value in (self.estimate(self.deployments[name], req.input_estimate, out)
                                       for name in candidates if name in self.deployments) if value is not None]
         hold = await self.reserve(outcome, max(priced) if priced else ZERO)
