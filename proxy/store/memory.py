@@ -12,7 +12,8 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from proxy.store.base import CONCURRENCY, PROVIDER, REQUESTS, TOKENS, AdmitResult, Bucket, ProviderWindowState, SpendResult, check_amount
+from proxy.store.base import (CONCURRENCY, MAX_AMOUNT, PROVIDER, REQUESTS, TOKENS, AdmitResult, Bucket, ProviderWindowState,
+                              SpendResult, check_amount)
 
 
 @dataclass(slots=True)
@@ -158,6 +159,7 @@ class MemoryStore:
 
     async def reserve_spend(self, keys: Sequence[str], hard: Sequence[int], amount: int,
                             expire_at_ms: Sequence[int]) -> SpendResult:
+        check_amount(amount, "a budget reservation", 0)
         now = self._clock()
         spent = []
         for index, (key, limit) in enumerate(zip(keys, hard)):
@@ -169,11 +171,13 @@ class MemoryStore:
         return SpendResult(-1, spent)
 
     async def adjust_spend(self, keys: Sequence[str], delta: int, expire_at_ms: Sequence[int]) -> None:
+        check_amount(delta, "a budget adjustment", -MAX_AMOUNT)
         now = self._clock()
         for key, expiry in zip(keys, expire_at_ms):
             self._spend[key] = [self._spent(key, now) + delta, expiry]
 
     async def seed_spend(self, key: str, amount: int, expire_at_ms: int) -> None:
+        check_amount(amount, "a budget counter", 0)
         now = self._clock()
         if key not in self._spend or self._spend[key][1] <= now:
             self._spend[key] = [amount, expire_at_ms]

@@ -16,9 +16,10 @@ from proxy.limits.limiter import Limiter
 from proxy.store import scripts
 from proxy.store.base import MAX_AMOUNT, REQUESTS, TOKENS, AmountError, StoreError
 from proxy.store.connect import Target
+from proxy.store.memory import MemoryStore
 from proxy.store.redis_store import RedisStore
-from tests.redis_support import redis_cluster, redis_server  # noqa: F401  (fixtures)
 from tests.integration.test_store import make_store, run, scope  # noqa: F401  (fixture)
+from tests.redis_support import redis_cluster, redis_server  # noqa: F401  (fixtures)
 
 BAD = [0, -1, -10**12, -2**63, 2**63, MAX_AMOUNT + 1, True, 1.5]
 
@@ -68,6 +69,25 @@ def test_a_bad_settlement_never_refunds_the_reservation(make_store):  # noqa: F8
         return remaining
 
     assert run(main()) == [500]  # 1000 - 400 (still held as reserved) - 100
+
+
+def test_memory_budget_counters_refuse_bad_amounts_like_redis():
+    key = "laneway:budget:{lw-budget}:key:amounts-memory:day"
+
+    async def main():
+        store = MemoryStore()
+        for amount in (-1, -2**63, 2**63, True, 0.5):
+            with pytest.raises(AmountError):
+                await store.reserve_spend([key], [1000], amount, [4_000_000_000_000])
+            with pytest.raises(AmountError):
+                await store.seed_spend(key, amount, 4_000_000_000_000)
+        for delta in (-2**63, 2**63, False, 0.5):
+            with pytest.raises(AmountError):
+                await store.adjust_spend([key], delta, [4_000_000_000_000])
+        return await store.reserve_spend([key], [1000], 10, [4_000_000_000_000])
+
+    result = run(main())
+    assert (result.refused, result.spent) == (-1, [0])  # nothing was counted before
 
 
 @pytest.mark.parametrize("where", ["standalone", "cluster"])
