@@ -8,6 +8,7 @@ import httpx
 import openai
 import orjson
 import pytest
+from openai.types import Model
 from openai.types.responses import ResponseStreamEvent
 from pydantic import TypeAdapter
 
@@ -107,6 +108,10 @@ def test_completions_embeddings_and_models(proxy):
     for name in ("codex", "spark-wafer", "sim-spark"):
         model = client.models.retrieve(name)
         assert (model.id, model.object) == (name, "model")
+    listed = httpx.get(proxy.url + "/v1/models").json()
+    assert listed["object"] == "list"
+    for data in [*listed["data"], httpx.get(proxy.url + "/v1/models/codex").json()]:
+        Model.model_validate(data, strict=True)  # exactly the SDK's Model: id, created, object, owned_by
     assert client.models.retrieve("codex").owned_by == "laneway-route"
     with pytest.raises(openai.NotFoundError) as missing:
         client.models.retrieve("no-such-model")
