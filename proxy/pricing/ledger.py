@@ -18,6 +18,7 @@ from proxy.call import Outcome
 from proxy.pricing.schedules import Tokens
 from proxy.store.usage import Batch, LedgerUnavailable, Progress, UsageStore
 
+STOP_S = 5.0  # the longest shutdown waits for the last write of usage
 log = logging.getLogger("laneway")
 
 SEP = "\x1f"  # between the parts of a store's field name; never in a name from a policy
@@ -79,6 +80,7 @@ class Ledger:
     _rows: int = 0  # distinct rows in _buffer (each has a "requests" field)
     _lock: asyncio.Lock | None = None
     _task: asyncio.Task | None = None
+    _stopping: asyncio.Event | None = None
 
     def record(self, outcome: Outcome) -> None:
         """Note one finished request; O(1), no I/O (runs on the response path)."""
@@ -92,26 +94,39 @@ class Ledger:
         ))
 
     def start(self) -> None:
+        self._stopping = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        """Stop the flusher and write what is left (one attempt: a dead store keeps it buffered)."""
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
-        if not await self.flush():
-            log.error("usage ledger: the store is unavailable at shutdown; %d rows of usage were not written",
-                      self._rows)
-        await self.store.close()
+        """Let the flusher write what is left and end (one attempt: a dead store keeps it buffered).
 
-    async def _run(self) -> None:
+        A write in flight is never cancelled (redis-py can hang when a command is cancelled
+        mid-way, which hung worker shutdown), and shutdown never waits past STOP_S for the store."""
+        written = True
+        try:
+            async with asyncio.timeout(STOP_S):
+                if self._task is not None:
+                    self._stopping.set()
+                    written = await self._task
+                    self._task = None
+                else:
+                    written = await self.flush()
+                await self.store.close()
+        except TimeoutError:
+            written = False
+        if not written:
+            log.error("usage ledger: the store is unavailable at shutdown; %d rows of usage were not written",
+                      self._rows + len(self._pending))
+
+    async def _run(self) -> bool:
+        """Flush every flush_interval_s; once stopping, one last flush, whose result it returns."""
         while True:
-            await asyncio.sleep(self.flush_interval_s)
-            await self.flush()
+            try:
+                await asyncio.wait_for(self._stopping.wait(), self.flush_interval_s)
+            except TimeoutError:
+                await self.flush()
+                continue
+            return await self.flush()
 
     async def flush(self) -> bool:
         """Write everything recorded so far; False if the store refused (the rows stay buffered)."""
