@@ -32,7 +32,6 @@ from proxy.upstream.ws_pool import SocketPools
 _BREAKER_VALUE = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}
 # Our limiter's window names (limits.buckets) -> the unit they count.
 _LANEWAY_UNITS = {"rpm": "requests", "rpd": "requests", "tpm": "tokens", "tpd": "tokens", "concurrency": "requests"}
-_DECLARED = ("rpm", "tpm", "rpd", "tpd", "concurrency")
 # (transport, endpoints) a route's requests can arrive on.
 _ARRIVALS = (("http", ("chat", "completions", "responses", "embeddings")), ("websocket", ("responses",)))
 _WS_EVENTS = (("turns", "turn"), ("warmups", "warmup"), ("errors", "error"),
@@ -203,10 +202,10 @@ def _create_series(policy: Policy) -> None:
         m.upstream_rate_limited.labels(name)
         if dep.limits is None:
             continue
-        for window in _DECLARED:
+        for window, unit in _LANEWAY_UNITS.items():
             value = getattr(dep.limits, window)
             if value is not None:
-                m.ratelimit_limit.labels(name, window, _LANEWAY_UNITS[window], "laneway").set(value)
+                m.ratelimit_limit.labels(name, window, unit, "laneway").set(value)
 
 
 def _provider_unit(window: str) -> str:
@@ -219,7 +218,8 @@ def _provider_window(deployment: str, window: str, unit: str, remaining: float |
     """What the provider said is left; once its reset time has passed the window is full again.
 
     Only windows whose size the provider stated: a bare 429 says "none left" but not how much
-    comes back, and a stale 0 would read as exhaustion long after the window refilled.
+    comes back, and a stale 0 would read as exhaustion long after the window refilled. Its 429s,
+    the sign of a window it enforces without stating, are counted by the request observer.
     """
     if remaining is None or limit is None:
         return

@@ -70,3 +70,15 @@ def test_an_open_breaker_reads_half_open_once_its_cooldown_passed_without_traffi
     assert breaker(proxy) == ("half_open", 1.0)
     assert send(proxy).headers["x-laneway-route-reason"] == "primary", "the next request is the probe and closes it"
     assert breaker(proxy) == ("closed", 0.0)
+
+
+def test_a_half_open_probe_answered_429_gives_its_probe_slot_back(proxy):
+    inject(proxy, "500")
+    send(proxy)
+    time.sleep(0.4)
+    inject(proxy, "429")
+    assert send(proxy).headers["x-laneway-route-reason"] == "fallback:wafer=429"
+    assert breaker(proxy) == ("half_open", 1.0), "neither a success nor a fault"
+    time.sleep(1.1)  # the 429's retry-after, until which routing spills the lane
+    assert send(proxy).headers["x-laneway-route-reason"] == "primary", "the slot is free: the next request probes"
+    assert breaker(proxy) == ("closed", 0.0)
