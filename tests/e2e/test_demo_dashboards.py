@@ -19,8 +19,8 @@ import pytest
 import websockets.sync.client as ws_client
 import yaml
 
+from tests.e2e.test_dashboards import ALL, Prometheus, alert_rules, panel_queries, substitute
 from tests.support import ServerThread, proxy_from_yaml, simulator
-from tests.test_dashboards import ALL, Prometheus, alert_rules, panel_queries, substitute
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "policies" / "demo.yaml"
@@ -96,8 +96,9 @@ def test_every_panel_the_demo_exercises_has_data_after_one_pass(demo):
         panel = f"{dashboard} / {title}"
         shown[panel] = shown.get(panel, False) or any(not math.isnan(float(s["value"][1])) for s in result)
     empty = {panel for panel, data in shown.items() if not data}
-    assert empty == NOT_EXERCISED, f"empty but exercised: {sorted(empty - NOT_EXERCISED)}; " \
-                                   f"has data, drop from NOT_EXERCISED: {sorted(NOT_EXERCISED - empty)}"
+    # Only one way round: the registry is shared by every proxy this test process runs, so a
+    # panel listed here may show another test's series.
+    assert not empty - NOT_EXERCISED, f"panels the demo exercises with no data: {sorted(empty - NOT_EXERCISED)}"
 
 
 def test_the_fast_lane_near_exhaustion_shows_from_its_429s(demo):
