@@ -17,15 +17,20 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 disable_created_metrics()  # *_created samples double the series count and no panel uses them
 REGISTRY = CollectorRegistry(auto_describe=True)
 
-# Buckets cover both lanes: a wafer lane (~1500 tok/s, TTFT ~60 ms, a 500-token answer in
-# ~0.4 s) and a GPU lane (~80 tok/s, TTFT ~400 ms, long completions of minutes).
+# Buckets cover both lanes: a wafer lane (~1500 tok/s, TTFT ~50-60 ms, a 500-token answer in
+# ~0.4 s) and a GPU lane (~80 tok/s, TTFT ~400 ms, long completions of minutes). The TTFT
+# edges bracket each lane's typical value in the middle of a bucket (40-60 ms, 350-450 ms):
+# histogram_quantile interpolates linearly inside a bucket, so a lane sitting just past an
+# edge (0.404 s against an edge at 0.4) would read as the next bucket's midpoint (0.45).
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300, 600)
-TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30)
+TTFT_BUCKETS = (0.01, 0.02, 0.03, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.45, 0.55, 0.7, 1, 1.5, 2,
+                3, 5, 10, 30)
 TOKENS_PER_S_BUCKETS = (5, 10, 20, 40, 60, 80, 100, 150, 200, 300, 500, 750, 1000, 1250, 1500, 2000, 3000, 5000)
 # The proxy's own work is sub-millisecond; anything past 25 ms is queueing or a stall.
 ADDED_LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
 
 REQUEST_LABELS = ("route", "deployment", "lane", "transport")
+RATELIMIT_LABELS = ("deployment", "window", "unit", "source")  # unit: requests | tokens, one per series
 
 # --- requests (from each finished request's Outcome) ---------------------------------------
 requests = Counter(
@@ -56,6 +61,11 @@ spills = Counter(
     "Requests routed past a candidate short of quota (provider-reported headroom, or our limiter refused it), "
     "by the passed-over deployment and why.",
     ("route", "deployment", "reason"), registry=REGISTRY)
+upstream_rate_limited = Counter(
+    "laneway_upstream_rate_limited",
+    "Upstream attempts the provider refused with 429 (its quota), by deployment: the one sign of a window its "
+    "headers do not state (a Cerebras per-minute request limit).",
+    ("deployment",), registry=REGISTRY)
 breaker_skips = Counter(
     "laneway_breaker_skips", "Requests routed past a candidate whose circuit breaker was open.",
     ("route", "deployment"), registry=REGISTRY)
@@ -69,11 +79,12 @@ breaker_state = Gauge(
     ("deployment",), registry=REGISTRY, multiprocess_mode="livemax")
 ratelimit_remaining = Gauge(
     "laneway_ratelimit_remaining",
-    "Quota left in a deployment's window: source=provider as its last response headers said, source=laneway as our limiter counts.",
-    ("deployment", "window", "source"), registry=REGISTRY, multiprocess_mode="livemostrecent")
+    "Quota left in a deployment's window, in the series' unit (requests or tokens): source=provider as its last "
+    "response headers said, source=laneway as our limiter counts.",
+    RATELIMIT_LABELS, registry=REGISTRY, multiprocess_mode="livemostrecent")
 ratelimit_limit = Gauge(
-    "laneway_ratelimit_limit", "Size of a deployment's window (same labels as laneway_ratelimit_remaining).",
-    ("deployment", "window", "source"), registry=REGISTRY, multiprocess_mode="livemostrecent")
+    "laneway_ratelimit_limit", "Size of a deployment's window (same labels and unit as laneway_ratelimit_remaining).",
+    RATELIMIT_LABELS, registry=REGISTRY, multiprocess_mode="livemostrecent")
 
 # --- rate limiter -----------------------------------------------------------------------------
 ratelimit_rejections = Counter(

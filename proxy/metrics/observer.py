@@ -4,6 +4,10 @@ Labelled children are looked up once per label combination and cached (a dict hi
 request instead of prometheus-client's locked ``labels()`` per family). Every label value
 comes from the policy (route, deployment, hardware, team) or a fixed set; the route
 reason, written by the router from configured names, is parsed into bounded counters.
+
+A request refused before any upstream answered touches ``laneway_requests_total`` only (with
+``deployment="none"``, ``lane="none"``): no latency or token series is created for it, so no
+placeholder lane shows up in latency legends or traffic shares.
 """
 from __future__ import annotations
 
@@ -34,8 +38,11 @@ class _Children:
     __slots__ = ("requests", "duration", "ttft", "decode", "added", "input", "output", "cached", "reasoning", "usage")
 
     def __init__(self, route: str, deployment: str, lane: str, transport: str, endpoint: str, status: str,
-                 team: str, attempt: str, usage: list[int]) -> None:
+                 team: str, attempt: str, usage: list[int], answered: bool) -> None:
         self.requests = m.requests.labels(route, deployment, lane, status, transport, endpoint)
+        self.usage = usage  # shared by every series of this (team, deployment): [input, cached, output, reasoning]
+        if not answered:
+            return  # refused before routing reached an upstream: only counted
         self.duration = m.request_duration.labels(route, deployment, lane, transport)
         self.ttft = m.ttft.labels(route, deployment, lane, transport)
         self.decode = m.decode_rate.labels(route, deployment, lane)
@@ -44,7 +51,6 @@ class _Children:
         self.output = m.tokens.labels(route, deployment, lane, team, "output")
         self.cached = m.tokens.labels(route, deployment, lane, team, "cached")
         self.reasoning = m.tokens.labels(route, deployment, lane, team, "reasoning")
-        self.usage = usage  # shared by every series of this (team, deployment): [input, cached, output, reasoning]
 
 
 class RequestMetrics:
@@ -67,13 +73,15 @@ class RequestMetrics:
             usage = self.usage.setdefault((team, deployment), [0, 0, 0, 0])
             c = self._children[key] = _Children(
                 o.route or NONE, deployment, o.hardware or NONE, o.transport, o.endpoint,
-                status_label(o.status), team, attempt, usage)
+                status_label(o.status), team, attempt, usage, o.deployment is not None)
         if reason == "hedge-lost":  # the losing half of a hedged request: its tokens were still spent
             self._tokens(c, o)
             return
         c.requests.inc()
         if o.deployment is None:
             return  # refused before any upstream answered: counted, nothing else to measure
+        if o.status == 429:  # the provider's own refusal, relayed
+            m.upstream_rate_limited.labels(o.deployment).inc()
         if o.upstream_started:
             c.added.observe(o.upstream_started - o.started)
         c.duration.observe(o.finished - o.started)
@@ -125,6 +133,9 @@ class RequestMetrics:
                     continue
                 if why == "limited":
                     yield m.spills.labels(route, name, "limited")
+                elif why == "429":
+                    yield m.fallbacks.labels(route, name, "429")
+                    yield m.upstream_rate_limited.labels(name)
                 else:
                     yield m.fallbacks.labels(route, name, _failure_kind(why))
             return

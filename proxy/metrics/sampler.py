@@ -6,6 +6,10 @@ Each worker samples them about once a second and just before it renders /metrics
 counters advance by the difference since the last sample (so they add up across workers),
 gauges are set to the current value. Spend is priced here too, from the request observer's
 running token totals, at the price in force now: off the response path.
+
+When a policy is loaded (the first sample after it) the series its routes can produce are
+created at zero, so ``rate()`` over a route's first request or WebSocket turn sees it grow
+instead of a series that starts at 1.
 """
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ from proxy.config.reload import PolicyReloader
 from proxy.config.schema import Policy
 from proxy.limits import Limiter
 from proxy.metrics import families as m
-from proxy.metrics.observer import RequestMetrics
+from proxy.metrics.observer import NONE, RequestMetrics
 from proxy.pricing.accounting import Accounting
 from proxy.pricing.catalogue import active
 from proxy.pricing.schedules import Tokens, cost
@@ -26,6 +30,10 @@ from proxy.routing.live import RoutingState
 from proxy.upstream.ws_pool import SocketPools
 
 _BREAKER_VALUE = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}
+# Our limiter's window names (limits.buckets) -> the unit they count.
+_LANEWAY_UNITS = {"rpm": "requests", "rpd": "requests", "tpm": "tokens", "tpd": "tokens", "concurrency": "requests"}
+# (transport, endpoints) a route's requests can arrive on.
+_ARRIVALS = (("http", ("chat", "completions", "responses", "embeddings")), ("websocket", ("responses",)))
 _WS_EVENTS = (("turns", "turn"), ("warmups", "warmup"), ("errors", "error"),
               ("client_drops", "client_drop"), ("connection_limit", "connection_limit"))
 _UPSTREAM_WS_EVENTS = (("connects", "connect"), ("connect_failures", "connect_failure"), ("turns", "turn"),
@@ -56,10 +64,14 @@ class Sampler:
         self._ws = websocket_stats
         self._last: dict[object, int] = {}
         self._priced: dict[tuple[str, str], tuple[int, int, int, int]] = {}
+        self._policy: Policy | None = None
 
     def sample(self) -> None:
         state = self._state
         policy = state.policy
+        if policy is not self._policy:
+            self._policy = policy
+            _create_series(policy)
         limiter = state.limiter
         self._routing(state, policy.deployments, provider_view=not limiter.active)
         self._limits(limiter.stats)
@@ -96,17 +108,18 @@ class Sampler:
                 continue
             for window, w in room.windows.items():
                 if w.provider:
-                    _provider_window(name, window, w.remaining, w.limit, w.reset_at, now)
+                    _provider_window(name, window, w.kind, w.remaining, w.limit, w.reset_at, now)
 
     def _limits(self, stats) -> None:
         for (scope, name), refused in list(stats.rejections.items()):
             self._advance(("rejected", scope, name), refused, m.ratelimit_rejections.labels(scope, name))
         for (deployment, window), (left, limit, _reset_at) in list(stats.remaining.items()):
-            m.ratelimit_remaining.labels(deployment, window, "laneway").set(max(0, left))
-            m.ratelimit_limit.labels(deployment, window, "laneway").set(limit)
+            unit = _LANEWAY_UNITS.get(window, "requests")
+            m.ratelimit_remaining.labels(deployment, window, unit, "laneway").set(max(0, left))
+            m.ratelimit_limit.labels(deployment, window, unit, "laneway").set(limit)
         now = time.time()
         for (deployment, window), (left, limit, reset_at) in list(stats.provider.items()):
-            _provider_window(deployment, window, left, limit, reset_at, now)
+            _provider_window(deployment, window, _provider_unit(window), left, limit, reset_at, now)
         for deployment, (error_sum, settled) in list(stats.reservation_error.items()):
             m.reservation_error.labels(deployment).set(error_sum)
             self._advance(("settled", deployment), settled, m.reservations_settled.labels(deployment))
@@ -166,13 +179,49 @@ class Sampler:
         m.upstream_ws_open.set(sum(p.open for p in pools))
 
 
-def _provider_window(deployment: str, window: str, remaining: float | None, limit: float | None, reset_at: float, now: float) -> None:
+def _create_series(policy: Policy) -> None:
+    """The series a policy's routes, deployments and declared limits can produce, at zero.
+
+    Declared limits export their size at once (what is left comes with the first admission).
+    """
+    routes = [(route.name, route.candidates) for route in policy.routes.values()]
+    routes += [(name, (name,)) for name in policy.deployments if name not in policy.routes]
+    for route, candidates in routes:
+        for name in candidates:
+            dep = policy.deployments.get(name)
+            if dep is None:
+                continue
+            lane = dep.hardware or NONE
+            m.decode_rate.labels(route, name, lane)
+            for transport, endpoints in _ARRIVALS:
+                m.request_duration.labels(route, name, lane, transport)
+                m.ttft.labels(route, name, lane, transport)
+                for endpoint in endpoints:
+                    m.requests.labels(route, name, lane, "200", transport, endpoint)
+    for name, dep in policy.deployments.items():
+        m.upstream_rate_limited.labels(name)
+        if dep.limits is None:
+            continue
+        for window, unit in _LANEWAY_UNITS.items():
+            value = getattr(dep.limits, window)
+            if value is not None:
+                m.ratelimit_limit.labels(name, window, unit, "laneway").set(value)
+
+
+def _provider_unit(window: str) -> str:
+    """A provider window's unit from its name (``tokens-minute``, ``requests-day``, ``input-tokens``)."""
+    return "tokens" if "token" in window else "requests"
+
+
+def _provider_window(deployment: str, window: str, unit: str, remaining: float | None, limit: float | None,
+                     reset_at: float, now: float) -> None:
     """What the provider said is left; once its reset time has passed the window is full again.
 
     Only windows whose size the provider stated: a bare 429 says "none left" but not how much
-    comes back, and a stale 0 would read as exhaustion long after the window refilled.
+    comes back, and a stale 0 would read as exhaustion long after the window refilled. Its 429s,
+    the sign of a window it enforces without stating, are counted by the request observer.
     """
     if remaining is None or limit is None:
         return
-    m.ratelimit_limit.labels(deployment, window, "provider").set(limit)
-    m.ratelimit_remaining.labels(deployment, window, "provider").set(limit if now >= reset_at else max(0.0, remaining))
+    m.ratelimit_limit.labels(deployment, window, unit, "provider").set(limit)
+    m.ratelimit_remaining.labels(deployment, window, unit, "provider").set(limit if now >= reset_at else max(0.0, remaining))

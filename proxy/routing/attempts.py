@@ -87,7 +87,10 @@ class Attempts:
             raise
         live.headroom.learn(name, response.status, response.headers)  # routing's view and the limiter's store
         if is_failure(response.status):
-            breaker.failure(time.monotonic())
+            if response.status == 429:  # a quota refusal: fall back, but the deployment is not faulty
+                breaker.abandon()
+            else:
+                breaker.failure(time.monotonic())
             if ticket is not None:
                 ticket.release(name)
         else:

@@ -2,10 +2,17 @@
 
 closed -> (``failures`` consecutive failures) -> open -> (``cooldown_s``) -> half-open, where
 up to ``half_open_probes`` requests go through; a probe's success closes the breaker, its
-failure opens it for another cooldown. Only upstream failures count (429, 5xx, connect
-errors, timeouts); a client's own 4xx says nothing about the deployment's health.
+failure opens it for another cooldown. Only faults count (5xx, connect errors, timeouts):
+a 429 is the provider refusing quota, not failing (routing falls back and spills on its
+headroom instead), and a client's own 4xx says nothing about the deployment's health.
+
+``state_at`` reports what a request would meet now: an open breaker whose cooldown has
+passed is half-open even if no request has come to probe it yet, so an idle deployment's
+gauge and ``/admin/policy`` do not read ``open`` for ever.
 """
 from __future__ import annotations
+
+import time
 
 from proxy.config.schema import BreakerSettings
 
@@ -22,6 +29,12 @@ class Breaker:
         self.opened_at = 0.0
         self.probes = 0         # half-open requests in flight
         self.opens = 0          # times it opened (a plain counter for metrics)
+
+    def state_at(self, now: float) -> str:
+        """The state a request arriving at ``now`` would meet (open past its cooldown is half-open)."""
+        if self.state == OPEN and now - self.opened_at >= self.settings.cooldown_s:
+            return HALF_OPEN
+        return self.state
 
     def allows(self, now: float) -> bool:
         """Whether a request may be sent now (does not reserve a probe: see ``begin``)."""
@@ -73,5 +86,7 @@ class Breakers:
             breaker.settings = settings
         return breaker
 
-    def states(self) -> dict[str, str]:
-        return {name: b.state for name, b in self._by_name.items()}
+    def states(self, now: float | None = None) -> dict[str, str]:
+        """Each breaker's state as a request would meet it at ``now`` (default: the monotonic clock now)."""
+        now = time.monotonic() if now is None else now
+        return {name: b.state_at(now) for name, b in self._by_name.items()}

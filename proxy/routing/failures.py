@@ -9,7 +9,7 @@ from proxy.limits.limiter import DeploymentLimited
 
 
 def is_failure(status: int) -> bool:
-    """Statuses that send a request on to the next candidate (and count against a breaker)."""
+    """Statuses that send a request on to the next candidate (all but 429 also count against a breaker)."""
     return status == 429 or status >= 500
 
 

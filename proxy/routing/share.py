@@ -36,6 +36,8 @@ class StatsSharing:
         self.client = connect.client(target)  # one key: one slot, so a pipeline works on both topologies
         self.peers = 0        # replicas merged on the last sync
         self.failures = 0     # syncs that could not reach Redis
+        self.merged_at: float | None = None      # wall time of the last merge of peers' figures
+        self.oldest_peer_at: float | None = None  # when the oldest figures merged then were published
         self._task: asyncio.Task | None = None
         self._failing = False
 
@@ -66,6 +68,8 @@ class StatsSharing:
             (stale if now - entry["at"] > self.stale_s else peers).append((replica, entry))
         self.stats.merge_peers([entry["deployments"] for _, entry in peers])
         self.peers = len(peers)
+        self.merged_at = now
+        self.oldest_peer_at = min((entry["at"] for _, entry in peers), default=None)
         if stale:
             try:
                 await self.client.hdel(self.key, *[replica for replica, _ in stale])

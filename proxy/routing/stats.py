@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from proxy.call import DEFAULT_OUTPUT_TOKENS, Outcome
 from proxy.config.schema import Learning, Priors
@@ -336,6 +336,30 @@ class LatencyStats:
                 "tokens_per_s_ewma": None if decode is None else round(decode.ewma, 1),
             }
         return out
+
+
+def routing_view(stats: LatencyStats, priors: Mapping[str, Priors]) -> dict[str, dict[str, float | bool | None]]:
+    """Read-only, for /admin/policy: per deployment, this replica's own figures, the peers' pooled
+    ones and the blend routing decides on (a short prompt's bucket; priors when nobody measured)."""
+    out: dict[str, dict[str, float | bool | None]] = {}
+    mine = stats.snapshot()
+    for name, prior in priors.items():
+        own = mine.get(name, {})
+        figures = stats._by_name.get(name) or DeploymentStats()  # an unmeasured one is not added
+        blend = figures.estimate(prior, 0)
+        peer_ttft = None if figures.peer_ttft is None else _nearest_peer(figures.peer_ttft, 0)
+        peer_decode = None if figures.peer_decode is None else _nearest_peer(figures.peer_decode, 0)
+        out[name] = {
+            "own_ttft_ms": own.get("ttft_ms_ewma"),
+            "peers_ttft_ms": None if peer_ttft is None else round(peer_ttft[0], 1),
+            "routed_ttft_ms": round(blend.ttft_ms, 1),
+            "own_tokens_per_s": own.get("tokens_per_s_ewma"),
+            "peers_tokens_per_s": None if peer_decode is None else round(peer_decode[0], 1),
+            "routed_tokens_per_s": round(blend.tokens_per_s, 1),
+            "routed_error_rate": round(blend.error_rate, 4),
+            "measured": blend.warm,
+        }
+    return out
 
 
 def _pair(value: list | None) -> tuple[float, float] | None:

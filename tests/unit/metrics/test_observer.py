@@ -188,3 +188,50 @@ def wait_until(condition, timeout: float = 10) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.1)
+
+# --- refused requests, provider 429s, TTFT bucket edges -----------------------------------
+
+
+def obs_finished(**fields) -> Outcome:
+    return finished(**{"route": "obs-route", "deployment": "obs-gpu", **fields})
+
+
+def series_of(route: str) -> set[tuple[str, str]]:
+    """(family, lane) of every sample this route has, across the registry."""
+    return {(family.name, s.labels.get("lane", "")) for family in families.REGISTRY.collect()
+            for s in family.samples if s.labels.get("route") == route}
+
+
+def test_a_refused_request_is_counted_but_creates_no_latency_or_token_series():
+    observe = RequestMetrics(lambda: {"obs-gpu"})
+    observe(obs_finished(route="obs-refused", deployment=None, hardware=None, status=404, upstream_started=0.0,
+                     first_token_at=None, input_tokens=0, output_tokens=0))
+    assert sample("laneway_requests_total", route="obs-refused", deployment="none", lane="none", status="404",
+                  transport="http", endpoint="chat") == 1
+    assert series_of("obs-refused") == {("laneway_requests", "none")}, "no lane=none latency or token series"
+
+
+def test_provider_429s_are_counted_per_deployment_whether_relayed_or_fallen_back_from():
+    observe = RequestMetrics(lambda: {"obs-wafer", "obs-gpu"})
+    wafer, gpu = sample("laneway_upstream_rate_limited_total", deployment="obs-wafer"), \
+        sample("laneway_upstream_rate_limited_total", deployment="obs-gpu")
+    observe(obs_finished(reason="fallback:obs-wafer=429"))             # served by the GPU lane after the wafer 429
+    observe(obs_finished(status=429, first_token_at=None))               # the GPU lane's own 429, relayed
+    observe(obs_finished(reason="fallback:obs-wafer=503"))              # a fault, not a quota refusal
+    assert sample("laneway_upstream_rate_limited_total", deployment="obs-wafer") == wafer + 1
+    assert sample("laneway_upstream_rate_limited_total", deployment="obs-gpu") == gpu + 1
+
+
+def interpolated_median(value: float, edges: tuple[float, ...]) -> float:
+    """histogram_quantile(0.5, ...) of observations all equal to ``value`` (Prometheus interpolates linearly)."""
+    lower = 0.0
+    for upper in edges:
+        if value <= upper:
+            return lower + (upper - lower) * 0.5
+        lower = upper
+    return lower
+
+
+@pytest.mark.parametrize("ttft_s", [0.05, 0.4, 0.404])  # the wafer lane's ~50 ms, the GPU lane's ~400 ms
+def test_ttft_buckets_put_each_lane_mid_bucket(ttft_s):
+    assert interpolated_median(ttft_s, families.TTFT_BUCKETS) == pytest.approx(ttft_s, rel=0.05)
