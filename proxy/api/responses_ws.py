@@ -24,7 +24,7 @@ import orjson
 from proxy.api.asgi import Receive, Scope, Send, header, too_large
 from proxy.api.errors import ProxyError, http_error
 from proxy.api.pipeline import Call, Pipeline, read_hints
-from proxy.api.responses_events import response_object, zero_usage
+from proxy.api.responses_events import failure_events, next_sequence_number, response_id_in, response_object, zero_usage
 from proxy.api.ws_server import SEND_TEXTS
 from proxy.call import ModelRequest, Outcome, UpstreamError
 from proxy.config.schema import ApiKey
@@ -359,12 +359,14 @@ class _Connection:
         scanner = StreamScanner(outcome.started)
         prefix = b'{"stream_id":' + orjson.dumps(stream_id) + b"," if stream_id is not None else None
         completed: bytes | None = None
+        first, last = b"", []  # enough of the turn to end it well-formed if the upstream breaks off
         try:
             async for chunk in response.iter_body():
                 scanner.feed(chunk)
                 texts = frames.feed(chunk)
                 if not texts:
                     continue
+                first, last = first or texts[0], texts
                 if completed is None:
                     completed = next((data for data in texts if event_type(data) in _FINAL), None)
                 if prefix is not None:
@@ -372,9 +374,13 @@ class _Connection:
                 await self._send_texts(texts)
         except UpstreamError as exc:
             outcome.status, outcome.error_code = 502, "upstream_stream_error"
-            await self._error(ProxyError(
-                502, f"The upstream stream broke off ({exc.kind}); the response is incomplete. Retry the turn.",
-                code="upstream_stream_error"), stream_id)
+            message = f"The upstream stream broke off ({exc.kind}); the response is incomplete. Retry the turn."
+            error, failed = failure_events(req.body, response_id_in(first), next_sequence_number(*last),
+                                           "upstream_stream_error", message)
+            event = error_event(ProxyError(502, message, code="upstream_stream_error"), stream_id)
+            event["sequence_number"] = error["sequence_number"]  # the turn's numbering goes on
+            self.stats.errors += 1
+            await self._send_texts([orjson.dumps(event), orjson.dumps({**failed, **extra})])
         except (asyncio.CancelledError, OSError):
             outcome.status, outcome.error_code = 499, "client_disconnected"
             scanner.feed(response.abandon())  # count what arrived but was not relayed

@@ -439,3 +439,18 @@ def test_a_turn_larger_than_max_body_bytes_is_refused_before_routing(make_ws_pro
         ws.send(json.dumps({"type": "response.create", "model": "fast", "input": "small", "max_output_tokens": 2}))
         assert raw_until_done(ws)[-1]["type"] == "response.completed"  # the socket stays usable
     assert sim_stats(wafer_sim)["requests"] == 1 and [o.status for o in server.outcomes] == [200]
+
+
+def test_a_turn_whose_upstream_breaks_off_ends_with_error_then_response_failed(wsproxy, wafer_sim):
+    inject(wafer_sim, "drop_mid_stream")
+    with ws_client.connect(ws_url(wsproxy)) as ws:
+        ws.send(json.dumps({"type": "response.create", "model": "fast", "input": "x", "max_output_tokens": 40}))
+        events = raw_until_done(ws)  # up to the error event
+        events.append(json.loads(ws.recv(timeout=10)))
+    relayed = [e for e in events if e["type"] != "laneway.route"]
+    error, failed = relayed[-2:]
+    assert (error["type"], error["status"], error["code"]) == ("error", 502, "upstream_stream_error")
+    assert [e["sequence_number"] for e in relayed] == list(range(len(relayed)))  # one numbering for the turn
+    parsed = TypeAdapter(ResponseStreamEvent).validate_python(failed)
+    assert parsed.type == "response.failed" and "broke off" in parsed.response.error.message
+    assert parsed.response.id == relayed[0]["response"]["id"]
