@@ -12,17 +12,20 @@ gauge and ``/admin/policy`` do not read ``open`` for ever.
 """
 from __future__ import annotations
 
+import logging
 import time
 
 from proxy.config.schema import BreakerSettings
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+log = logging.getLogger("laneway.routing")
 
 
 class Breaker:
-    __slots__ = ("settings", "state", "failures", "opened_at", "probes", "opens")
+    __slots__ = ("name", "settings", "state", "failures", "opened_at", "probes", "opens")
 
-    def __init__(self, settings: BreakerSettings) -> None:
+    def __init__(self, settings: BreakerSettings, name: str) -> None:
+        self.name = name        # the deployment, for the events it logs
         self.settings = settings
         self.state = CLOSED
         self.failures = 0       # consecutive
@@ -58,6 +61,9 @@ class Breaker:
             self.probes -= 1
 
     def success(self) -> None:
+        if self.state != CLOSED:
+            log.info("breaker closed: %s answered again", self.name,
+                     extra={"fields": {"event": "breaker_closed", "deployment": self.name}})
         self.state = CLOSED
         self.failures = 0
         self.probes = 0
@@ -67,6 +73,9 @@ class Breaker:
         if self.state == HALF_OPEN or self.failures >= self.settings.failures:
             if self.state != OPEN:
                 self.opens += 1
+                log.warning("breaker open: %s failed %d times in a row; skipped for %.0fs", self.name, self.failures,
+                            self.settings.cooldown_s, extra={"fields": {"event": "breaker_open", "deployment": self.name,
+                                                                         "failures": self.failures}})
             self.state = OPEN
             self.opened_at = now
             self.probes = 0
@@ -81,7 +90,7 @@ class Breakers:
     def get(self, name: str, settings: BreakerSettings) -> Breaker:
         breaker = self._by_name.get(name)
         if breaker is None:
-            breaker = self._by_name[name] = Breaker(settings)
+            breaker = self._by_name[name] = Breaker(settings, name)
         elif breaker.settings is not settings:
             breaker.settings = settings
         return breaker

@@ -5,12 +5,15 @@ deployment keeps what was learnt about it (keyed by deployment name) across relo
 """
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import asdict, dataclass, field
 
 from proxy.limits.headroom import HeadroomLearner
 from proxy.routing.breaker import Breakers
 from proxy.routing.stats import LatencyStats
+
+log = logging.getLogger("laneway.routing")
 
 
 @dataclass(slots=True)
@@ -35,3 +38,18 @@ class RoutingState:
     breakers: Breakers = field(default_factory=Breakers)
     counters: RoutingCounters = field(default_factory=RoutingCounters)
     rng: random.Random = field(default_factory=random.Random)
+    short_of_quota: dict[str, str] = field(default_factory=dict)  # deployment -> "requests" | "tokens", while spilled
+
+    def note_quota(self, deployment: str, short: str | None) -> None:
+        """Log when a deployment starts and stops being spilled for lack of quota (events, not every request)."""
+        was = self.short_of_quota.get(deployment)
+        if short == was:
+            return
+        if short is None:
+            del self.short_of_quota[deployment]
+            log.info("spill stopped: %s has %s again", deployment, was,
+                     extra={"fields": {"event": "spill_stopped", "deployment": deployment, "window": was}})
+            return
+        self.short_of_quota[deployment] = short
+        log.info("spill started: %s is short of %s; requests go to the next candidates first", deployment, short,
+                 extra={"fields": {"event": "spill_started", "deployment": deployment, "window": short}})

@@ -23,7 +23,6 @@ from proxy.routing.capability import explain, unable, wants_deep_reasoning
 from proxy.routing.hints import Hints
 from proxy.routing.live import RoutingState
 
-
 # A lane is probed when what was measured predicts it this many times slower than its priors do.
 PROBE_WHEN_SLOWER = 2.0
 
@@ -225,6 +224,8 @@ def _spill(order, route: Route, req: ModelRequest, predictions, live: RoutingSta
             why = "requests" if now < room.exhausted_until else None
         else:
             why = room.short(need, rule.min_requests, rule.min_tokens, now)
+        if room is not None:
+            live.note_quota(dep.name, why)
         if why is None and room is not None and rule.reserve_fraction > 0 and room.fraction_left(now) < rule.reserve_fraction:
             why = _reserve(dep, order, predictions, rule.reserve_min_gain_ms)
         if why is None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import heapq
+import logging
 import random
 import time
 
@@ -11,11 +12,9 @@ import pytest
 from proxy.api.errors import http_error
 from proxy.call import ModelRequest, Outcome
 from proxy.config import PolicyError, parse_policy
-from proxy.config.schema import BreakerSettings
 from proxy.errors import Refused
 from proxy.limits.headroom import HeadroomLearner
 from proxy.pricing.catalogue import activate, book_for
-from proxy.routing.breaker import CLOSED, HALF_OPEN, OPEN, Breaker
 from proxy.routing.hints import NO_HINTS, Hints
 from proxy.routing.live import RoutingState
 from proxy.routing.stats import LatencyStats, Sketch
@@ -306,26 +305,6 @@ def test_no_spill_when_every_candidate_is_short():
 # --- breaker -------------------------------------------------------------------
 
 
-def test_breaker_opens_half_opens_and_closes():
-    breaker = Breaker(BreakerSettings(failures=3, cooldown_s=10, half_open_probes=1))
-    for _ in range(2):
-        breaker.failure(0.0)
-    assert breaker.state == CLOSED and breaker.allows(0.0)
-    breaker.success()  # consecutive failures only
-    for _ in range(3):
-        breaker.failure(1.0)
-    assert breaker.state == OPEN and not breaker.allows(5.0) and breaker.opens == 1
-    assert breaker.allows(11.0)
-    breaker.begin(11.0)
-    assert breaker.state == HALF_OPEN and not breaker.allows(11.0), "one probe at a time"
-    breaker.failure(12.0)
-    assert breaker.state == OPEN and not breaker.allows(20.0) and breaker.opens == 2
-    breaker.begin(22.5)
-    breaker.abandon()  # a cancelled probe gives its slot back
-    assert breaker.allows(22.5)
-    breaker.begin(22.5)
-    breaker.success()
-    assert breaker.state == CLOSED and breaker.allows(22.6)
 
 
 def test_open_breaker_moves_its_deployment_last():
@@ -482,3 +461,14 @@ def test_min_requests_0_means_fall_back_only_after_a_429(spill, reason):
     assert order_now(pol, live, request(1000))[1] == reason
     live.headroom.learn("wafer", 429, [(b"retry-after", b"5")], now=0.0)
     assert order_now(pol, live, request(1000)) == (["gpu", "wafer"], "latency;spill:wafer=requests")
+
+
+def test_spill_for_quota_is_logged_when_it_starts_and_when_it_stops(caplog):
+    pol, live = policy("fallback"), RoutingState()
+    now = time.monotonic()
+    live.headroom.learn("wafer", 429, [(b"retry-after", b"1")], now=now)
+    with caplog.at_level(logging.INFO, logger="laneway.routing"):
+        for at in (now, now + 0.1, now + 2.0, now + 2.1):  # short twice, then the 429's wait is over
+            order(pol, live=live, now=at)
+    events = [(r.fields["event"], r.fields["deployment"]) for r in caplog.records]
+    assert events == [("spill_started", "wafer"), ("spill_stopped", "wafer")]
