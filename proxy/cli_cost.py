@@ -38,7 +38,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
     report = sub.add_parser("report", help="confirmed, provisional and unpriced spend over a period")
     _policy_arg(report)
-    report.add_argument("--since", required=True, type=_instant, help="start (ISO date or date-time, UTC)")
+    report.add_argument("--since", type=_instant, help="start (ISO date or date-time, UTC; default: the start of the current month)")
     report.add_argument("--until", type=_instant, help="end, exclusive (default: now)")
     report.add_argument("--by", choices=GROUPINGS, default="model")
     report.add_argument("--format", choices=("table", "json", "csv"), default="table")
@@ -65,8 +65,20 @@ def run(args: argparse.Namespace) -> int:
         return 2
     until = args.until or datetime.now(timezone.utc)
     keep = policy.ledger.retention_days
-    # a price re-prices all the usage since it took effect: as far back as the ledger keeps it
-    since = args.since if args.cost_command == "report" else max(args.effective_from, until - timedelta(days=keep))
+    if args.cost_command == "report":
+        since = args.since
+        if since is None:
+            since = until.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+            print(f"since {since.date().isoformat()} (the current month, UTC; --since to change)", file=sys.stderr)
+    else:
+        if args.effective_from >= until:  # announced ahead: no usage it applies to yet, but it can be recorded
+            return _record_future_price(args)
+        if args.effective_from.minute or args.effective_from.second or args.effective_from.microsecond:
+            print(f"note: the ledger counts usage by the hour, so the whole hour from "
+                  f"{args.effective_from.replace(minute=0, second=0, microsecond=0).isoformat()} is re-priced; "
+                  "use an hour boundary for an exact split", file=sys.stderr)
+        # a price re-prices all the usage since it took effect: as far back as the ledger keeps it
+        since = max(args.effective_from, until - timedelta(days=keep))
     try:
         check_period(since, until, keep)
     except ValueError as exc:
@@ -92,19 +104,35 @@ def run(args: argparse.Namespace) -> int:
     return _reprice(args, policy, rows, since, until)
 
 
+def _entry(args: argparse.Namespace) -> PricePoint:
+    return PricePoint(args.effective_from, args.input, args.output, args.cached_input, args.reasoning, args.status, args.source)
+
+
 def _reprice(args: argparse.Namespace, policy: Policy, rows: list[UsageRow], since: datetime, until: datetime) -> int:
-    entry = PricePoint(args.effective_from, args.input, args.output, args.cached_input, args.reasoning, args.status, args.source)
     old = book_for(policy)
-    result = reprice(rows, old, old.with_entry(args.model, entry), args.model, since, until, _provider_of(policy))
+    result = reprice(rows, old, old.with_entry(args.model, _entry(args)), args.model, since, until, _provider_of(policy))
     print(f"{args.model}: usage from {since.isoformat()} to {until.isoformat()} "
           f"({result.after.tokens.input} input, {result.after.tokens.output} output tokens)")
     for label, line in (("before", result.before), ("after", result.after)):
         print(f"  {label:6}  confirmed ${to_cents(line.confirmed)}  provisional ${to_cents(line.provisional)}  "
               f"free preview ${to_cents(line.free_preview)}  unpriced tokens {line.unpriced.input + line.unpriced.output}")
     print(f"  change  ${to_cents(result.change)} (exact: {result.change})")
-    if not args.apply:
-        print("preview only: add --apply to record this price in the policy")
-        return 0
+    return _apply(args) if args.apply else _preview_only()
+
+
+def _record_future_price(args: argparse.Namespace) -> int:
+    print(f"{args.model}: in force from {args.effective_from.isoformat()}, later than the usage in the ledger: "
+          "nothing to re-price yet")
+    return _apply(args) if args.apply else _preview_only()
+
+
+def _preview_only() -> int:
+    print("preview only: add --apply to record this price in the policy")
+    return 0
+
+
+def _apply(args: argparse.Namespace) -> int:
+    entry = _entry(args)
     try:
         new_text = add_price_entry(Path(args.policy).read_text(encoding="utf-8"), args.model, entry)
         parse_policy(new_text, source=args.policy)

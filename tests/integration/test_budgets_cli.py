@@ -180,3 +180,30 @@ def test_reprice_apply_adds_a_model_and_keeps_comments(tmp_path):
     fresh = add_price_entry("version: 1\nauth: open\n", "c", entry)
     assert fresh.endswith('prices:\n  c:\n    - {effective_from: "2026-12-01T00:00:00Z", input_per_mtok: 0.5, '
                           'output_per_mtok: 2, status: announced}\n')
+
+
+def test_report_defaults_to_this_month_and_a_future_price_can_be_recorded(tmp_path, sim, capsys):
+    """Issue 15: `cost report` needs no --since; a price announced ahead is recorded (nothing to re-price yet);
+    a price starting inside an hour says that the ledger re-prices that whole hour."""
+    with RedisServer() as server:
+        proxy, path = write_policy(tmp_path, sim, server.url)
+        with proxy:
+            client(proxy, BOB).chat.completions.create(model="codex", messages=MESSAGES, max_tokens=3)
+            wait_for(lambda: redis_totals(server.url).get("requests") == 1)
+        code, out, err = run_cli(capsys, "cost", "report", "--policy", str(path), "--format", "json")
+        month = datetime.now(timezone.utc).strftime("%Y-%m-01")
+        assert code == 0 and f"since {month} (the current month, UTC" in err
+        assert json.loads(out)["totals"]["tokens"]["output"] == 3
+
+        ahead = (datetime.now(timezone.utc) + timedelta(days=40)).strftime("%Y-%m-01")
+        args = ("cost", "reprice", "--policy", str(path), "--model", "sim-spark", "--input", "0.3", "--output", "0.9",
+                "--from", ahead)
+        code, out, _ = run_cli(capsys, *args, "--apply")
+        assert code == 0 and "nothing to re-price yet" in out and "applied" in out
+        entries = load_policy(path).prices["sim-spark"]
+        assert [e.effective_from.strftime("%Y-%m-%d") for e in entries][-1] == ahead
+
+        inside = (datetime.now(timezone.utc) - timedelta(hours=1)).strftime("%Y-%m-%dT%H:30Z")
+        code, _, err = run_cli(capsys, "cost", "reprice", "--policy", str(path), "--model", "sim-codex",
+                               "--input", "1", "--output", "1", "--from", inside)
+        assert code == 0 and "the whole hour from" in err
