@@ -111,7 +111,8 @@ def main() -> int:
     procs = [subprocess.Popen([shutil.which("redis-server"), "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
                                "--appendonly", "no", "--dir", directory], stdout=subprocess.DEVNULL)]
     try:
-        procs.append(subprocess.Popen([sys.executable, "-m", "proxy.simulate", "--profile", "instant", "--port", str(sim_port)],
+        procs.append(subprocess.Popen([sys.executable, "-m", "proxy.simulate", "--profile", "instant", "--port", str(sim_port),
+                                       "--rpm", "1000000000", "--tpm", "1000000000000"],  # headers, never a 429
                                       env=env, stdout=subprocess.DEVNULL))
         for port, name, limited in ((plain_port, "plain.yaml", False), (limited_port, "limited.yaml", True)):
             policy = write_policy(directory, name, limited, redis_url, sim_port)

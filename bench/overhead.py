@@ -38,6 +38,7 @@ from proxy.upstream.http_pool import Origin, OriginPool  # noqa: E402
 
 CHAT = b'{"model":"%s","messages":[{"role":"user","content":"Say something short about routing."}],"max_tokens":%d%s}'
 TICKS = os.sysconf("SC_CLK_TCK")
+UNLIMITED = ("--rpm", "1000000000", "--tpm", "1000000000000")
 
 
 def free_port() -> int:
@@ -166,7 +167,9 @@ def main() -> int:
     )
     policy.close()
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    sim = subprocess.Popen([sys.executable, "-m", "proxy.simulate", "--profile", "instant", "--port", str(sim_port)], env=env, stdout=subprocess.DEVNULL)
+    # the provider's rate-limit headers on every answer, as real ones send, with windows no benchmark exhausts
+    sim = subprocess.Popen([sys.executable, "-m", "proxy.simulate", "--profile", "instant", "--port", str(sim_port), *UNLIMITED],
+                           env=env, stdout=subprocess.DEVNULL)
     log = tempfile.TemporaryFile("w")
     proxy = subprocess.Popen([sys.executable, "-m", "proxy.cli", "serve", "--policy", policy.name, "--port", str(proxy_port),
                               "--log-level", args.log_level], env=env, stderr=log)
