@@ -26,13 +26,12 @@ from proxy.api.pipeline import Call, Pipeline, read_hints
 from proxy.api.responses_events import (
     failure_events,
     next_sequence_number,
-    response_id_in,
     sse,
 )
 from proxy.call import ModelRequest, Outcome, UpstreamError, Usage
 from proxy.errors import Refused
 from proxy.routing.attempts import Attempt
-from proxy.upstream.scan import StreamScanner, UsageChunkFilter, extract_usage
+from proxy.upstream.scan import StreamScanner, UsageChunkFilter, extract_usage, response_id
 
 log = logging.getLogger("laneway")
 
@@ -151,7 +150,7 @@ async def _relay_whole(call: Call, attempt: Attempt, req: ModelRequest, headers:
     if response.status == 200:
         outcome.take_usage(extract_usage(body) or Usage(input_tokens=req.input_estimate, reported=False))
         if req.endpoint == "responses":
-            call.response_id = response_id_in(body)
+            call.response_id = response_id(body)
     await send_bytes(send, response.status, body, headers, content_type=_content_type(attempt))
 
 
@@ -175,7 +174,7 @@ async def _relay_stream(call: Call, attempt: Attempt, req: ModelRequest, headers
         tail = usage_filter.flush() if usage_filter else b""
         watch.stop()
         if req.endpoint == "responses":
-            call.response_id = response_id_in(first)
+            call.response_id = response_id(first)
         await send({"type": "http.response.body", "body": tail, "more_body": False})
     except asyncio.CancelledError:
         if not watch.gone:
@@ -230,7 +229,7 @@ def _stream_error(req: ModelRequest, exc: UpstreamError, first: bytes, previous:
     the last relayed event; chat and completions an ``error`` payload, which the SDKs raise on."""
     message = f"The upstream stream broke off ({exc.kind}); the response is incomplete."
     if req.endpoint == "responses":
-        return sse(failure_events(req.body, response_id_in(first), next_sequence_number(previous, last),
+        return sse(failure_events(req.body, response_id(first), next_sequence_number(previous, last),
                                   "upstream_stream_error", message))
     error = {"message": message, "type": "server_error", "param": None, "code": "upstream_stream_error"}
     return b"data: " + orjson.dumps({"error": error}) + b"\n\n"

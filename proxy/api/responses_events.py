@@ -48,12 +48,6 @@ def next_sequence_number(*chunks: bytes) -> int:
     return 0
 
 
-def response_id_in(chunk: bytes) -> str | None:
-    """The response id a stream's first event (``response.created``) carries, without parsing it."""
-    at = chunk.find(b'"id":"resp')
-    return chunk[at + 6: chunk.find(b'"', at + 6)].decode() if at >= 0 else None
-
-
 def failure_events(body: dict, response_id: str | None, sequence: int, code: str, message: str) -> list[dict]:
     """What ends a stream that broke off: a well-formed ``error`` event, then ``response.failed``
     whose ``response.error.message`` clients such as Codex display."""

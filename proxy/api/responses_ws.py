@@ -24,14 +24,14 @@ import orjson
 from proxy.api.asgi import Receive, Scope, Send, header, too_large
 from proxy.api.errors import ProxyError, http_error
 from proxy.api.pipeline import Call, Pipeline, read_hints
-from proxy.api.responses_events import failure_events, next_sequence_number, response_id_in, response_object, zero_usage
+from proxy.api.responses_events import failure_events, next_sequence_number, response_object, zero_usage
 from proxy.api.ws_server import SEND_TEXTS
 from proxy.call import ModelRequest, Outcome, UpstreamError
 from proxy.config.schema import ApiKey
 from proxy.errors import Refused
 from proxy.routing.attempts import Attempt
 from proxy.routing.hints import Hints
-from proxy.upstream.scan import StreamScanner
+from proxy.upstream.scan import StreamScanner, event_type, response_id
 from proxy.upstream.ws_pool import SocketPin
 
 log = logging.getLogger("laneway")
@@ -88,14 +88,6 @@ class SseFrames:
             start = end + 2
         self._rest = buf[start:]
         return out
-
-
-def event_type(data: bytes) -> bytes:
-    """The ``type`` of a JSON event; OpenAI-style events put it first, so a find is enough."""
-    i = data.find(b'"type":"')
-    if i < 0:
-        return b""
-    return data[i + 8 : data.find(b'"', i + 8)]
 
 
 def error_event(error: ProxyError, stream_id: str | None = None, headers: dict[str, str] | None = None) -> dict:
@@ -375,7 +367,7 @@ class _Connection:
         except UpstreamError as exc:
             outcome.status, outcome.error_code = 502, "upstream_stream_error"
             message = f"The upstream stream broke off ({exc.kind}); the response is incomplete. Retry the turn."
-            error, failed = failure_events(req.body, response_id_in(first), next_sequence_number(*last),
+            error, failed = failure_events(req.body, response_id(first), next_sequence_number(*last),
                                            "upstream_stream_error", message)
             event = error_event(ProxyError(502, message, code="upstream_stream_error"), stream_id)
             event["sequence_number"] = error["sequence_number"]  # the turn's numbering goes on

@@ -24,6 +24,19 @@ _USAGE_ONLY = re.compile(rb'"choices":\s*\[\]')
 _TAIL_BYTES = 32768
 
 
+def event_type(data: bytes) -> bytes:
+    """The ``type`` of a JSON event; OpenAI-style events put it first, so a find is enough."""
+    i = data.find(b'"type":"')
+    return data[i + 8 : data.find(b'"', i + 8)] if i >= 0 else b""
+
+
+def response_id(data: bytes) -> str | None:
+    """The id of the response a Responses body or a stream's first event (``response.created``)
+    carries: its first ``"id"``, found without parsing."""
+    i = data.find(b'"id":"')
+    return data[i + 6 : data.find(b'"', i + 6)].decode() if i >= 0 else None
+
+
 def extract_usage(buf: bytes) -> Usage | None:
     """The last non-null ``"usage": {...}`` object in ``buf``, or None."""
     pos = len(buf)

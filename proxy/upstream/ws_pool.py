@@ -33,6 +33,7 @@ from proxy.call import ModelRequest, UpstreamClosed, UpstreamTimeout
 from proxy.config.schema import Deployment
 from proxy.upstream.body import rewrite_body
 from proxy.upstream.openai_compat import OpenAICompatTarget
+from proxy.upstream.scan import event_type, response_id
 
 log = logging.getLogger("laneway")
 
@@ -58,17 +59,6 @@ class SocketStats:
     drops: int = 0          # sockets that died under a turn
     continued: int = 0      # turns sent as previous_response_id + new items on a pinned socket
     continue_misses: int = 0  # of those, answered previous_response_not_found and re-sent in full context
-
-
-def _type(data: bytes) -> bytes:
-    i = data.find(b'"type":"')
-    return data[i + 8 : data.find(b'"', i + 8)] if i >= 0 else b""
-
-
-def _response_id(created: bytes) -> str | None:
-    """The response id in a ``response.created`` event (its first ``"id"``), without parsing it."""
-    i = created.find(b'"id":"')
-    return created[i + 6 : created.find(b'"', i + 6)].decode() if i >= 0 else None
 
 
 class SocketPool:
@@ -216,7 +206,7 @@ class SocketResponse:
             held = iter(self._held)
             while True:
                 data = next(held, None) or await self._next(watchdog)
-                kind = _type(data)
+                kind = event_type(data)
                 if self._stream:
                     yield b"event: " + kind + b"\ndata: " + data + b"\n\n"
                 if kind in _TERMINAL:
@@ -259,7 +249,7 @@ class SocketResponse:
                 return
             pin.busy = False
             if self._done and self._ws.state is State.OPEN:
-                pin.keep(self._pool, self._ws, _response_id(self._held[0]) if self._completed else None)
+                pin.keep(self._pool, self._ws, response_id(self._held[0]) if self._completed else None)
             else:
                 self._pool.release(self._ws, False)
 
@@ -401,11 +391,11 @@ class SocketTarget:
             await ws.send(frame, text=True)
             async with asyncio.timeout(t.first_byte_s):
                 held.append(await ws.recv(decode=False))
-                if full is not None and _type(held[0]) == b"error" and b'"previous_response_not_found"' in held[0]:
+                if full is not None and event_type(held[0]) == b"error" and b'"previous_response_not_found"' in held[0]:
                     self.pool.stats.continue_misses += 1
                     await ws.send(self._frame(full), text=True)
                     held[0] = await ws.recv(decode=False)
-                while _type(held[-1]) in _PRELUDE:
+                while event_type(held[-1]) in _PRELUDE:
                     held.append(await ws.recv(decode=False))
         except TimeoutError:
             self.pool.release(ws, False)
@@ -417,7 +407,7 @@ class SocketTarget:
         except BaseException:
             self.pool.release(ws, False)
             raise
-        if len(held) == 1 and _type(held[0]) == b"error":
+        if len(held) == 1 and event_type(held[0]) == b"error":
             if pin is not None:
                 pin.keep(self.pool, ws, None)  # still the conversation's socket; the provider remembers nothing new
             else:

@@ -5,7 +5,7 @@ import orjson
 import pytest
 
 from proxy.call import Usage
-from proxy.upstream.scan import StreamScanner, UsageChunkFilter, extract_usage
+from proxy.upstream.scan import StreamScanner, UsageChunkFilter, event_type, extract_usage, response_id
 
 
 def sse(*events: dict) -> bytes:
@@ -107,3 +107,11 @@ def test_filter_keeps_text_that_merely_mentions_empty_choices():
     stream = sse(chunk('"choices": []'))
     usage_filter = UsageChunkFilter()
     assert usage_filter.feed(stream) + usage_filter.flush() == stream
+
+
+def test_event_type_and_response_id_are_found_without_parsing():
+    created = b'{"type":"response.created","sequence_number":0,"response":{"id":"resp_42","object":"response"}}'
+    assert event_type(created) == b"response.created" and event_type(b'{"x":1}') == b""
+    assert response_id(created) == "resp_42"
+    assert response_id(b'{"id":"resp_7","object":"response","output":[{"id":"msg_1"}]}') == "resp_7"
+    assert response_id(b"data: [DONE]") is None
