@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -58,7 +59,8 @@ def serve(tmp_path: Path, redis: RedisServer, fmt: str) -> list[str]:
     log_file = tmp_path / "stderr.log"
     with log_file.open("w") as stderr:
         proc = subprocess.Popen([sys.executable, "-m", "proxy.cli", "serve", "--policy", str(policy), "--port", str(port),
-                                 "--workers", "2"], cwd=ROOT, env=env, stderr=stderr, stdout=subprocess.DEVNULL)
+                                 "--workers", "2"], cwd=ROOT, env=env, stderr=stderr, stdout=subprocess.DEVNULL,
+                                start_new_session=True)
         try:
             base = f"http://127.0.0.1:{port}"
             deadline = time.monotonic() + 30
@@ -72,7 +74,11 @@ def serve(tmp_path: Path, redis: RedisServer, fmt: str) -> list[str]:
                 assert response.status_code == 200, response.text
         finally:
             proc.terminate()
-            proc.wait(timeout=30)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:  # never leave a server (or its workers) behind a failed test
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
     return log_file.read_text().splitlines()
 
 
