@@ -15,7 +15,8 @@ from proxy.pricing.catalogue import activate, book_for, catalogue
 from proxy.pricing.ledger import Ledger, UsageRow
 from proxy.pricing.reports import Report, build_report, hour_range, hour_start
 from proxy.pricing.schedules import cost
-from proxy.store.usage import LedgerUnavailable, MemoryUsageStore, UsageStore, open_usage_store
+from proxy.store.journal import Journal
+from proxy.store.usage import LedgerUnavailable, MemoryUsageStore, UsageStore, open_usage_store, state_dir
 
 log = logging.getLogger("laneway")
 
@@ -32,11 +33,13 @@ class Accounting:
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
         settings = policy.ledger
+        store = _usage_store(policy)
         self.ledger = Ledger(
-            _usage_store(policy),
+            store,
             self._model_of,
             flush_interval_s=settings.flush_interval_s,
             max_buffered=settings.max_buffered,
+            journal=Journal(state_dir(), str(store)),
         )
         self.budgets = Budgets(policy)
         self.book = book_for(policy)

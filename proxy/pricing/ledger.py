@@ -5,6 +5,8 @@ list into per-row increments and writes them as one batch to the ledger's store
 (proxy/store/usage.py: Redis, or a local SQLite file without Redis). If the write fails the
 increments stay in a bounded buffer and go out with the next flush, so an outage delays
 usage but loses none; rows that would exceed the buffer are dropped and counted in ``counters``.
+A shutdown that cannot write spills the buffer to the local journal (proxy/store/journal.py),
+and the next start with the same store writes it.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from dataclasses import dataclass, field
 
 from proxy.call import Outcome
 from proxy.pricing.schedules import Tokens
+from proxy.store.journal import Journal
 from proxy.store.usage import Batch, LedgerUnavailable, Progress, UsageStore
 
 STOP_S = 5.0  # the longest shutdown waits for the last write of usage
@@ -75,6 +78,7 @@ class Ledger:
     clock: Callable[[], float] = time.time
     counters: LedgerCounters = field(default_factory=LedgerCounters)
     on_row: Callable[[UsageRow], None] | None = None  # sees each recorded request, in the flusher
+    journal: Journal | None = None  # where a shutdown that cannot write leaves the buffer
     _pending: list[tuple] = field(default_factory=list)
     _buffer: Batch = field(default_factory=dict)
     _rows: int = 0  # distinct rows in _buffer (each has a "requests" field)
@@ -94,6 +98,14 @@ class Ledger:
         ))
 
     def start(self) -> None:
+        """Start the flusher, with what an earlier shutdown spilled to the journal as its first batch."""
+        if self.journal is not None:
+            try:
+                self._merge(self.journal.claim())
+            except OSError as exc:
+                log.error("usage ledger: cannot read its journal in %s (%s)", self.journal.directory, exc)
+            if self._rows:
+                log.warning("usage ledger: %d rows of usage an earlier shutdown could not write are written now", self._rows)
         self._stopping = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._run())
 
@@ -115,8 +127,24 @@ class Ledger:
         except TimeoutError:
             written = False
         if not written:
-            log.error("usage ledger: the store is unavailable at shutdown; %d rows of usage were not written",
-                      self._rows + len(self._pending))
+            await self._spill()
+
+    async def _spill(self) -> None:
+        """The store could not take the last write: keep the buffer in the journal for the next start."""
+        await self._fold()
+        rows = self._rows
+        if self.journal is not None and self._buffer:
+            try:
+                path = self.journal.spill(self._buffer)
+            except OSError as exc:
+                log.error("usage ledger: the store is unavailable at shutdown and the journal cannot be written (%s); "
+                          "%d rows of usage were not written", exc, rows)
+                return
+            self._buffer, self._rows = {}, 0
+            log.error("usage ledger: the store is unavailable at shutdown; %d rows of usage were kept in %s and are "
+                      "written by the next start with the same store", rows, path)
+            return
+        log.error("usage ledger: the store is unavailable at shutdown; %d rows of usage were not written", rows)
 
     async def _run(self) -> bool:
         """Flush every flush_interval_s; once stopping, one last flush, whose result it returns."""
@@ -143,10 +171,7 @@ class Ledger:
                 self.counters.flush_errors += 1
                 if isinstance(exc, LedgerUnavailable) and exc.unwritten:
                     batch = exc.unwritten  # the other hours were written
-                for item, amount in batch.items():
-                    self._buffer[item] = self._buffer.get(item, 0) + amount
-                self._rows = sum(1 for _, name in self._buffer if name.endswith(_ROW_MARK))
-                self.counters.buffered_rows = self._rows
+                self._merge(batch)
                 if self.counters.flush_errors == 1 or self.counters.flush_errors % 100 == 0:
                     log.warning("usage ledger: cannot write to its store (%s); %d rows buffered, will retry",
                                 type(exc).__name__, self._rows)
@@ -154,6 +179,13 @@ class Ledger:
             self.counters.flushes += 1
             self.counters.buffered_rows = self._rows
             return True
+
+    def _merge(self, batch: Batch) -> None:
+        """Put increments back into the buffer (a refused write, or the journal's)."""
+        for item, amount in batch.items():
+            self._buffer[item] = self._buffer.get(item, 0) + amount
+        self._rows = sum(1 for _, name in self._buffer if name.endswith(_ROW_MARK))
+        self.counters.buffered_rows = self._rows
 
     async def _fold(self) -> None:
         """Pending tuples -> per-field increments in the buffer (bounded by max_buffered distinct rows),

@@ -68,6 +68,9 @@ class MemoryUsageStore:
     def __init__(self) -> None:
         self.hours: dict[int, dict[str, int]] = {}
 
+    def __str__(self) -> str:
+        return "memory"
+
     async def add(self, batch: Batch) -> None:
         for (hour, name), amount in batch.items():
             row = self.hours.setdefault(hour, {})
@@ -213,11 +216,16 @@ def hour_key(hour: int) -> str:
     return f"{KEY_PREFIX}{{{hour}}}"
 
 
+def state_dir() -> Path:
+    """Where a worker keeps local state: ``$LANEWAY_STATE_DIR``, else ``./.laneway``."""
+    return Path(os.environ.get(STATE_DIR_ENV) or ".laneway")
+
+
 def sqlite_path(settings: StoreSettings) -> Path:
-    """``store.sqlite_path``, else ``usage.sqlite3`` in ``$LANEWAY_STATE_DIR``, else in ``./.laneway``."""
+    """``store.sqlite_path``, else ``usage.sqlite3`` in the state directory."""
     if settings.sqlite_path:
         return Path(settings.sqlite_path)
-    return Path(os.environ.get(STATE_DIR_ENV) or ".laneway") / SQLITE_NAME
+    return state_dir() / SQLITE_NAME
 
 
 def open_usage_store(policy: Policy, *, timeout_s: float = connect.LEDGER_TIMEOUT_S, create: bool = True) -> UsageStore:

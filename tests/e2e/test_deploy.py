@@ -97,14 +97,31 @@ def test_dockerfile_runs_as_non_root_and_copies_what_exists():
     assert "HEALTHCHECK" in final_stage and "/healthz" in final_stage
 
 
+def dockerfile_env() -> dict[str, str]:
+    """The image's ENV settings (one ENV instruction with continued lines)."""
+    text = (DEPLOY / "Dockerfile").read_text().replace("\\\n", " ")
+    found: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.startswith("ENV "):
+            found.update(pair.split("=", 1) for pair in line[4:].split() if "=" in pair)
+    return found
+
+
 def test_compose_runs_two_replicas_redis_prometheus_grafana():
     compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
     services = compose["services"]
     replicas = sorted(name for name in services if name.startswith("laneway-"))
     assert replicas == ["laneway-1", "laneway-2"]
     assert {"redis", "prometheus", "grafana"} <= set(services)
+    state_dir = dockerfile_env()["LANEWAY_STATE_DIR"]
+    journals = set()
     for name in replicas:
         assert services[name]["environment"]["LANEWAY_REDIS_URL"].startswith("redis://redis:")
+        # each replica keeps its own ledger journal on a named volume; the policy mount stays
+        mounts = {v.split(":")[1]: v.split(":")[0] for v in services[name]["volumes"]}
+        assert mounts[state_dir] in compose["volumes"] and "/etc/laneway/policy.yaml" in mounts
+        journals.add(mounts[state_dir])
+    assert len(journals) == len(replicas)
     scrape = yaml.safe_load((PROM / "prometheus.yml").read_text())["scrape_configs"][0]["static_configs"][0]["targets"]
     assert sorted(target.split(":")[0] for target in scrape) == replicas
     for service in services.values():
@@ -143,6 +160,8 @@ def test_kubernetes_manifests_fit_together():
     assert "subPath" not in policy_mount
     [volume] = [v for v in pod["spec"]["volumes"] if v["name"] == "policy"]
     assert volume["configMap"]["name"] == docs["ConfigMap"]["metadata"]["name"]
+    [state_mount] = [m for m in container["volumeMounts"] if m["mountPath"] == dockerfile_env()["LANEWAY_STATE_DIR"]]
+    assert any(v["name"] == state_mount["name"] for v in pod["spec"]["volumes"])
     policy_path = container["args"][container["args"].index("--policy") + 1]
     assert policy_path == policy_mount["mountPath"] + "/" + next(iter(docs["ConfigMap"]["data"]))
 

@@ -254,6 +254,29 @@ def test_redis_outage_during_ledger_writes_loses_nothing(tmp_path, sims):
         assert stats["output_tokens"] == 3 + 1 + 2 + 3 + 4 + 5 + 11
 
 
+def test_redis_outage_across_a_restart_loses_nothing(tmp_path, sims):
+    """The proxy stops while its ledger's Redis is down; the next start (same state directory) writes it all."""
+    with RedisServer(extra=("--appendonly", "yes", "--appendfsync", "always")) as server:
+        with make_proxy(tmp_path, sims, server.url) as proxy:
+            client = openai.OpenAI(base_url=proxy.url + "/v1", api_key=ALICE, max_retries=0)
+            client.chat.completions.create(model="codex", messages=MESSAGES, max_tokens=3)
+            wait_for(lambda: redis_totals(server.url).get("requests") == 1)
+            server.stop()
+            for n in range(1, 5):
+                client.chat.completions.create(model="codex", messages=MESSAGES, max_tokens=n)
+            list(client.chat.completions.create(model="codex", messages=MESSAGES, max_tokens=9, stream=True))
+        server.start()
+        assert redis_totals(server.url)["requests"] == 1  # the rest waited on this machine's disk
+        with make_proxy(tmp_path, sims, server.url):
+            stats = sim_stats(sims)
+            wait_for(lambda: redis_totals(server.url).get("requests") == stats["requests"])
+            totals = redis_totals(server.url)
+            assert (totals["input"], totals["output"]) == (stats["input_tokens"], stats["output_tokens"])
+            assert stats["output_tokens"] == 3 + 1 + 2 + 3 + 4 + 9
+        time.sleep(0.2)
+        assert redis_totals(server.url)["requests"] == stats["requests"]  # replayed once, not twice
+
+
 def outcome(deployment: str, inp: int, out: int, key: str = "k") -> Outcome:
     return Outcome("r", "chat", "route", key, None, deployment=deployment, input_tokens=inp, output_tokens=out, status=200)
 
