@@ -3,8 +3,11 @@
 Recording a finished request appends one tuple to a list; a background task folds the
 list into per-row increments and writes them as one batch to the ledger's store
 (proxy/store/usage.py: Redis, or a local SQLite file without Redis). If the write fails the
-increments stay in a bounded buffer and go out with the next flush, so an outage delays
-usage but loses none; rows that would exceed the buffer are dropped and counted in ``counters``.
+batch is kept, exactly as sent, and sent again before anything newer, so an outage delays
+usage but loses none; rows that would exceed the bound are dropped and counted in ``counters``.
+Each batch carries a ``Stamp`` (this ledger's writer id and the batch's sequence number): a
+store applies a stamp once, so a batch whose write was applied but whose reply was lost is
+not counted twice when it is sent again.
 A shutdown that cannot write spills the buffer to the local journal (proxy/store/journal.py),
 and the next start with the same store writes it.
 """
@@ -13,13 +16,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from proxy.call import Outcome
 from proxy.pricing.schedules import Tokens
 from proxy.store.journal import Journal
-from proxy.store.usage import Batch, LedgerUnavailable, Progress, UsageStore
+from proxy.store.usage import Batch, LedgerUnavailable, Progress, Stamp, UsageStore
 
 STOP_S = 5.0  # the longest shutdown waits for the last write of usage
 log = logging.getLogger("laneway")
@@ -79,9 +83,13 @@ class Ledger:
     counters: LedgerCounters = field(default_factory=LedgerCounters)
     on_row: Callable[[UsageRow], None] | None = None  # sees each recorded request, in the flusher
     journal: Journal | None = None  # where a shutdown that cannot write leaves the buffer
+    writer: str = field(default_factory=lambda: uuid.uuid4().hex[:16])  # this ledger's half of every Stamp
     _pending: list[tuple] = field(default_factory=list)
-    _buffer: Batch = field(default_factory=dict)
-    _rows: int = 0  # distinct rows in _buffer (each has a "requests" field)
+    _buffer: Batch = field(default_factory=dict)   # folded, not yet sent
+    _unsent: list[tuple[Stamp, Batch]] = field(default_factory=list)  # sent and refused (or unanswered): resent as is
+    _unsent_rows: set = field(default_factory=set)  # the row marks of _unsent's batches
+    _rows: int = 0  # distinct rows in _buffer and _unsent (each has a "requests" field)
+    _seq: int = 0
     _lock: asyncio.Lock | None = None
     _task: asyncio.Task | None = None
     _stopping: asyncio.Event | None = None
@@ -101,7 +109,12 @@ class Ledger:
         """Start the flusher, with what an earlier shutdown spilled to the journal as its first batch."""
         if self.journal is not None:
             try:
-                self._merge(self.journal.claim())
+                for stamp, batch in self.journal.claim():
+                    if stamp is None:
+                        self._merge(batch)
+                    else:  # sent before the restart: resent under its own stamp, so it counts once
+                        self._unsent.append((stamp, batch))
+                self._recount()
             except OSError as exc:
                 log.error("usage ledger: cannot read its journal in %s (%s)", self.journal.directory, exc)
             if self._rows:
@@ -133,14 +146,16 @@ class Ledger:
         """The store could not take the last write: keep the buffer in the journal for the next start."""
         await self._fold()
         rows = self._rows
-        if self.journal is not None and self._buffer:
+        batches: list[tuple[Stamp | None, Batch]] = [*self._unsent, *([(None, self._buffer)] if self._buffer else [])]
+        if self.journal is not None and batches:
             try:
-                path = self.journal.spill(self._buffer)
+                path = self.journal.spill(batches)
             except OSError as exc:
                 log.error("usage ledger: the store is unavailable at shutdown and the journal cannot be written (%s); "
                           "%d rows of usage were not written", exc, rows)
                 return
-            self._buffer, self._rows = {}, 0
+            self._buffer, self._unsent = {}, []
+            self._recount()
             log.error("usage ledger: the store is unavailable at shutdown; %d rows of usage were kept in %s and are "
                       "written by the next start with the same store", rows, path)
             return
@@ -157,34 +172,46 @@ class Ledger:
             return await self.flush()
 
     async def flush(self) -> bool:
-        """Write everything recorded so far; False if the store refused (the rows stay buffered)."""
+        """Write everything recorded so far, batches refused earlier first; False if the store refused."""
         if self._lock is None:
             self._lock = asyncio.Lock()
         async with self._lock:
             await self._fold()
-            if not self._buffer:
-                return True
-            batch, self._buffer, self._rows = self._buffer, {}, 0
-            try:
-                await self.store.add(batch)
-            except Exception as exc:
-                self.counters.flush_errors += 1
-                if isinstance(exc, LedgerUnavailable) and exc.unwritten:
-                    batch = exc.unwritten  # the other hours were written
-                self._merge(batch)
-                if self.counters.flush_errors == 1 or self.counters.flush_errors % 100 == 0:
-                    log.warning("usage ledger: cannot write to its store (%s); %d rows buffered, will retry",
-                                type(exc).__name__, self._rows)
-                return False
-            self.counters.flushes += 1
-            self.counters.buffered_rows = self._rows
+            if self._buffer:
+                self._seq += 1
+                self._unsent.append((Stamp(self.writer, self._seq), self._buffer))
+                self._buffer = {}
+            while self._unsent:
+                stamp, batch = self._unsent[0]
+                try:
+                    await self.store.add(batch, stamp)
+                except Exception as exc:
+                    self._refused(exc)
+                    return False
+                self._unsent.pop(0)
+                self.counters.flushes += 1
+            self._recount()
             return True
 
+    def _refused(self, exc: Exception) -> None:
+        """The first unsent batch was refused: keep what the store did not take (the other hours were written)."""
+        self.counters.flush_errors += 1
+        if isinstance(exc, LedgerUnavailable) and exc.unwritten:
+            stamp, _ = self._unsent[0]
+            self._unsent[0] = (stamp, exc.unwritten)
+        self._recount()
+        if self.counters.flush_errors == 1 or self.counters.flush_errors % 100 == 0:
+            log.warning("usage ledger: cannot write to its store (%s); %d rows buffered, will retry",
+                        type(exc).__name__, self._rows)
+
     def _merge(self, batch: Batch) -> None:
-        """Put increments back into the buffer (a refused write, or the journal's)."""
+        """Add never-sent increments (the journal's) to the buffer."""
         for item, amount in batch.items():
             self._buffer[item] = self._buffer.get(item, 0) + amount
-        self._rows = sum(1 for _, name in self._buffer if name.endswith(_ROW_MARK))
+
+    def _recount(self) -> None:
+        self._unsent_rows = {item for _, batch in self._unsent for item in batch if item[1].endswith(_ROW_MARK)}
+        self._rows = len(self._unsent_rows | {item for item in self._buffer if item[1].endswith(_ROW_MARK)})
         self.counters.buffered_rows = self._rows
 
     async def _fold(self) -> None:
@@ -198,7 +225,7 @@ class Ledger:
             model = self.model_of(deployment)
             prefix = SEP.join((deployment, model, key, team)) + SEP
             probe = (hour, prefix + "requests")
-            if probe not in buffer:
+            if probe not in buffer and probe not in self._unsent_rows:
                 if self._rows >= self.max_buffered:
                     self.counters.overflow_requests += 1
                     self.counters.overflow_tokens += inp + out

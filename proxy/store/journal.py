@@ -1,9 +1,11 @@
 """Usage the ledger could not write before its process stopped, kept on local disk for the next start.
 
 A worker that stops while its ledger's store is down (Redis unreachable, a full disk) spills
-the increments it still holds to one file in the state directory; the next ledger that starts
-with the same store claims the file and writes its contents with its first flush. So an outage
-that outlasts a restart delays usage instead of losing it.
+the batches it still holds to one file in the state directory, each with the stamp it was
+sent under (if it was sent); the next ledger that starts with the same store claims the file
+and writes its contents with its first flush, a sent batch under its old stamp so that it is
+counted once even if its first write was applied. So an outage that outlasts a restart delays
+usage instead of losing it.
 
 - A spill is written to a temporary name, fsynced, then renamed: a file is whole or absent.
 - A file names the store it was meant for (a digest of the store's redacted address, never a
@@ -22,12 +24,14 @@ import os
 import time
 from pathlib import Path
 
-from proxy.store.usage import Batch
+from proxy.store.usage import Batch, Stamp
 
 log = logging.getLogger("laneway")
 
 PREFIX = "unwritten-"
 VERSION = 1
+
+Batches = list[tuple[Stamp | None, Batch]]  # oldest first; None: never sent
 
 
 class Journal:
@@ -37,13 +41,15 @@ class Journal:
         self.directory = directory
         self.store_id = hashlib.sha256(store.encode()).hexdigest()[:32]
 
-    def spill(self, batch: Batch) -> Path:
-        """Write ``batch`` to a new file; raises OSError when the directory cannot take it."""
+    def spill(self, batches: Batches) -> Path:
+        """Write ``batches`` to a new file; raises OSError when the directory cannot take it."""
         self.directory.mkdir(parents=True, exist_ok=True)
         name = f"{PREFIX}{os.getpid()}-{time.time_ns()}.json"
         final, partial = self.directory / name, self.directory / ("." + name + ".partial")
-        rows = [[hour, field, amount] for (hour, field), amount in batch.items()]
-        data = json.dumps({"version": VERSION, "store": self.store_id, "rows": rows}).encode()
+        entries = [{"writer": stamp.writer if stamp else None, "seq": stamp.seq if stamp else None,
+                    "rows": [[hour, field, amount] for (hour, field), amount in batch.items()]}
+                   for stamp, batch in batches]
+        data = json.dumps({"version": VERSION, "store": self.store_id, "batches": entries}).encode()
         with open(partial, "wb") as out:
             out.write(data)
             out.flush()
@@ -52,9 +58,9 @@ class Journal:
         _sync_directory(self.directory)
         return final
 
-    def claim(self) -> Batch:
-        """Take every file meant for this store: their increments, summed; the files are gone after."""
-        claimed: Batch = {}
+    def claim(self) -> Batches:
+        """Take every file meant for this store: its batches, oldest file first; the files are gone after."""
+        claimed: Batches = []
         if not self.directory.is_dir():
             return claimed
         for path in sorted(self.directory.glob(PREFIX + "*.json")):
@@ -65,8 +71,9 @@ class Journal:
                 os.rename(path, mine)
             except FileNotFoundError:
                 continue  # another worker claimed it first
-            for hour, field, amount in _read(mine).get("rows", ()):
-                claimed[(hour, field)] = claimed.get((hour, field), 0) + amount
+            for entry in _read(mine).get("batches", ()):
+                stamp = Stamp(entry["writer"], entry["seq"]) if entry["writer"] is not None else None
+                claimed.append((stamp, {(hour, field): amount for hour, field, amount in entry["rows"]}))
             mine.unlink()
         return claimed
 
@@ -74,10 +81,13 @@ class Journal:
 def _read(path: Path) -> dict:
     try:
         data = json.loads(path.read_bytes())
-        rows = data["rows"]
-        if data.get("version") != VERSION or not all(
-                isinstance(h, int) and isinstance(f, str) and isinstance(a, int) for h, f, a in rows):
-            raise ValueError("unexpected shape")
+        for entry in data["batches"]:
+            stamped = isinstance(entry["writer"], str) and isinstance(entry["seq"], int)
+            if not (stamped or entry["writer"] is None) or not all(
+                    isinstance(h, int) and isinstance(f, str) and isinstance(a, int) for h, f, a in entry["rows"]):
+                raise ValueError("unexpected shape")
+        if data.get("version") != VERSION:
+            raise ValueError(f"version {data.get('version')!r}")
         return data
     except FileNotFoundError:
         return {}

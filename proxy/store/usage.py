@@ -8,9 +8,11 @@ fields of a range of hours.
 - Redis: one hash per hour (``laneway:usage:{<hour>}``), an hour's increments applied by one
   script call (HINCRBY each, atomically); each hour is its own hash slot, so a batch is one
   pipeline that a Cluster splits by node. An hour that failed is reported back
-  (``LedgerUnavailable.unwritten``) while the others stay written. The client never retries a
-  write itself: a retry of a write whose reply was lost would count it twice, while the ledger
-  retries from its buffer only what was refused.
+  (``LedgerUnavailable.unwritten``) while the others stay written. A batch's ``Stamp`` is
+  recorded with the hour it was applied to (``laneway:usage-writers:{<hour>}``, writer -> last
+  sequence number, same slot), and a stamp already applied is not applied again: the ledger
+  resends a batch whose reply was lost without counting it twice. The client never retries a
+  write itself; the ledger does, with the same stamp.
 - SQLite, the embedded default without Redis: one row per (hour, field) in a WAL-mode file,
   one transaction per batch, so a restart loses nothing and ``laneway cost report`` reads it.
 - Memory: the fallback when that file cannot be opened (one process, lost on restart).
@@ -23,6 +25,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -34,6 +37,8 @@ from proxy.store import connect
 log = logging.getLogger("laneway")
 
 KEY_PREFIX = "laneway:usage:"
+WRITERS_PREFIX = "laneway:usage-writers:"
+WRITERS_TTL_S = 7 * 86400  # how long a stamp is remembered: longer than any batch waits to be resent
 READ_BATCH = 256  # hours per pipelined read
 STATE_DIR_ENV = "LANEWAY_STATE_DIR"
 SQLITE_NAME = "usage.sqlite3"
@@ -43,6 +48,14 @@ Batch = dict[tuple[int, str], int]
 # (hour, {field: count}), oldest first, hours with no usage left out
 Hours = list[tuple[int, dict[str, int]]]
 Progress = Callable[[int, int], None]  # (hours read, hours in all)
+
+
+@dataclass(frozen=True, slots=True)
+class Stamp:
+    """Which ledger sent a batch, and its sequence number there: a store applies each stamp once."""
+
+    writer: str
+    seq: int
 
 
 class LedgerUnavailable(Exception):
@@ -57,7 +70,8 @@ class LedgerUnavailable(Exception):
 
 
 class UsageStore(Protocol):
-    async def add(self, batch: Batch) -> None: ...
+    async def add(self, batch: Batch, stamp: Stamp | None = None) -> None:
+        """All of ``batch`` or, raising LedgerUnavailable, the part not written; a stamp applied once."""
     async def read(self, first_hour: int, last_hour: int, progress: Progress | None = None) -> Hours: ...
     async def close(self) -> None: ...
 
@@ -71,7 +85,8 @@ class MemoryUsageStore:
     def __str__(self) -> str:
         return "memory"
 
-    async def add(self, batch: Batch) -> None:
+    async def add(self, batch: Batch, stamp: Stamp | None = None) -> None:
+        """One process, no lost replies: the stamp is not needed."""
         for (hour, name), amount in batch.items():
             row = self.hours.setdefault(hour, {})
             row[name] = row.get(name, 0) + amount
@@ -111,7 +126,8 @@ class SqliteUsageStore:
     def __str__(self) -> str:
         return str(self.path)
 
-    async def add(self, batch: Batch) -> None:
+    async def add(self, batch: Batch, stamp: Stamp | None = None) -> None:
+        """One local transaction: it commits or raises, so a stamp is not needed."""
         await asyncio.to_thread(self._add, batch)
 
     def _add(self, batch: Batch) -> None:
@@ -162,14 +178,16 @@ class RedisUsageStore:
     def __str__(self) -> str:
         return str(self.target)
 
-    async def add(self, batch: Batch) -> None:
+    async def add(self, batch: Batch, stamp: Stamp | None = None) -> None:
         """One pipeline of one script call per hour (a Cluster pipeline: one per node)."""
         by_hour: dict[int, list] = {}
         for (hour, name), amount in batch.items():
             by_hour.setdefault(hour, []).extend((name, amount))
+        writer, seq = (stamp.writer, stamp.seq) if stamp is not None else ("", 0)
         pipe = self.client.pipeline(transaction=False)
         for hour, fields in by_hour.items():
-            pipe.eval(_ADD_HOUR, 1, hour_key(hour), self.ttl_s, *fields)
+            pipe.eval(_ADD_HOUR, 2, hour_key(hour), f"{WRITERS_PREFIX}{{{hour}}}", self.ttl_s, WRITERS_TTL_S,
+                      writer, seq, *fields)
         try:
             results = await pipe.execute(raise_on_error=False)
         except (RedisError, OSError) as exc:
@@ -202,12 +220,22 @@ class RedisUsageStore:
         await self.client.aclose()
 
 
-# KEYS[1]: an hour's hash; ARGV: its time-to-live (s), then field, increment pairs. One key: one slot.
+# KEYS[1]: an hour's hash, KEYS[2]: the hour's writers (writer -> last sequence number applied), one
+# slot. ARGV: the hash's time-to-live (s), the writers' time-to-live, writer ("": unstamped), sequence
+# number, then field, increment pairs. Returns 0 for a stamp applied before (nothing is added again).
+# A script is not rolled back on an error: the stamp is recorded only after the increments.
 _ADD_HOUR = """
-for i = 2, #ARGV, 2 do
+if ARGV[3] ~= '' and tonumber(redis.call('HGET', KEYS[2], ARGV[3]) or '0') >= tonumber(ARGV[4]) then
+  return 0
+end
+for i = 5, #ARGV, 2 do
   redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1])
 end
 redis.call('EXPIRE', KEYS[1], ARGV[1])
+if ARGV[3] ~= '' then
+  redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
+  redis.call('EXPIRE', KEYS[2], ARGV[2])
+end
 return 1
 """
 

@@ -283,7 +283,7 @@ def outcome(deployment: str, inp: int, out: int, key: str = "k") -> Outcome:
 
 def test_ledger_buffer_is_bounded_and_counts_overflow():
     class DeadStore(MemoryUsageStore):
-        async def add(self, batch):
+        async def add(self, batch, stamp=None):
             raise ConnectionError("down")
 
     ledger = Ledger(DeadStore(), lambda name: name, max_buffered=2)
@@ -292,6 +292,64 @@ def test_ledger_buffer_is_bounded_and_counts_overflow():
     assert asyncio.run(ledger.flush()) is False
     assert ledger.counters.overflow_requests == 2 and ledger.counters.overflow_tokens == 30
     assert ledger.counters.flush_errors == 1 and ledger.counters.recorded == 2
+
+
+class ReplyLosingRelay:
+    """A TCP relay to Redis that, while ``losing``, passes requests on but drops the connection instead
+    of passing the reply back: a write Redis applied whose answer never arrived."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.losing = False
+        self.lost = 0
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def _serve(self, client_r, client_w) -> None:
+        server_r, server_w = await asyncio.open_connection("127.0.0.1", self.port)
+
+        async def pump(reader, writer, replies: bool) -> None:
+            try:
+                while data := await reader.read(65536):
+                    if replies and self.losing:
+                        self.lost += 1
+                        break
+                    writer.write(data)
+                    await writer.drain()
+            except OSError:
+                pass
+            finally:
+                for w in (client_w, server_w):
+                    w.close()
+        await asyncio.gather(pump(client_r, server_w, False), pump(server_r, client_w, True))
+
+
+def test_a_write_whose_reply_was_lost_is_resent_and_counted_once(redis_server):
+    async def main():
+        relay = ReplyLosingRelay(redis_server.port)
+        port = await relay.start()
+        store = RedisUsageStore(Target(f"redis://127.0.0.1:{port}/0", timeout_s=1.0))
+        ledger = Ledger(store, {"dep": "m"}.get, clock=lambda: 3600 * 480_000 + 5)
+        await store.client.ping()  # the connection is up before replies start getting lost
+        relay.losing = True
+        for n in (3, 4):
+            ledger.record(outcome("dep", 100, n))
+        lost = await ledger.flush()
+        relay.losing = False
+        ledger.record(outcome("dep", 1, 1))
+        resent = await ledger.flush()
+        rows = await ledger.read(480_000, 480_000)
+        await store.close()
+        relay.server.close()
+        return lost, resent, relay.lost, rows
+
+    lost, resent, dropped, rows = asyncio.run(main())
+    assert (lost, resent) == (False, True) and dropped >= 1
+    [row] = rows
+    # Redis applied the first write; the resend under the same stamp added nothing, the new batch did.
+    assert (row.tokens.requests, row.tokens.input, row.tokens.output) == (3, 201, 8)
 
 
 def test_redis_store_round_trip(redis_server):

@@ -14,7 +14,7 @@ class DeadStore(MemoryUsageStore):
     def __str__(self) -> str:
         return "redis://ledger:6379/0"
 
-    async def add(self, batch):
+    async def add(self, batch, stamp=None):
         raise ConnectionError("down")
 
 
@@ -77,3 +77,23 @@ def test_without_a_writable_journal_the_loss_is_logged_with_its_size(tmp_path, c
     with caplog.at_level(logging.ERROR, "laneway"):
         asyncio.run(serve_and_stop(ledger, [outcome("a", 1, 1), outcome("b", 1, 1)]))
     assert any("journal cannot be written" in r.getMessage() and "2 rows" in r.getMessage() for r in caplog.records)
+
+
+def test_a_batch_sent_before_the_restart_is_resent_under_its_old_stamp(tmp_path) -> None:
+    class Recording(LiveStore):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stamps: list = []
+
+        async def add(self, batch, stamp=None):
+            self.stamps.append(stamp)
+            await super().add(batch, stamp)
+
+    dead = Ledger(DeadStore(), lambda n: n, flush_interval_s=0.01, journal=Journal(tmp_path, "redis://ledger:6379/0"))
+    asyncio.run(serve_and_stop(dead, [outcome("a", 10, 1)]))
+    store = Recording()
+    asyncio.run(serve_and_stop(Ledger(store, lambda n: n, journal=Journal(tmp_path, "redis://ledger:6379/0")),
+                               [outcome("b", 5, 5)]))
+    assert store.stamps[0].writer == dead.writer and store.stamps[0].seq == 1   # idempotent if it had landed
+    assert all(stamp.writer != dead.writer for stamp in store.stamps[1:])
+    assert totals(store)["input"] == 15
