@@ -7,7 +7,7 @@ Redis node checks-and-reserves every bucket of a request.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -107,6 +107,9 @@ class ProviderWindowState:
 
 
 class Store(Protocol):
+    background_failed: Callable[[StoreError], None] | None
+    """Told when writes queued off the request path (settles, provider reports) could not land."""
+
     async def admit(self, rid: str, buckets: Sequence[Bucket], amounts: Sequence[int]) -> AdmitResult:
         """Check every bucket; reserve ``amounts`` in all of them only if all have room."""
 
@@ -116,8 +119,9 @@ class Store(Protocol):
     async def renew(self, rid: str, buckets: Sequence[Bucket]) -> None:
         """Push the expiry of ``rid``'s concurrency leases one time-to-live into the future."""
 
-    async def learn(self, bucket: Bucket, windows: Sequence[ProviderWindowState], exhausted_ms: int) -> None:
-        """Record the provider's word; ``exhausted_ms`` > 0 refuses the deployment for that long."""
+    def learn(self, bucket: Bucket, windows: Sequence[ProviderWindowState], exhausted_ms: int) -> None:
+        """Record the provider's word, without a round trip of its own: it is applied before the
+        next admission this store answers; ``exhausted_ms`` > 0 refuses the deployment for that long."""
 
     async def reserve_spend(self, keys: Sequence[str], hard: Sequence[int], amount: int,
                             expire_at_ms: Sequence[int]) -> SpendResult:

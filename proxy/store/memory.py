@@ -42,6 +42,7 @@ class MemoryStore:
         self._leases: dict[str, dict[str, int]] = {}
         self._providers: dict[str, _Provider] = {}
         self._spend: dict[str, list[int]] = {}           # budget counter -> [micro-USD, expires at ms]
+        self.background_failed = None                    # nothing is queued here: every write lands at once
 
     def _used(self, bucket: Bucket, now: int) -> int:
         if bucket.kind == CONCURRENCY:
@@ -142,7 +143,7 @@ class MemoryStore:
             if bucket.kind == CONCURRENCY and leases and rid in leases:
                 leases[rid] = now + bucket.span_ms
 
-    async def learn(self, bucket: Bucket, windows: Sequence[ProviderWindowState], exhausted_ms: int) -> None:
+    def learn(self, bucket: Bucket, windows: Sequence[ProviderWindowState], exhausted_ms: int) -> None:
         now = self._clock()
         state = self._providers.setdefault(bucket.key, _Provider())
         if exhausted_ms > 0:

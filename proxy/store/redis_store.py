@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
@@ -58,11 +58,15 @@ class RedisStore:
         self._learn = _Script(scripts.LEARN)
         self._reserve_spend = _Script(scripts.SPEND_RESERVE)
         self._adjust_spend = _Script(scripts.SPEND_ADJUST)
-        # settles (and budget adjustments) waiting to ride with the next admission: (script, keys, args)
+        # writes off the request path (settles, budget adjustments, provider reports) waiting to
+        # ride with the next admission: (script, keys, args)
         self._pending: list[tuple[_Script, list[str], list]] = []
+        # provider key -> its queued report's args (in _pending) and windows, so newer reports merge in
+        self._learns: dict[str, tuple[list, dict[str, ProviderWindowState]]] = {}
         self._flush: asyncio.TimerHandle | None = None
         self._flushing: set[asyncio.Task] = set()
-        self.dropped_settles = 0
+        self.dropped_writes = 0
+        self.background_failed: Callable[[StoreError], None] | None = None
         self._generation = 0  # completed loads; 0: not loaded yet
         self._loading: asyncio.Lock | None = None
 
@@ -154,38 +158,40 @@ class RedisStore:
             self._flushing.add(task)
             task.add_done_callback(self._flushing.discard)
 
-    async def flush(self) -> None:
-        """Send queued settles now; lost ones (Redis gone) leave reservations to expire with their windows."""
+    def _take(self) -> list[tuple[_Script, list[str], list]]:
+        """The queued writes, leaving the queue empty (reports arriving from now on queue anew)."""
         pending, self._pending = self._pending, []
+        self._learns.clear()
+        return pending
+
+    async def flush(self) -> None:
+        """Send queued writes now; lost ones (Redis gone) leave reservations to expire with their windows."""
+        pending = self._take()
         if not pending:
             return
         try:
-            pipe = self.client.pipeline(transaction=False)
-            for script, keys, args in pending:
-                pipe.evalsha(script.sha, len(keys), *keys, *args)
-            results = await pipe.execute(raise_on_error=False)
-            await self._retry_noscript(pending, results)
-        except _FAILURES:
-            self.dropped_settles += len(pending)
+            await self._retry_noscript(pending, await self._pipeline(pending, self._generation))
+        except _FAILURES as exc:
+            self._lost(len(pending), exc)
+
+    def _lost(self, count: int, exc: Exception) -> None:
+        """``count`` queued writes did not land (Redis did not answer): counted, and reported like
+        any background failure, so the incident is logged as it was when each write was its own call."""
+        self.dropped_writes += count
+        if self.background_failed is not None:
+            self.background_failed(StoreError(f"{type(exc).__name__}: {exc}"))
 
     async def _with_pending(self, script: "_Script", keys: list[str], args: list):
-        """Queued settles first, then this admission, in one pipeline (one round trip)."""
-        pending, self._pending = self._pending, []
+        """Queued writes first, then this admission, in one pipeline (one round trip)."""
+        pending = self._take()
         generation = self._generation
         calls = [*pending, (script, keys, args)]
-        if self._fast is not None:
-            results = await self._fast.execute([_evalsha(*call) for call in calls])
-            missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
-            if missing:  # a restarted or flushed Redis: load the scripts, then once more, same connection
-                await self._load(generation)
-                again = await self._fast.execute([_evalsha(*calls[i]) for i in missing])
-                for i, result in zip(missing, again):
-                    results[i] = result
-        else:
-            pipe = self.client.pipeline(transaction=False)
-            for queued, call_keys, call_args in calls:
-                pipe.evalsha(queued.sha, len(call_keys), *call_keys, *call_args)
-            results = await pipe.execute(raise_on_error=False)
+        try:
+            results = await self._pipeline(calls, generation)
+        except _FAILURES as exc:
+            if pending:
+                self._lost(len(pending), exc)
+            raise
         if isinstance(results[-1], NoScriptError):
             await self._load(generation)
             await self._retry_noscript(pending, results)
@@ -195,12 +201,28 @@ class RedisStore:
         await self._retry_noscript(pending, results)
         return results[-1]
 
+    async def _pipeline(self, calls: list[tuple[_Script, list[str], list]], generation: int) -> list:
+        """Every call's reply in order, error replies as exception instances."""
+        if self._fast is not None:
+            results = await self._fast.execute([_evalsha(*call) for call in calls])
+            missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
+            if missing:  # a restarted or flushed Redis: load the scripts, then once more, same connection
+                await self._load(generation)
+                again = await self._fast.execute([_evalsha(*calls[i]) for i in missing])
+                for i, result in zip(missing, again):
+                    results[i] = result
+            return results
+        pipe = self.client.pipeline(transaction=False)
+        for call in calls:  # not pipe.evalsha: redis-py's Cluster pipeline refuses that method, not the command
+            pipe.execute_command("EVALSHA", call[0].sha, len(call[1]), *call[1], *call[2])
+        return await pipe.execute(raise_on_error=False)
+
     async def _retry_noscript(self, pending: list, results: list) -> None:
         for (script, keys, args), result in zip(pending, results):
             if isinstance(result, NoScriptError):
                 await self._eval(script, keys, args)
-            elif isinstance(result, Exception):
-                self.dropped_settles += 1
+            elif isinstance(result, Exception):  # an error reply (a caller's bad amount): Redis is fine
+                self.dropped_writes += 1
 
     async def renew(self, rid: str, buckets: Sequence[Bucket]) -> None:
         await self._each_group(self._renew, rid, buckets, None)
@@ -217,14 +239,23 @@ class RedisStore:
         except _FAILURES as exc:
             raise StoreError(f"{type(exc).__name__}: {exc}") from None
 
-    async def learn(self, bucket: Bucket, windows: Sequence[ProviderWindowState], exhausted_ms: int) -> None:
-        args: list = [exhausted_ms]
-        for w in windows:
+    def learn(self, bucket: Bucket, windows: Sequence[ProviderWindowState], exhausted_ms: int) -> None:
+        """Queued like a settle, on a Cluster too: the provider's word rides with the next admission
+        (or goes out within ``SETTLE_DELAY_S``), so learning costs no round trip of its own. A report
+        for a deployment whose last one is still queued merges into it (newer windows replace older
+        ones, the longer exhaustion wins): one write however many responses arrived meanwhile."""
+        queued = self._learns.get(bucket.key)
+        if queued is None:
+            by_window = {w.window: w for w in windows}
+            args: list = [exhausted_ms]
+            self._learns[bucket.key] = (args, by_window)
+            self._queue(self._learn, [bucket.key], args)
+        else:
+            args, by_window = queued
+            by_window.update((w.window, w) for w in windows)
+            args[:] = [max(args[0], exhausted_ms)]
+        for w in by_window.values():
             args += (w.window, w.kind, w.remaining, w.reset_ms)
-        try:
-            await self._eval(self._learn, [bucket.key], args)
-        except _FAILURES as exc:
-            raise StoreError(f"{type(exc).__name__}: {exc}") from None
 
     async def reserve_spend(self, keys: Sequence[str], hard: Sequence[int], amount: int,
                             expire_at_ms: Sequence[int]) -> SpendResult:

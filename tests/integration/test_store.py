@@ -10,11 +10,11 @@ import uuid
 
 import pytest
 
-from proxy.store.base import CONCURRENCY, PROVIDER, REQUESTS, TOKENS, Bucket, ProviderWindowState, bucket_amounts
+from proxy.store.base import CONCURRENCY, PROVIDER, REQUESTS, TOKENS, Bucket, ProviderWindowState, StoreError, bucket_amounts
 from proxy.store.connect import Target
 from proxy.store.memory import MemoryStore
 from proxy.store.redis_store import RedisStore
-from tests.redis_support import redis_cluster, redis_server  # noqa: F401  (fixtures)
+from tests.redis_support import RedisServer, redis_cluster, redis_server  # noqa: F401  (fixtures)
 
 
 def run(coro):
@@ -161,14 +161,14 @@ def test_provider_word_refuses_until_its_reset_and_is_debited_between_reports(ma
         owner = uuid.uuid4().hex[:8]
         prov = Bucket(f"lw:{{d:{owner}}}:prov", PROVIDER, 0, 0, "deployment", owner, "provider")
         windows = [ProviderWindowState("requests", "requests", 2, 400), ProviderWindowState("tokens-minute", "tokens", 1000, 400)]
-        await store.learn(prov, windows, 0)
+        store.learn(prov, windows, 0)
         assert (await store.admit("a", [prov], [100])).admitted
         assert (await store.admit("b", [prov], [100])).admitted
         refused = await store.admit("c", [prov], [100])  # provider said 2 requests left; both used
         assert not refused.admitted and 0 < refused.retry_ms <= 400
         await asyncio.sleep(0.45)
         assert (await store.admit("d", [prov], [100])).admitted  # its window reset
-        await store.learn(prov, [ProviderWindowState("tokens-minute", "tokens", 50, 5000)], 0)
+        store.learn(prov, [ProviderWindowState("tokens-minute", "tokens", 50, 5000)], 0)
         assert not (await store.admit("e", [prov], [100])).admitted  # 50 tokens left < 100
         await store.aclose()
 
@@ -180,7 +180,7 @@ def test_upstream_429_marks_the_deployment_exhausted(make_store):
         store = make_store()
         owner = uuid.uuid4().hex[:8]
         prov = Bucket(f"lw:{{d:{owner}}}:prov", PROVIDER, 0, 0, "deployment", owner, "provider")
-        await store.learn(prov, [], 300)
+        store.learn(prov, [], 300)
         result = await store.admit("a", [prov], [1])
         assert not result.admitted and 200 < result.retry_ms <= 300
         await asyncio.sleep(0.35)
@@ -255,3 +255,104 @@ def test_queued_settles_go_out_on_their_own_without_another_admission(redis_serv
         await store.aclose()
 
     run(main())
+
+
+def reads(server: RedisServer) -> int:
+    """Socket reads the server has processed: one per round trip (a pipeline arrives in one)."""
+    info = server.cli("INFO", "stats")
+    return int(next(line for line in info.splitlines() if line.startswith("total_reads_processed:")).split(":")[1])
+
+
+def evalsha_calls(server: RedisServer) -> int:
+    info = server.cli("INFO", "commandstats")
+    line = next((line for line in info.splitlines() if line.startswith("cmdstat_evalsha:")), "cmdstat_evalsha:calls=0,")
+    return int(line.split("calls=")[1].split(",")[0])
+
+
+def provider_bucket_for(owner: str) -> Bucket:
+    return Bucket(f"lw:{{d:{owner}}}:prov", PROVIDER, 0, 0, "deployment", owner, "provider")
+
+
+def test_a_provider_report_costs_no_round_trip_of_its_own():
+    """Learning rides in the next admission's pipeline, ahead of it, so that admission already obeys it."""
+
+    async def main(server: RedisServer):
+        store = RedisStore(Target(server.url, timeout_s=0.5))
+        prov = provider_bucket_for(uuid.uuid4().hex[:8])
+        assert (await store.admit("warm", [prov], [1])).admitted  # scripts loaded, connection open
+        before = reads(server)
+        idle = reads(server) - before  # what reading the counter costs by itself
+        before += idle
+        store.learn(prov, [ProviderWindowState("requests", "requests", 0, 5000)], 0)
+        refused = await store.admit("a", [prov], [1])
+        assert reads(server) - before == idle + 1  # report and admission: one round trip
+        assert not refused.admitted and 4000 < refused.retry_ms <= 5000
+        await store.aclose()
+
+    with RedisServer() as server:
+        run(main(server))
+
+
+@pytest.mark.parametrize("kind", ["redis", "cluster"])
+def test_another_replica_sees_a_report_though_the_replica_that_learnt_it_admits_nothing(kind, request):
+    """The queued report goes out on its own within SETTLE_DELAY_S: what one replica learnt reaches the others."""
+    server = request.getfixturevalue("redis_server" if kind == "redis" else "redis_cluster")
+    target = Target(server.url, cluster=kind == "cluster", timeout_s=0.5)
+
+    async def main():
+        learnt, other = RedisStore(target), RedisStore(target)
+        prov = provider_bucket_for(uuid.uuid4().hex[:8])
+        assert (await other.admit("first", [prov], [10])).admitted
+        learnt.learn(prov, [ProviderWindowState("tokens-minute", "tokens", 5, 5000)], 0)
+        await asyncio.sleep(0.1)
+        refused = await other.admit("second", [prov], [10])  # the provider has 5 tokens left, it needs 10
+        assert not refused.admitted and 4000 < refused.retry_ms <= 5000
+        await learnt.aclose()
+        await other.aclose()
+
+    run(main())
+
+
+def test_reports_queued_together_merge_into_one_write():
+    """Many responses between two admissions: one write, the newest word per window, the longest 429 block."""
+
+    async def main(server: RedisServer):
+        store = RedisStore(Target(server.url, timeout_s=0.5))
+        prov = provider_bucket_for(uuid.uuid4().hex[:8])
+        assert (await store.admit("warm", [prov], [1])).admitted
+        calls = evalsha_calls(server)
+        store.learn(prov, [ProviderWindowState("requests", "requests", 9, 60_000), ProviderWindowState("tokens", "tokens", 900, 60_000)], 700)
+        store.learn(prov, [ProviderWindowState("requests", "requests", 7, 60_000)], 0)
+        await store.flush()
+        assert evalsha_calls(server) - calls == 1
+        assert server.cli("HGET", prov.key, "requests:r") == "7"  # the newer report's figure
+        assert server.cli("HGET", prov.key, "tokens:r") == "900"  # the older report's other window is kept
+        refused = await store.admit("a", [prov], [1])
+        assert not refused.admitted and 500 < refused.retry_ms <= 700  # the first report's 429 still blocks
+        await store.aclose()
+
+    with RedisServer() as server:
+        run(main(server))
+
+
+def test_queued_writes_lost_with_redis_are_counted_and_reported_never_raised():
+    async def main(server: RedisServer):
+        store = RedisStore(Target(server.url, timeout_s=0.2))
+        failures: list[StoreError] = []
+        store.background_failed = failures.append
+        buckets = scope([(TOKENS, 100, 60_000)])
+        prov = provider_bucket_for(uuid.uuid4().hex[:8])
+        assert (await store.admit("a", buckets, [60])).admitted
+        await store.settle("a", buckets, 10)
+        store.learn(prov, [ProviderWindowState("requests", "requests", 3, 5000)], 0)
+        server.stop()
+        await store.flush()  # the timer's path: Redis is gone
+        assert store.dropped_writes == 2 and len(failures) == 1
+        store.learn(prov, [ProviderWindowState("requests", "requests", 2, 5000)], 0)
+        with pytest.raises(StoreError):  # the admission's own failure is the caller's to handle
+            await store.admit("b", buckets, [1])
+        assert store.dropped_writes == 3 and len(failures) == 2  # the report that rode with it is not lost silently
+        await store.aclose()
+
+    with RedisServer() as server:
+        run(main(server))
