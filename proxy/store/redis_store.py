@@ -61,8 +61,9 @@ class RedisStore:
         # writes off the request path (settles, budget adjustments, provider reports) waiting to
         # ride with the next admission: (script, keys, args)
         self._pending: list[tuple[_Script, list[str], list]] = []
-        # provider key -> its queued report's args (in _pending) and windows, so newer reports merge in
-        self._learns: dict[str, tuple[list, dict[str, ProviderWindowState]]] = {}
+        # provider key -> its report not yet sent (in _pending, or held for the timer), so newer ones merge in
+        self._learns: dict[str, _Report] = {}
+        self._written: set[str] = set()  # provider keys whose report went into _pending since the last tick
         self._flush: asyncio.TimerHandle | None = None
         self._flushing: set[asyncio.Task] = set()
         self.dropped_writes = 0
@@ -148,12 +149,16 @@ class RedisStore:
 
     def _queue(self, script: "_Script", keys: list[str], args: list) -> None:
         self._pending.append((script, keys, args))
+        self._arm()
+
+    def _arm(self) -> None:
         if self._flush is None:
             self._flush = asyncio.get_running_loop().call_later(SETTLE_DELAY_S, self._flush_soon)
 
     def _flush_soon(self) -> None:
         self._flush = None
-        if self._pending:
+        self._written.clear()
+        if self._pending or self._learns:
             task = asyncio.get_running_loop().create_task(self.flush())
             self._flushing.add(task)
             task.add_done_callback(self._flushing.discard)
@@ -161,11 +166,21 @@ class RedisStore:
     def _take(self) -> list[tuple[_Script, list[str], list]]:
         """The queued writes, leaving the queue empty (reports arriving from now on queue anew)."""
         pending, self._pending = self._pending, []
-        self._learns.clear()
+        if self._learns:
+            self._learns = {key: report for key, report in self._learns.items() if report.held}
         return pending
 
+    def _release(self, key: str, report: _Report) -> None:
+        report.held = False
+        self._written.add(key)
+        self._queue(self._learn, [key], report.args)
+
     async def flush(self) -> None:
-        """Send queued writes now; lost ones (Redis gone) leave reservations to expire with their windows."""
+        """Send queued writes (held reports too) now; lost ones (Redis gone) leave reservations to
+        expire with their windows."""
+        for key, report in self._learns.items():
+            if report.held:
+                self._release(key, report)
         pending = self._take()
         if not pending:
             return
@@ -240,22 +255,26 @@ class RedisStore:
             raise StoreError(f"{type(exc).__name__}: {exc}") from None
 
     def learn(self, bucket: Bucket, windows: Sequence[ProviderWindowState], exhausted_ms: int) -> None:
-        """Queued like a settle, on a Cluster too: the provider's word rides with the next admission
-        (or goes out within ``SETTLE_DELAY_S``), so learning costs no round trip of its own. A report
-        for a deployment whose last one is still queued merges into it (newer windows replace older
-        ones, the longer exhaustion wins): one write however many responses arrived meanwhile."""
-        queued = self._learns.get(bucket.key)
-        if queued is None:
-            by_window = {w.window: w for w in windows}
-            args: list = [exhausted_ms]
-            self._learns[bucket.key] = (args, by_window)
-            self._queue(self._learn, [bucket.key], args)
-        else:
-            args, by_window = queued
-            by_window.update((w.window, w) for w in windows)
-            args[:] = [max(args[0], exhausted_ms)]
-        for w in by_window.values():
-            args += (w.window, w.kind, w.remaining, w.reset_ms)
+        """Queued like a settle, on a Cluster too: learning costs no round trip of its own.
+
+        A deployment's first report since the last ``SETTLE_DELAY_S`` tick rides with the next
+        admission (which already obeys it); later ones in the same tick are held and go out with
+        the tick, so a busy replica writes a deployment's word at most once a tick, not once a
+        response (a response-sized write each time was a third of the Redis work per request). A
+        report arriving while another is unsent merges into it (newer windows replace older ones,
+        the longer exhaustion wins); one that blocks the deployment (a 429) is never held."""
+        report = self._learns.get(bucket.key)
+        if report is None:
+            report = self._learns[bucket.key] = _Report({w.window: w for w in windows}, exhausted_ms)
+            if exhausted_ms == 0 and bucket.key in self._written:
+                report.held = True
+                self._arm()
+            else:
+                self._release(bucket.key, report)
+            return
+        report.merge(windows, exhausted_ms)
+        if exhausted_ms > 0 and report.held:
+            self._release(bucket.key, report)
 
     async def reserve_spend(self, keys: Sequence[str], hard: Sequence[int], amount: int,
                             expire_at_ms: Sequence[int]) -> SpendResult:
@@ -297,6 +316,28 @@ class RedisStore:
         if self._fast is not None:
             await self._fast.aclose()
         await self.client.aclose()
+
+
+class _Report:
+    """One deployment's unsent provider report; ``args`` is LEARN's ARGV, rebuilt in place on a merge."""
+
+    __slots__ = ("args", "held", "windows")
+
+    def __init__(self, windows: dict[str, ProviderWindowState], exhausted_ms: int) -> None:
+        self.windows = windows
+        self.args: list = []
+        self.held = False
+        self._build(exhausted_ms)
+
+    def merge(self, windows: Sequence[ProviderWindowState], exhausted_ms: int) -> None:
+        self.windows.update((w.window, w) for w in windows)
+        self._build(max(self.args[0], exhausted_ms))
+
+    def _build(self, exhausted_ms: int) -> None:
+        args: list = [exhausted_ms]
+        for w in self.windows.values():
+            args += (w.window, w.kind, w.remaining, w.reset_ms)
+        self.args[:] = args
 
 
 class _Script:

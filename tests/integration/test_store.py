@@ -13,7 +13,7 @@ import pytest
 from proxy.store.base import CONCURRENCY, PROVIDER, REQUESTS, TOKENS, Bucket, ProviderWindowState, StoreError, bucket_amounts
 from proxy.store.connect import Target
 from proxy.store.memory import MemoryStore
-from proxy.store.redis_store import RedisStore
+from proxy.store.redis_store import SETTLE_DELAY_S, RedisStore
 from tests.redis_support import RedisServer, redis_cluster, redis_server  # noqa: F401  (fixtures)
 
 
@@ -348,10 +348,40 @@ def test_queued_writes_lost_with_redis_are_counted_and_reported_never_raised():
         server.stop()
         await store.flush()  # the timer's path: Redis is gone
         assert store.dropped_writes == 2 and len(failures) == 1
-        store.learn(prov, [ProviderWindowState("requests", "requests", 2, 5000)], 0)
+        store.learn(provider_bucket_for(uuid.uuid4().hex[:8]), [ProviderWindowState("requests", "requests", 2, 5000)], 0)
         with pytest.raises(StoreError):  # the admission's own failure is the caller's to handle
             await store.admit("b", buckets, [1])
         assert store.dropped_writes == 3 and len(failures) == 2  # the report that rode with it is not lost silently
+        await store.aclose()
+
+    with RedisServer() as server:
+        run(main(server))
+
+
+def test_a_busy_replica_writes_a_deployments_word_once_a_tick_and_a_429_at_once():
+    """Reports after the tick's first are held for the tick (merged), not sent with every admission;
+    a report that blocks the deployment is never held."""
+
+    async def main(server: RedisServer):
+        store = RedisStore(Target(server.url, timeout_s=0.5))
+        prov = provider_bucket_for(uuid.uuid4().hex[:8])
+        assert (await store.admit("warm", [prov], [1])).admitted
+        calls = evalsha_calls(server)
+        store.learn(prov, [ProviderWindowState("requests", "requests", 50, 60_000)], 0)
+        assert (await store.admit("a", [prov], [1])).admitted  # the tick's first report rode with it
+        assert server.cli("HGET", prov.key, "requests:r") == "49"
+        for left in (40, 30, 20):  # three more answers within the tick
+            store.learn(prov, [ProviderWindowState("requests", "requests", left, 60_000)], 0)
+            assert (await store.admit(f"b{left}", [prov], [1])).admitted
+        assert evalsha_calls(server) - calls == 5  # four admissions, one report
+        await asyncio.sleep(SETTLE_DELAY_S * 3)
+        assert server.cli("HGET", prov.key, "requests:r") == "20"  # the newest word landed with the tick
+        assert evalsha_calls(server) - calls == 6
+        store.learn(prov, [ProviderWindowState("requests", "requests", 10, 60_000)], 0)  # the new tick's first
+        await store.admit("c", [prov], [1])
+        store.learn(prov, [ProviderWindowState("requests", "requests", 5, 60_000)], 800)  # a 429 in the same tick
+        refused = await store.admit("d", [prov], [1])
+        assert not refused.admitted and 600 < refused.retry_ms <= 800
         await store.aclose()
 
     with RedisServer() as server:
