@@ -27,7 +27,7 @@ from proxy.limits.buckets import limit_buckets, provider_bucket
 from proxy.limits.failover import Failover
 from proxy.limits.headroom import Headroom, HeadroomLearner
 from proxy.limits.provider_headers import ProviderWindow
-from proxy.store.base import CONCURRENCY, REQUESTS, TOKENS, AdmitResult, AmountError, Bucket, ProviderWindowState, Store, StoreError, bucket_amounts
+from proxy.store.base import CONCURRENCY, COUNTED, REQUESTS, TOKENS, AdmitResult, AmountError, Bucket, ProviderWindowState, Store, StoreError, bucket_amounts
 from proxy.store.memory import MemoryStore
 
 log = logging.getLogger("laneway.limits")
@@ -275,8 +275,8 @@ class Limiter:
             if bucket.scope != "deployment" or left < 0:
                 continue
             self.stats.remaining[(bucket.owner, bucket.window)] = (left, bucket.limit, now + reset / 1000)
-            if bucket.kind in (REQUESTS, TOKENS):  # per-minute and per-day caps alike
-                kind = "requests" if bucket.kind == REQUESTS else "tokens"
+            if bucket.kind in (REQUESTS, COUNTED, TOKENS):  # per-minute and per-day caps alike
+                kind = "tokens" if bucket.kind == TOKENS else "requests"
                 self.learner.admitted(bucket.owner, bucket.window, kind, left, bucket.limit, reset / 1000)
 
     def headroom(self, deployment: str) -> Headroom | None:

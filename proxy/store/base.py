@@ -1,7 +1,8 @@
 """The store interface the limiter talks to: a few atomic operations on named buckets.
 
 Both stores implement the same algorithm (see docs/limits.md): a sliding-window log per
-request/token window, a lease set per concurrency limit, and a small hash of what the
+request/token window (a request window beside a token window of the same span counts the
+token log's entries instead of keeping its own), a lease set per concurrency limit, and a small hash of what the
 provider last said it had left. Every operation is atomic per hash tag, and one call per
 Redis node checks-and-reserves every bucket of a request.
 """
@@ -15,6 +16,7 @@ from proxy.errors import InvalidRequest
 
 # Bucket kinds.
 REQUESTS = "n"      # sliding-window log, one entry per request
+COUNTED = "m"       # requests counted in the TOKENS log of the same span (rpm beside tpm): no log of its own
 TOKENS = "t"        # sliding-window log, one entry per request carrying its token amount
 CONCURRENCY = "c"   # lease set: one entry per in-flight request, scored by its expiry
 PROVIDER = "p"      # what the provider said it has left, per window, until its reset
@@ -60,8 +62,14 @@ class Bucket:
 
     @property
     def amounts_key(self) -> str:
-        """Token windows keep each entry's amount (and the running total) in a hash beside the log."""
+        """Token windows keep each entry's amount (and the running total) in a hash beside the log
+        (a COUNTED window's key is its token window's, so it names the same hash)."""
         return self.key + ":a"
+
+    @property
+    def logged(self) -> bool:
+        """A window over a token log and its amounts hash (TOKENS, or COUNTED beside one)."""
+        return self.kind == TOKENS or self.kind == COUNTED
 
 
 @dataclass(slots=True)

@@ -29,7 +29,7 @@ def _call_args(rid: str, buckets: Sequence[Bucket], tokens: int | str) -> tuple[
     keys: list[str] = []
     for bucket in buckets:
         keys.append(bucket.key)
-        if bucket.kind == TOKENS:
+        if bucket.logged:
             keys.append(bucket.amounts_key)
     return keys, [rid, "|".join([f"{b.kind}:{b.limit}:{b.span_ms}" for b in buckets]), tokens]
 

@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from proxy.store.base import CONCURRENCY, PROVIDER, REQUESTS, TOKENS, Bucket, ProviderWindowState, StoreError, bucket_amounts
+from proxy.store.base import CONCURRENCY, COUNTED, PROVIDER, REQUESTS, TOKENS, Bucket, ProviderWindowState, StoreError, bucket_amounts
 from proxy.store.connect import Target
 from proxy.store.memory import MemoryStore
 from proxy.store.redis_store import SETTLE_DELAY_S, RedisStore
@@ -386,3 +386,29 @@ def test_a_busy_replica_writes_a_deployments_word_once_a_tick_and_a_429_at_once(
 
     with RedisServer() as server:
         run(main(server))
+
+
+def test_a_request_window_beside_a_token_window_counts_its_entries_exactly(make_store):
+    """rpm beside tpm (COUNTED): no log of its own, yet the same answers as its own log would give."""
+
+    async def main():
+        store = make_store()
+        tag = f"lw:{{t:{uuid.uuid4().hex[:8]}}}"
+        buckets = [Bucket(f"{tag}:tpm", COUNTED, 3, 400, "client", "o", "rpm"), Bucket(f"{tag}:tpm", TOKENS, 1000, 400, "client", "o", "tpm")]
+        admitted = [await store.admit(rid, buckets, [1, 10]) for rid in "abc"]
+        assert [r.remaining for r in admitted] == [[2, 990], [1, 980], [0, 970]]
+        assert all(0 < reset <= 400 for r in admitted for reset in r.reset_ms)
+        refused = await store.admit("d", buckets, [1, 10])
+        assert refused.refused == 0 and 0 < refused.retry_ms <= 400
+        await store.settle("b", buckets, None)  # undone: neither a request nor tokens any more
+        assert (await store.admit("d", buckets, [1, 10])).remaining == [0, 970]
+        await store.settle("a", buckets, 0)  # settled with no tokens: still a request in the window
+        assert (await store.admit("e", buckets, [1, 10])).refused == 0
+        assert (await store.admit("f", buckets, [1, 10])).refused == 0
+        await asyncio.sleep(0.45)  # the window passes: its entries, counted and tokens, all leave
+        assert (await store.admit("g", buckets, [1, 10])).remaining == [2, 990]
+        big = await store.admit("h", buckets, [1, 995])
+        assert big.refused == 1 and 0 < big.retry_ms <= 400  # the token window still refuses on its own
+        await store.aclose()
+
+    run(main())
