@@ -55,6 +55,7 @@ end
 
 -- Drop entries older than the window; return what is left in use.
 local trimmed, firsts = {}, {}  -- token logs already trimmed in this call; their oldest entry's time
+local kept_until = {}  -- a token window's '_x': when its log and hash expire (refreshed only when near)
 local function used_in(i)
   local kind, key = kinds[i], logs[i]
   if kind == 'n' then
@@ -75,10 +76,14 @@ local function used_in(i)
     redis.call('ZREM', key, unpack(old))
   end
   trimmed[key] = true
-  local total = nil
-  if freed > 0 then total = redis.call('HINCRBY', hashes[i], '_t', -freed) end
-  if kind == 'm' then return redis.call('ZCARD', key) end
-  return total or tonumber(redis.call('HGET', hashes[i], '_t') or '0')
+  if kind == 'm' then
+    if freed > 0 then redis.call('HINCRBY', hashes[i], '_t', -freed) end
+    return redis.call('ZCARD', key)
+  end
+  local state = redis.call('HMGET', hashes[i], '_t', '_x')
+  kept_until[i] = tonumber(state[2] or '0')
+  if freed > 0 then return redis.call('HINCRBY', hashes[i], '_t', -freed) end
+  return tonumber(state[1] or '0')
 end
 
 -- Milliseconds until enough old entries leave the window for amount to fit.
@@ -158,11 +163,17 @@ for i = 1, n do
     local score = now
     if kind == 'c' then score = now + spans[i] end
     redis.call('ZADD', key, score, rid)
-    redis.call('PEXPIRE', key, spans[i] + 1000)
-    if kind == 't' then
+    if kind ~= 't' then
+      redis.call('PEXPIRE', key, spans[i] + 1000)
+    elseif kept_until[i] >= now + spans[i] + 1000 then  -- both keys outlive this entry's window already
       redis.call('HSET', hashes[i], rid, amounts[i])
       redis.call('HINCRBY', hashes[i], '_t', amounts[i])
-      redis.call('PEXPIRE', hashes[i], spans[i] + 1000)
+    else  -- twice the window, so this happens about once a window rather than once a request
+      local ttl = 2 * spans[i] + 1000
+      redis.call('HSET', hashes[i], rid, amounts[i], '_x', now + ttl)
+      redis.call('HINCRBY', hashes[i], '_t', amounts[i])
+      redis.call('PEXPIRE', key, ttl)
+      redis.call('PEXPIRE', hashes[i], ttl)
     end
     local reset = 0
     if kind ~= 'c' then
