@@ -414,23 +414,24 @@ def test_a_request_window_beside_a_token_window_counts_its_entries_exactly(make_
     run(main())
 
 
-def test_a_token_window_outlives_its_entries_with_one_expiry_refresh_a_window(redis_server):
+def test_a_token_window_outlives_its_entries_with_one_expiry_refresh_a_window():
     """The log and its amounts hash always outlive the newest entry's window, but are not
     re-expired on every admission (that was two calls of every request's admission)."""
 
-    async def main():
-        store = RedisStore(Target(redis_server.url, timeout_s=0.5))
+    async def main(server: RedisServer):
+        store = RedisStore(Target(server.url, timeout_s=0.5))
         buckets = scope([(TOKENS, 1_000_000, 400)])
         log, amounts = buckets[0].key, buckets[0].amounts_key
         assert (await store.admit("a", buckets, [10])).admitted
-        ttls = [int(redis_server.cli("PTTL", key)) for key in (log, amounts)]
+        ttls = [int(server.cli("PTTL", key)) for key in (log, amounts)]
         assert all(1600 < ttl <= 1800 for ttl in ttls)  # twice the window and a second
         await asyncio.sleep(0.1)
         assert (await store.admit("b", buckets, [10])).admitted
-        assert all(int(redis_server.cli("PTTL", key)) < ttl - 50 for key, ttl in zip((log, amounts), ttls))  # not refreshed
+        assert all(int(server.cli("PTTL", key)) < ttl - 50 for key, ttl in zip((log, amounts), ttls))  # not refreshed
         await asyncio.sleep(0.5)  # less than a window plus a second is left: the next admission refreshes both
         assert (await store.admit("c", buckets, [10])).remaining == [999_990]  # a and b left with their window
-        assert all(int(redis_server.cli("PTTL", key)) > 1600 for key in (log, amounts))
+        assert all(int(server.cli("PTTL", key)) > 1600 for key in (log, amounts))
         await store.aclose()
 
-    run(main())
+    with RedisServer() as server:
+        run(main(server))
