@@ -259,7 +259,7 @@ class Limiter:
         for w in windows:
             self.stats.provider[(deployment, w.window)] = (w.remaining, w.limit, now + w.reset_s)
         states = [ProviderWindowState(w.window, w.kind, w.remaining, int(w.reset_s * 1000)) for w in windows]
-        # queued by the store: it rides with the next admission's round trip, never one of its own
+        # queued by the store: it rides with the next admission's round trip (or the store's next tick), never one of its own
         store = self.fallback if self.failover.serving_locally else self.store
         store.learn(self._provider_bucket(deployment), states, exhausted_ms)
 

@@ -7,6 +7,9 @@ On a standalone server one call covers every bucket of a request. On a Cluster, 
 are grouped by hash tag (one group per scope: a client, a deployment), the groups are sent
 concurrently, and a group that admitted is undone when another refused, so no bucket ever
 holds a reservation for a request that was turned away.
+Writes off the request path (settles and budget adjustments on a standalone server, provider
+reports on both) are queued and sent in the pipeline of the next admission, or within
+``SETTLE_DELAY_S`` when none comes: one round trip per request.
 """
 from __future__ import annotations
 
