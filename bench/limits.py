@@ -1,14 +1,18 @@
-"""What rate limiting adds: admission latency and Redis round trips per request.
+"""What rate limiting adds: admission latency, proxy CPU and Redis round trips per request.
 
-One run starts a throwaway `redis-server`, a zero-delay simulated provider and two
-`laneway serve` processes in front of it: the same policy without limits, and with client and
-deployment limits (RPM, TPM, concurrency; set high so nothing is refused) kept in Redis.
-It alternates blocks of sequential requests between the two so drift hits both alike, then
-counts Redis round trips per request (socket reads Redis processed) and, with MONITOR over a
-separate sample, the EVALSHA calls: admission (on the request path) and settle (after the
-response, sent in the same pipeline as the next admission).
+One run starts a throwaway `redis-server`, a zero-delay simulated provider speaking OpenAI's
+header dialect (x-request-id, openai-processing-ms and the six x-ratelimit-* headers on every
+answer, with windows too big to run out) and `laneway serve` processes in front of it: the
+same policy without limits, with client and deployment limits (RPM, TPM, concurrency; set
+high so nothing is refused) kept in Redis, and the limited policy again under each `--compare`
+tree (another checkout's `proxy/`, e.g. the base commit, for before/after in one run). It
+alternates blocks of sequential requests between them so drift hits all alike, reading each
+proxy's CPU time from /proc, then, one proxy at a time, counts what Redis saw per request
+(INFO deltas on the server it started): round trips (socket reads Redis processed; a pipeline
+arrives in one read), EVALSHA calls (every command the proxy sends) and Redis CPU time,
+sequentially and with 16 requests in flight.
 
-    .venv/bin/python bench/limits.py [--requests 3000]
+    .venv/bin/python bench/limits.py [--requests 3000] [--compare /tmp/base-tree ...]
 """
 from __future__ import annotations
 
@@ -28,9 +32,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from overhead import Target, free_port, pct, sequential, wait_listening  # noqa: E402
-
-from proxy.store import scripts  # noqa: E402
+from overhead import (
+    UNLIMITED,
+    Target,
+    concurrent,
+    cpu_seconds,
+    free_port,
+    pct,
+    sequential,
+    wait_listening,
+)
 
 POLICY = """\
 version: 1
@@ -49,6 +60,10 @@ deployments:
 routes:
   - {{name: bench, candidates: [sim]}}
 """
+LIMITS = "limits: {rpm: 100000000, tpm: 1000000000000, concurrency: 10000}"
+OPENAI_HEADERS = (b"x-request-id", b"openai-processing-ms", *(b"x-ratelimit-%s-%s" % (what, kind)
+                  for what in (b"limit", b"remaining", b"reset") for kind in (b"requests", b"tokens")))
+IN_FLIGHT = 16
 
 
 def write_policy(directory: str, name: str, limited: bool, redis_url: str, sim_port: int) -> str:
@@ -56,94 +71,119 @@ def write_policy(directory: str, name: str, limited: bool, redis_url: str, sim_p
     Path(path).write_text(POLICY.format(
         store=f"store: {{redis_url: '{redis_url}', timeout_ms: 200}}" if limited else "",
         sha=hashlib.sha256(b"bench").hexdigest(), sim_port=sim_port,
-        key_limits="limits: {rpm: 100000000, tpm: 1000000000000, concurrency: 10000}" if limited else "",
-        dep_limits="limits: {rpm: 100000000, tpm: 1000000000000, concurrency: 10000}" if limited else "",
+        key_limits=LIMITS if limited else "", dep_limits=LIMITS if limited else "",
     ))
     return path
 
 
-async def alternate(plain: Target, limited: Target, n: int, blocks: int = 10) -> tuple[list[float], list[float]]:
-    await sequential(plain, 200)  # warm both (connections, scripts loaded)
-    await sequential(limited, 200)
-    a: list[float] = []
-    b: list[float] = []
+def check_headers(sim_port: int) -> None:
+    """The simulator must answer as OpenAI does, or the learning this bench counts never happens."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", sim_port, timeout=5)
+    conn.request("POST", "/v1/chat/completions", b'{"model":"sim-instant","messages":[{"role":"user","content":"hi"}]}',
+                 {"content-type": "application/json"})
+    response = conn.getresponse()
+    names = {name.lower().encode() for name, _ in response.getheaders()}
+    response.read()
+    conn.close()
+    missing = [h.decode() for h in OPENAI_HEADERS if h not in names]
+    if missing:
+        raise SystemExit(f"the simulator did not send {', '.join(missing)}")
+
+
+def redis_counts(redis_port: int) -> tuple[int, int, float]:
+    """(socket reads processed, EVALSHA calls, CPU seconds used), from one INFO call."""
+    info = subprocess.run([shutil.which("redis-cli"), "-p", str(redis_port), "info", "everything"],
+                          capture_output=True, text=True, check=True).stdout
+    fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+    evalsha = fields.get("cmdstat_evalsha", "calls=0").split(",")[0].split("=")[1]
+    return int(fields["total_reads_processed"]), int(evalsha), float(fields["used_cpu_sys"]) + float(fields["used_cpu_user"])
+
+
+async def alternate(targets: list[Target], pids: list[int], n: int, blocks: int = 10) -> tuple[list[list[float]], list[float]]:
+    """Latencies per target and its proxy's CPU seconds per request, over interleaved blocks."""
+    for target in targets:  # warm every one (connections, scripts loaded)
+        await sequential(target, 200)
+    times: list[list[float]] = [[] for _ in targets]
+    cpu = [0.0] * len(targets)
     for _ in range(blocks):
-        a += [t for t, _ in await sequential(plain, n // blocks)]
-        b += [t for t, _ in await sequential(limited, n // blocks)]
-    return a, b
+        for i, (target, pid) in enumerate(zip(targets, pids)):
+            before = cpu_seconds(pid)
+            times[i] += [t for t, _ in await sequential(target, n // blocks)]
+            cpu[i] += cpu_seconds(pid) - before
+    return times, [c / len(t) for c, t in zip(cpu, times)]
 
 
-def reads_processed(redis_port: int) -> int:
-    """Redis's count of socket reads: one per round trip (a pipeline arrives in one read)."""
-    info = subprocess.run([shutil.which("redis-cli"), "-p", str(redis_port), "info", "stats"], capture_output=True, text=True, check=True)
-    return int(next(line for line in info.stdout.splitlines() if line.startswith("total_reads_processed:")).split(":")[1])
-
-
-def count_round_trips(redis_port: int, limited: Target, n: int) -> tuple[float, float, float]:
-    """Per request over ``n`` requests: admission EVALSHAs and all EVALSHAs (via MONITOR), and
-    round trips (socket reads Redis processed, measured without MONITOR)."""
-    before = reads_processed(redis_port)
-    uvloop.run(sequential(limited, n))
-    time.sleep(0.5)  # the last settles go out after a short delay
-    round_trips = (reads_processed(redis_port) - before - 1) / n  # minus the INFO call itself
-    admit_sha = hashlib.sha1(scripts.ADMIT.encode()).hexdigest().encode()
-    with tempfile.TemporaryFile() as out:
-        monitor = subprocess.Popen([shutil.which("redis-cli"), "-p", str(redis_port), "monitor"], stdout=out)
-        time.sleep(0.3)
-        uvloop.run(sequential(limited, n))
-        time.sleep(0.5)  # settles run after the response
-        monitor.terminate()
-        monitor.wait(10)
-        out.seek(0)
-        lines = [line for line in out.read().splitlines() if b'"EVALSHA"' in line]
-    admits = sum(admit_sha in line for line in lines)
-    return admits / n, len(lines) / n, round_trips
+def per_request(redis_port: int, target: Target, n: int, in_flight: int) -> tuple[float, float, float]:
+    """What Redis processed per request over ``n`` requests, ``in_flight`` at a time: (round trips,
+    EVALSHA calls, Redis CPU us), less the INFO call that reads the counters."""
+    before = redis_counts(redis_port)
+    if in_flight == 1:
+        uvloop.run(sequential(target, n))
+    else:
+        uvloop.run(concurrent(target, n, in_flight))
+    time.sleep(0.3)  # the last queued writes go out after a short delay
+    after = redis_counts(redis_port)
+    return (after[0] - before[0] - 1) / n, (after[1] - before[1]) / n, (after[2] - before[2]) * 1e6 / n
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--compare", action="append", default=[], metavar="TREE",
+                        help="also run the limited policy under this checkout's proxy/ (repeatable)")
     args = parser.parse_args()
-    redis_port, sim_port, plain_port, limited_port = free_port(), free_port(), free_port(), free_port()
+    trees = [("limited", ROOT)] + [(f"limited@{Path(tree).name}", Path(tree).resolve()) for tree in args.compare]
+    redis_port, sim_port, plain_port = free_port(), free_port(), free_port()
+    ports = [free_port() for _ in trees]
     directory = tempfile.mkdtemp(prefix="laneway-bench-limits-")
     redis_url = f"redis://127.0.0.1:{redis_port}/0"
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
     procs = [subprocess.Popen([shutil.which("redis-server"), "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
                                "--appendonly", "no", "--dir", directory], stdout=subprocess.DEVNULL)]
+    rows: dict[str, dict[str, float]] = {}
     try:
-        procs.append(subprocess.Popen([sys.executable, "-m", "proxy.simulate", "--profile", "instant", "--port", str(sim_port),
-                                       "--rpm", "1000000000", "--tpm", "1000000000000"],  # headers, never a 429
-                                      env=env, stdout=subprocess.DEVNULL))
-        for port, name, limited in ((plain_port, "plain.yaml", False), (limited_port, "limited.yaml", True)):
-            policy = write_policy(directory, name, limited, redis_url, sim_port)
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        procs.append(subprocess.Popen([sys.executable, "-m", "proxy.simulate", "--profile", "instant", "--dialect", "openai",
+                                       "--port", str(sim_port), *UNLIMITED], env=env, stdout=subprocess.DEVNULL))
+        serving = [("plain", ROOT, plain_port, False)] + [(name, tree, port, True) for (name, tree), port in zip(trees, ports)]
+        for name, tree, port, limited in serving:
+            policy = write_policy(directory, f"{name}.yaml", limited, redis_url, sim_port)
             procs.append(subprocess.Popen([sys.executable, "-m", "proxy.cli", "serve", "--policy", policy, "--port", str(port),
-                                           "--log-level", "warning"], env=env))
-        for port, proc in zip((redis_port, sim_port, plain_port, limited_port), procs):
+                                           "--log-level", "warning"], env=dict(os.environ, PYTHONPATH=str(tree)), cwd=tree))
+        for port, proc in zip((redis_port, sim_port, plain_port, *ports), procs):
             wait_listening(port, proc)
-        plain = Target("plain", f"http://127.0.0.1:{plain_port}/v1", "bench")
-        limited = Target("limited", f"http://127.0.0.1:{limited_port}/v1", "bench")
-        a, b = uvloop.run(alternate(plain, limited, args.requests))
-        admit_calls, all_calls, round_trips = count_round_trips(redis_port, limited, min(500, args.requests))
+        check_headers(sim_port)
+        targets = [Target(name, f"http://127.0.0.1:{port}/v1", "bench") for name, _, port, _ in serving]
+        times, cpu = uvloop.run(alternate(targets, [p.pid for p in procs[2:]], args.requests))
+        sample = min(1000, args.requests)
+        for target, latencies, cpu_per in zip(targets, times, cpu):
+            row = rows[target.name] = {"p50_ms": pct(latencies, 0.5) * 1000, "p99_ms": pct(latencies, 0.99) * 1000,
+                                       "cpu_ms_per_req": cpu_per * 1000}
+            if target.name != "plain":
+                for in_flight in (1, IN_FLIGHT):
+                    trips, evalsha, redis_us = per_request(redis_port, target, sample, in_flight)
+                    row[f"round_trips@c{in_flight}"], row[f"evalsha@c{in_flight}"], row[f"redis_us@c{in_flight}"] = trips, evalsha, redis_us
     finally:
         for proc in reversed(procs):
             proc.terminate()
             proc.wait(10)
         shutil.rmtree(directory, ignore_errors=True)
 
-    p50 = (pct(b, 0.5) - pct(a, 0.5)) * 1000
-    p99 = (pct(b, 0.99) - pct(a, 0.99)) * 1000
-    rows = {
-        "plain_p50_ms": pct(a, 0.5) * 1000, "plain_p99_ms": pct(a, 0.99) * 1000,
-        "limited_p50_ms": pct(b, 0.5) * 1000, "limited_p99_ms": pct(b, 0.99) * 1000,
-        "added_p50_ms": p50, "added_p99_ms": p99,
-        "admission_evalsha_per_request": admit_calls, "evalsha_per_request_total": all_calls,
-        "redis_round_trips_per_request": round_trips,
-    }
-    for key, value in rows.items():
-        print(f"{key:36s} {value:10.3f}")
-    print(f"summary: limits add p50 {p50:.3f} ms, p99 {p99:.3f} ms (c=1, {len(b)} requests); "
-          f"{admit_calls:.2f} admission call(s) on the request path; {round_trips:.2f} Redis round trips per request "
-          f"in all ({all_calls:.2f} EVALSHA: settles ride along with the next admission)")
+    plain = rows["plain"]
+    columns = ["p50_ms", "p99_ms", "cpu_ms_per_req"] + [f"{what}@c{c}" for c in (1, IN_FLIGHT) for what in ("round_trips", "evalsha", "redis_us")]
+    print(f"{'':24s}" + "".join(f"{c:>16s}" for c in columns))
+    for name, row in rows.items():
+        print(f"{name:24s}" + "".join(f"{row[c]:16.3f}" if c in row else f"{'':16s}" for c in columns))
+    print(f"(c=1: {args.requests} requests per proxy in 10 interleaved blocks; Redis counts over {sample} requests each)")
+    for name, row in rows.items():
+        if name == "plain":
+            continue
+        print(f"summary {name}: limits add p50 {row['p50_ms'] - plain['p50_ms']:.3f} ms, p99 {row['p99_ms'] - plain['p99_ms']:.3f} ms, "
+              f"CPU {row['cpu_ms_per_req'] - plain['cpu_ms_per_req']:.3f} ms/request; Redis round trips per request "
+              f"{row['round_trips@c1']:.2f} sequential, {row[f'round_trips@c{IN_FLIGHT}']:.2f} with {IN_FLIGHT} in flight "
+              f"({row['evalsha@c1']:.2f} / {row[f'evalsha@c{IN_FLIGHT}']:.2f} EVALSHA, {row['redis_us@c1']:.0f} / "
+              f"{row[f'redis_us@c{IN_FLIGHT}']:.0f} us of Redis CPU)")
     return 0
 
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from proxy.config.schema import Limits
-from proxy.store.base import CONCURRENCY, PROVIDER, REQUESTS, TOKENS, Bucket
+from proxy.store.base import CONCURRENCY, COUNTED, PROVIDER, REQUESTS, TOKENS, Bucket
 
 MINUTE_MS = 60_000
 DAY_MS = 86_400_000
@@ -23,8 +23,14 @@ def limit_buckets(scope: str, owner: str, limits: Limits | None, lease_ms: int, 
     out = []
     for name, kind, span in WINDOWS:
         value = getattr(limits, name)
-        if value is not None:
-            out.append(Bucket(f"{tag}:{name}", kind, max(1, value // replicas), span, scope, owner, name))
+        if value is None:
+            continue
+        key = f"{tag}:{name}"
+        tokens = "t" + name[1:]  # rpm -> tpm, rpd -> tpd
+        if kind == REQUESTS and getattr(limits, tokens) is not None:
+            # the token window logs every request already: count its entries rather than log them twice
+            kind, key = COUNTED, f"{tag}:{tokens}"
+        out.append(Bucket(key, kind, max(1, value // replicas), span, scope, owner, name))
     if limits.concurrency is not None:
         out.append(Bucket(f"{tag}:conc", CONCURRENCY, max(1, limits.concurrency // replicas), lease_ms, scope, owner, "concurrency"))
     return tuple(out)

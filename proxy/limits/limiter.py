@@ -27,7 +27,7 @@ from proxy.limits.buckets import limit_buckets, provider_bucket
 from proxy.limits.failover import Failover
 from proxy.limits.headroom import Headroom, HeadroomLearner
 from proxy.limits.provider_headers import ProviderWindow
-from proxy.store.base import CONCURRENCY, REQUESTS, TOKENS, AdmitResult, AmountError, Bucket, ProviderWindowState, Store, StoreError, bucket_amounts
+from proxy.store.base import CONCURRENCY, COUNTED, REQUESTS, TOKENS, AdmitResult, AmountError, Bucket, ProviderWindowState, Store, StoreError, bucket_amounts
 from proxy.store.memory import MemoryStore
 
 log = logging.getLogger("laneway.limits")
@@ -119,7 +119,7 @@ class Limiter:
         self._tasks: set[asyncio.Task] = set()
         self.learner = HeadroomLearner()  # also routing's view (ProxyState hands it over)
         self.learner.sink = self._learnt
-        self._learning: dict[str, tuple[list[ProviderWindowState], int]] = {}
+        self.store.background_failed = self.failover.background_failed
         self._speaks: set[str] = set()   # deployments whose responses carry rate-limit headers
         self._clients: dict[str, tuple[tuple[Bucket, ...], tuple[Bucket, ...]]] = {}
         self._deployments: dict[str, tuple[tuple[Bucket, ...], tuple[Bucket, ...]]] = {}
@@ -177,10 +177,7 @@ class Limiter:
         client = () if ticket.client_held else self._clients.get(ticket.client, ((), ()))[pick]
         own = self._deployments.get(deployment, ((), ()))[pick]
         if own or deployment in self._speaks:
-            prov = self._provider_buckets.get(deployment)
-            if prov is None:
-                prov = self._provider_buckets[deployment] = provider_bucket(deployment)
-            own = (*own, prov)
+            own = (*own, self._provider_bucket(deployment))
         buckets = (*client, *own)
         if not buckets:
             ticket.deployment = deployment
@@ -262,17 +259,15 @@ class Limiter:
         for w in windows:
             self.stats.provider[(deployment, w.window)] = (w.remaining, w.limit, now + w.reset_s)
         states = [ProviderWindowState(w.window, w.kind, w.remaining, int(w.reset_s * 1000)) for w in windows]
-        pending = self._learning.get(deployment)
-        self._learning[deployment] = (states, max(exhausted_ms, pending[1] if pending else 0))
-        if pending is None:
-            self._spawn(self._flush_learning(deployment))
-
-    async def _flush_learning(self, deployment: str) -> None:
-        """Write the newest report for ``deployment``; reports arriving meanwhile replace it."""
-        await asyncio.sleep(0)
-        windows, exhausted_ms = self._learning.pop(deployment)
+        # queued by the store: it rides with the next admission's round trip (or the store's next tick), never one of its own
         store = self.fallback if self.failover.serving_locally else self.store
-        await store.learn(self._provider_buckets.get(deployment) or provider_bucket(deployment), windows, exhausted_ms)
+        store.learn(self._provider_bucket(deployment), states, exhausted_ms)
+
+    def _provider_bucket(self, deployment: str) -> Bucket:
+        prov = self._provider_buckets.get(deployment)
+        if prov is None:
+            prov = self._provider_buckets[deployment] = provider_bucket(deployment)
+        return prov
 
     def _note_remaining(self, buckets: tuple[Bucket, ...], result: AdmitResult) -> None:
         now = time.time()
@@ -280,8 +275,8 @@ class Limiter:
             if bucket.scope != "deployment" or left < 0:
                 continue
             self.stats.remaining[(bucket.owner, bucket.window)] = (left, bucket.limit, now + reset / 1000)
-            if bucket.kind in (REQUESTS, TOKENS):  # per-minute and per-day caps alike
-                kind = "requests" if bucket.kind == REQUESTS else "tokens"
+            if bucket.kind in (REQUESTS, COUNTED, TOKENS):  # per-minute and per-day caps alike
+                kind = "tokens" if bucket.kind == TOKENS else "requests"
                 self.learner.admitted(bucket.owner, bucket.window, kind, left, bucket.limit, reset / 1000)
 
     def headroom(self, deployment: str) -> Headroom | None:

@@ -1,13 +1,14 @@
 """The store interface the limiter talks to: a few atomic operations on named buckets.
 
 Both stores implement the same algorithm (see docs/limits.md): a sliding-window log per
-request/token window, a lease set per concurrency limit, and a small hash of what the
+request/token window (a request window beside a token window of the same span counts the
+token log's entries instead of keeping its own), a lease set per concurrency limit, and a small hash of what the
 provider last said it had left. Every operation is atomic per hash tag, and one call per
 Redis node checks-and-reserves every bucket of a request.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -15,6 +16,7 @@ from proxy.errors import InvalidRequest
 
 # Bucket kinds.
 REQUESTS = "n"      # sliding-window log, one entry per request
+COUNTED = "m"       # requests counted in the TOKENS log of the same span (rpm beside tpm): no log of its own
 TOKENS = "t"        # sliding-window log, one entry per request carrying its token amount
 CONCURRENCY = "c"   # lease set: one entry per in-flight request, scored by its expiry
 PROVIDER = "p"      # what the provider said it has left, per window, until its reset
@@ -60,8 +62,14 @@ class Bucket:
 
     @property
     def amounts_key(self) -> str:
-        """Token windows keep each entry's amount (and the running total) in a hash beside the log."""
+        """Token windows keep each entry's amount (and the running total) in a hash beside the log
+        (a COUNTED window's key is its token window's, so it names the same hash)."""
         return self.key + ":a"
+
+    @property
+    def logged(self) -> bool:
+        """A window over a token log and its amounts hash (TOKENS, or COUNTED beside one)."""
+        return self.kind == TOKENS or self.kind == COUNTED
 
 
 @dataclass(slots=True)
@@ -107,6 +115,9 @@ class ProviderWindowState:
 
 
 class Store(Protocol):
+    background_failed: Callable[[StoreError], None] | None
+    """Told when writes queued off the request path (settles, provider reports) could not land."""
+
     async def admit(self, rid: str, buckets: Sequence[Bucket], amounts: Sequence[int]) -> AdmitResult:
         """Check every bucket; reserve ``amounts`` in all of them only if all have room."""
 
@@ -116,8 +127,9 @@ class Store(Protocol):
     async def renew(self, rid: str, buckets: Sequence[Bucket]) -> None:
         """Push the expiry of ``rid``'s concurrency leases one time-to-live into the future."""
 
-    async def learn(self, bucket: Bucket, windows: Sequence[ProviderWindowState], exhausted_ms: int) -> None:
-        """Record the provider's word; ``exhausted_ms`` > 0 refuses the deployment for that long."""
+    def learn(self, bucket: Bucket, windows: Sequence[ProviderWindowState], exhausted_ms: int) -> None:
+        """Record the provider's word, without a round trip of its own: it is applied before the
+        next admission this store answers; ``exhausted_ms`` > 0 refuses the deployment for that long."""
 
     async def reserve_spend(self, keys: Sequence[str], hard: Sequence[int], amount: int,
                             expire_at_ms: Sequence[int]) -> SpendResult:

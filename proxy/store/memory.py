@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from proxy.store.base import (CONCURRENCY, MAX_AMOUNT, PROVIDER, REQUESTS, TOKENS, AdmitResult, Bucket, ProviderWindowState,
+from proxy.store.base import (CONCURRENCY, COUNTED, MAX_AMOUNT, PROVIDER, REQUESTS, TOKENS, AdmitResult, Bucket, ProviderWindowState,
                               SpendResult, check_amount)
 
 
@@ -42,6 +42,7 @@ class MemoryStore:
         self._leases: dict[str, dict[str, int]] = {}
         self._providers: dict[str, _Provider] = {}
         self._spend: dict[str, list[int]] = {}           # budget counter -> [micro-USD, expires at ms]
+        self.background_failed = None                    # nothing is queued here: every write lands at once
 
     def _used(self, bucket: Bucket, now: int) -> int:
         if bucket.kind == CONCURRENCY:
@@ -54,6 +55,8 @@ class MemoryStore:
         while log.entries and log.entries[0][0] <= cutoff:
             _, rid = log.entries.popleft()
             log.total -= log.amounts.pop(rid, 0)
+        if bucket.kind == COUNTED:  # the requests in its token window's log
+            return len(log.amounts)
         return log.total
 
     def _wait(self, bucket: Bucket, used: int, amount: int, now: int) -> int:
@@ -63,7 +66,10 @@ class MemoryStore:
             return max(1, min(1000, min(self._leases[bucket.key].values()) - now))
         log = self._logs[bucket.key]
         for stamp, rid in log.entries:
-            used -= log.amounts.get(rid, 0)
+            if bucket.kind == COUNTED:
+                used -= rid in log.amounts
+            else:
+                used -= log.amounts.get(rid, 0)
             if used + amount <= bucket.limit:
                 return max(1, stamp + bucket.span_ms - now)
         return bucket.span_ms
@@ -108,6 +114,10 @@ class MemoryStore:
                 self._leases[bucket.key][rid] = now + bucket.span_ms
                 remaining.append(bucket.limit - in_use - amount)
                 resets.append(0)
+            elif bucket.kind == COUNTED:  # its token window writes the entry
+                log = self._logs[bucket.key]
+                remaining.append(bucket.limit - in_use - amount)
+                resets.append(max(0, (log.entries[0][0] if log.entries else now) + bucket.span_ms - now))
             else:
                 log = self._logs[bucket.key]
                 log.entries.append((now, rid))
@@ -142,7 +152,7 @@ class MemoryStore:
             if bucket.kind == CONCURRENCY and leases and rid in leases:
                 leases[rid] = now + bucket.span_ms
 
-    async def learn(self, bucket: Bucket, windows: Sequence[ProviderWindowState], exhausted_ms: int) -> None:
+    def learn(self, bucket: Bucket, windows: Sequence[ProviderWindowState], exhausted_ms: int) -> None:
         now = self._clock()
         state = self._providers.setdefault(bucket.key, _Provider())
         if exhausted_ms > 0:

@@ -7,12 +7,15 @@ On a standalone server one call covers every bucket of a request. On a Cluster, 
 are grouped by hash tag (one group per scope: a client, a deployment), the groups are sent
 concurrently, and a group that admitted is undone when another refused, so no bucket ever
 holds a reservation for a request that was turned away.
+Writes off the request path (settles and budget adjustments on a standalone server, provider
+reports on both) are queued and sent in the pipeline of the next admission, or within
+``SETTLE_DELAY_S`` when none comes: one round trip per request.
 """
 from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
@@ -29,7 +32,7 @@ def _call_args(rid: str, buckets: Sequence[Bucket], tokens: int | str) -> tuple[
     keys: list[str] = []
     for bucket in buckets:
         keys.append(bucket.key)
-        if bucket.kind == TOKENS:
+        if bucket.logged:
             keys.append(bucket.amounts_key)
     return keys, [rid, "|".join([f"{b.kind}:{b.limit}:{b.span_ms}" for b in buckets]), tokens]
 
@@ -58,11 +61,16 @@ class RedisStore:
         self._learn = _Script(scripts.LEARN)
         self._reserve_spend = _Script(scripts.SPEND_RESERVE)
         self._adjust_spend = _Script(scripts.SPEND_ADJUST)
-        # settles (and budget adjustments) waiting to ride with the next admission: (script, keys, args)
+        # writes off the request path (settles, budget adjustments, provider reports) waiting to
+        # ride with the next admission: (script, keys, args)
         self._pending: list[tuple[_Script, list[str], list]] = []
+        # provider key -> its report not yet sent (in _pending, or held for the timer), so newer ones merge in
+        self._learns: dict[str, _Report] = {}
+        self._written: set[str] = set()  # provider keys whose report went into _pending since the last tick
         self._flush: asyncio.TimerHandle | None = None
         self._flushing: set[asyncio.Task] = set()
-        self.dropped_settles = 0
+        self.dropped_writes = 0
+        self.background_failed: Callable[[StoreError], None] | None = None
         self._generation = 0  # completed loads; 0: not loaded yet
         self._loading: asyncio.Lock | None = None
 
@@ -144,48 +152,64 @@ class RedisStore:
 
     def _queue(self, script: "_Script", keys: list[str], args: list) -> None:
         self._pending.append((script, keys, args))
+        self._arm()
+
+    def _arm(self) -> None:
         if self._flush is None:
             self._flush = asyncio.get_running_loop().call_later(SETTLE_DELAY_S, self._flush_soon)
 
     def _flush_soon(self) -> None:
         self._flush = None
-        if self._pending:
+        self._written.clear()
+        if self._pending or self._learns:
             task = asyncio.get_running_loop().create_task(self.flush())
             self._flushing.add(task)
             task.add_done_callback(self._flushing.discard)
 
-    async def flush(self) -> None:
-        """Send queued settles now; lost ones (Redis gone) leave reservations to expire with their windows."""
+    def _take(self) -> list[tuple[_Script, list[str], list]]:
+        """The queued writes, leaving the queue empty (reports arriving from now on queue anew)."""
         pending, self._pending = self._pending, []
+        if self._learns:
+            self._learns = {key: report for key, report in self._learns.items() if report.held}
+        return pending
+
+    def _release(self, key: str, report: _Report) -> None:
+        report.held = False
+        self._written.add(key)
+        self._queue(self._learn, [key], report.args)
+
+    async def flush(self) -> None:
+        """Send queued writes (held reports too) now; lost ones (Redis gone) leave reservations to
+        expire with their windows."""
+        for key, report in self._learns.items():
+            if report.held:
+                self._release(key, report)
+        pending = self._take()
         if not pending:
             return
         try:
-            pipe = self.client.pipeline(transaction=False)
-            for script, keys, args in pending:
-                pipe.evalsha(script.sha, len(keys), *keys, *args)
-            results = await pipe.execute(raise_on_error=False)
-            await self._retry_noscript(pending, results)
-        except _FAILURES:
-            self.dropped_settles += len(pending)
+            await self._retry_noscript(pending, await self._pipeline(pending, self._generation))
+        except _FAILURES as exc:
+            self._lost(len(pending), exc)
+
+    def _lost(self, count: int, exc: Exception) -> None:
+        """``count`` queued writes did not land (Redis did not answer): counted, and reported like
+        any background failure, so the incident is logged as it was when each write was its own call."""
+        self.dropped_writes += count
+        if self.background_failed is not None:
+            self.background_failed(StoreError(f"{type(exc).__name__}: {exc}"))
 
     async def _with_pending(self, script: "_Script", keys: list[str], args: list):
-        """Queued settles first, then this admission, in one pipeline (one round trip)."""
-        pending, self._pending = self._pending, []
+        """Queued writes first, then this admission, in one pipeline (one round trip)."""
+        pending = self._take()
         generation = self._generation
         calls = [*pending, (script, keys, args)]
-        if self._fast is not None:
-            results = await self._fast.execute([_evalsha(*call) for call in calls])
-            missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
-            if missing:  # a restarted or flushed Redis: load the scripts, then once more, same connection
-                await self._load(generation)
-                again = await self._fast.execute([_evalsha(*calls[i]) for i in missing])
-                for i, result in zip(missing, again):
-                    results[i] = result
-        else:
-            pipe = self.client.pipeline(transaction=False)
-            for queued, call_keys, call_args in calls:
-                pipe.evalsha(queued.sha, len(call_keys), *call_keys, *call_args)
-            results = await pipe.execute(raise_on_error=False)
+        try:
+            results = await self._pipeline(calls, generation)
+        except _FAILURES as exc:
+            if pending:
+                self._lost(len(pending), exc)
+            raise
         if isinstance(results[-1], NoScriptError):
             await self._load(generation)
             await self._retry_noscript(pending, results)
@@ -195,12 +219,28 @@ class RedisStore:
         await self._retry_noscript(pending, results)
         return results[-1]
 
+    async def _pipeline(self, calls: list[tuple[_Script, list[str], list]], generation: int) -> list:
+        """Every call's reply in order, error replies as exception instances."""
+        if self._fast is not None:
+            results = await self._fast.execute([_evalsha(*call) for call in calls])
+            missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
+            if missing:  # a restarted or flushed Redis: load the scripts, then once more, same connection
+                await self._load(generation)
+                again = await self._fast.execute([_evalsha(*calls[i]) for i in missing])
+                for i, result in zip(missing, again):
+                    results[i] = result
+            return results
+        pipe = self.client.pipeline(transaction=False)
+        for call in calls:  # not pipe.evalsha: redis-py's Cluster pipeline refuses that method, not the command
+            pipe.execute_command("EVALSHA", call[0].sha, len(call[1]), *call[1], *call[2])
+        return await pipe.execute(raise_on_error=False)
+
     async def _retry_noscript(self, pending: list, results: list) -> None:
         for (script, keys, args), result in zip(pending, results):
             if isinstance(result, NoScriptError):
                 await self._eval(script, keys, args)
-            elif isinstance(result, Exception):
-                self.dropped_settles += 1
+            elif isinstance(result, Exception):  # an error reply (a caller's bad amount): Redis is fine
+                self.dropped_writes += 1
 
     async def renew(self, rid: str, buckets: Sequence[Bucket]) -> None:
         await self._each_group(self._renew, rid, buckets, None)
@@ -217,14 +257,27 @@ class RedisStore:
         except _FAILURES as exc:
             raise StoreError(f"{type(exc).__name__}: {exc}") from None
 
-    async def learn(self, bucket: Bucket, windows: Sequence[ProviderWindowState], exhausted_ms: int) -> None:
-        args: list = [exhausted_ms]
-        for w in windows:
-            args += (w.window, w.kind, w.remaining, w.reset_ms)
-        try:
-            await self._eval(self._learn, [bucket.key], args)
-        except _FAILURES as exc:
-            raise StoreError(f"{type(exc).__name__}: {exc}") from None
+    def learn(self, bucket: Bucket, windows: Sequence[ProviderWindowState], exhausted_ms: int) -> None:
+        """Queued like a settle, on a Cluster too: learning costs no round trip of its own.
+
+        A deployment's first report since the last ``SETTLE_DELAY_S`` tick rides with the next
+        admission (which already obeys it); later ones in the same tick are held and go out with
+        the tick, so a busy replica writes a deployment's word at most once a tick, not once a
+        response (a response-sized write each time was a third of the Redis work per request). A
+        report arriving while another is unsent merges into it (newer windows replace older ones,
+        the longer exhaustion wins); one that blocks the deployment (a 429) is never held."""
+        report = self._learns.get(bucket.key)
+        if report is None:
+            report = self._learns[bucket.key] = _Report({w.window: w for w in windows}, exhausted_ms)
+            if exhausted_ms == 0 and bucket.key in self._written:
+                report.held = True
+                self._arm()
+            else:
+                self._release(bucket.key, report)
+            return
+        report.merge(windows, exhausted_ms)
+        if exhausted_ms > 0 and report.held:
+            self._release(bucket.key, report)
 
     async def reserve_spend(self, keys: Sequence[str], hard: Sequence[int], amount: int,
                             expire_at_ms: Sequence[int]) -> SpendResult:
@@ -266,6 +319,28 @@ class RedisStore:
         if self._fast is not None:
             await self._fast.aclose()
         await self.client.aclose()
+
+
+class _Report:
+    """One deployment's unsent provider report; ``args`` is LEARN's ARGV, rebuilt in place on a merge."""
+
+    __slots__ = ("args", "held", "windows")
+
+    def __init__(self, windows: dict[str, ProviderWindowState], exhausted_ms: int) -> None:
+        self.windows = windows
+        self.args: list = []
+        self.held = False
+        self._build(exhausted_ms)
+
+    def merge(self, windows: Sequence[ProviderWindowState], exhausted_ms: int) -> None:
+        self.windows.update((w.window, w) for w in windows)
+        self._build(max(self.args[0], exhausted_ms))
+
+    def _build(self, exhausted_ms: int) -> None:
+        args: list = [exhausted_ms]
+        for w in self.windows.values():
+            args += (w.window, w.kind, w.remaining, w.reset_ms)
+        self.args[:] = args
 
 
 class _Script:

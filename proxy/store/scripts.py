@@ -1,7 +1,9 @@
 """Lua scripts run by RedisStore; the in-memory store (memory.py) mirrors them line for line.
 
 Time comes from the Redis server (TIME), so replicas with skewed clocks share one timeline.
-Buckets are passed as KEYS (token windows take two: the log and its amounts hash); ARGV is
+Buckets are passed as KEYS (token windows take two: the log and its amounts hash, and so does
+a counted request window 'm', which is the count of its token window's entries, always sent
+in the same call as that token window); ARGV is
 ``rid``, the bucket specs as one string ``kind:limit:span_ms|...`` (few arguments are cheap to
 send) and the request's tokens: token and provider buckets take that many, the rest take 1.
 
@@ -41,7 +43,7 @@ for kind, limit, span in string.gmatch(ARGV[2], '(%a):(%d+):(%d+)') do
   kinds[n] = kind; limits[n] = tonumber(limit); spans[n] = tonumber(span)
   if kind == 't' or kind == 'p' then amounts[n] = tokens else amounts[n] = 1 end
   logs[n] = KEYS[ki]; ki = ki + 1
-  if kind == 't' then hashes[n] = KEYS[ki]; ki = ki + 1 end
+  if kind == 't' or kind == 'm' then hashes[n] = KEYS[ki]; ki = ki + 1 end
 end
 """
 
@@ -52,6 +54,8 @@ for i = 1, n do
 end
 
 -- Drop entries older than the window; return what is left in use.
+local trimmed, firsts = {}, {}  -- token logs already trimmed in this call; their oldest entry's time
+local kept_until = {}  -- a token window's '_x': when its log and hash expire (refreshed only when near)
 local function used_in(i)
   local kind, key = kinds[i], logs[i]
   if kind == 'n' then
@@ -61,8 +65,9 @@ local function used_in(i)
     redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
     return redis.call('ZCARD', key)
   end
+  -- a token log (for 'm' the one its token window shares): whichever comes first drops the old entries
   local freed = 0
-  while true do
+  while not trimmed[key] do
     local old = redis.call('ZRANGEBYSCORE', key, '-inf', now - spans[i], 'LIMIT', 0, 256)
     if #old == 0 then break end
     local amts = redis.call('HMGET', hashes[i], unpack(old))
@@ -70,8 +75,15 @@ local function used_in(i)
     redis.call('HDEL', hashes[i], unpack(old))
     redis.call('ZREM', key, unpack(old))
   end
+  trimmed[key] = true
+  if kind == 'm' then
+    if freed > 0 then redis.call('HINCRBY', hashes[i], '_t', -freed) end
+    return redis.call('ZCARD', key)
+  end
+  local state = redis.call('HMGET', hashes[i], '_t', '_x')
+  kept_until[i] = tonumber(state[2] or '0')
   if freed > 0 then return redis.call('HINCRBY', hashes[i], '_t', -freed) end
-  return tonumber(redis.call('HGET', hashes[i], '_t') or '0')
+  return tonumber(state[1] or '0')
 end
 
 -- Milliseconds until enough old entries leave the window for amount to fit.
@@ -81,7 +93,7 @@ local function wait_for(i, used)
   if kind == 'c' then
     local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
     return math.max(1, math.min(1000, tonumber(first[2]) - now))
-  elseif kind == 'n' then
+  elseif kind == 'n' or kind == 'm' then
     local entry = redis.call('ZRANGE', key, used - limit, used - limit, 'WITHSCORES')
     return math.max(1, tonumber(entry[2]) + spans[i] - now)
   end
@@ -145,23 +157,35 @@ for i = 1, n do
       end
     end
     out[#out + 1] = -1; out[#out + 1] = -1
+  elseif kind == 'm' then
+    out[#out + 1] = limits[i] - used[i] - 1; out[#out + 1] = 0  -- its reset: its token window's, below
   else
     local score = now
     if kind == 'c' then score = now + spans[i] end
     redis.call('ZADD', key, score, rid)
-    redis.call('PEXPIRE', key, spans[i] + 1000)
-    if kind == 't' then
+    if kind ~= 't' then
+      redis.call('PEXPIRE', key, spans[i] + 1000)
+    elseif kept_until[i] >= now + spans[i] + 1000 then  -- both keys outlive this entry's window already
       redis.call('HSET', hashes[i], rid, amounts[i])
       redis.call('HINCRBY', hashes[i], '_t', amounts[i])
-      redis.call('PEXPIRE', hashes[i], spans[i] + 1000)
+    else  -- twice the window, so this happens about once a window rather than once a request
+      local ttl = 2 * spans[i] + 1000
+      redis.call('HSET', hashes[i], rid, amounts[i], '_x', now + ttl)
+      redis.call('HINCRBY', hashes[i], '_t', amounts[i])
+      redis.call('PEXPIRE', key, ttl)
+      redis.call('PEXPIRE', hashes[i], ttl)
     end
     local reset = 0
     if kind ~= 'c' then
       local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-      reset = math.max(0, tonumber(first[2]) + spans[i] - now)
+      firsts[key] = tonumber(first[2])
+      reset = math.max(0, firsts[key] + spans[i] - now)
     end
     out[#out + 1] = limits[i] - used[i] - amounts[i]; out[#out + 1] = reset
   end
+end
+for i = 1, n do
+  if kinds[i] == 'm' then out[2 * i + 2] = math.max(0, firsts[logs[i]] + spans[i] - now) end
 end
 return out
 """

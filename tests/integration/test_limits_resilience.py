@@ -1,6 +1,7 @@
 """Redis trouble and crashed replicas: fail-open / fail-closed, recovery, lease expiry."""
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import os
@@ -13,6 +14,8 @@ import uuid
 import httpx
 import orjson
 
+from proxy.config.loader import parse_policy
+from proxy.limits.limiter import Limiter
 from tests.redis_support import RedisServer, free_port
 from tests.support import proxy_from_yaml
 
@@ -210,3 +213,28 @@ def test_a_killed_replicas_concurrency_slot_expires_with_its_lease(tmp_path, gpu
             assert held.status_code == 429  # the dead replica's slot is still leased
             time.sleep(1.6)
             assert post(survivor.url).status_code == 200  # ... until the lease runs out
+
+
+def test_a_provider_report_lost_with_redis_is_logged_as_the_incident_never_raised(caplog):
+    """Learning no longer has a call of its own: when the queued write is lost, the failover
+    still hears of it (counted, logged) and no request sees an error."""
+
+    async def main(server: RedisServer) -> None:
+        text, suffix = policy(server.url, "http://127.0.0.1:9")
+        limiter = Limiter.from_policy(parse_policy(text))
+        ticket = limiter.borrow(f"team-{suffix}", 10, 5)
+        await ticket.admit(f"wafer-{suffix}")
+        limiter.give_back(ticket, 12)
+        server.stop()
+        limiter.learner.learn(f"wafer-{suffix}", 200, [(b"x-ratelimit-remaining-requests", b"5"),
+                                                         (b"x-ratelimit-limit-requests", b"10"),
+                                                         (b"x-ratelimit-reset-requests", b"30s")])
+        await asyncio.sleep(0.05)  # the settle tasks run; the queue waits for its tick
+        await limiter.store.flush()
+        assert limiter.store.dropped_writes == 2  # the settle and the report
+        assert limiter.stats.store_errors == 1
+        await limiter.aclose()
+
+    with caplog.at_level(logging.WARNING, logger="laneway.limits"), RedisServer() as server:
+        asyncio.run(main(server))
+    assert any("rate-limit store unreachable" in r.getMessage() for r in caplog.records)

@@ -10,11 +10,11 @@ import uuid
 
 import pytest
 
-from proxy.store.base import CONCURRENCY, PROVIDER, REQUESTS, TOKENS, Bucket, ProviderWindowState, bucket_amounts
+from proxy.store.base import CONCURRENCY, COUNTED, PROVIDER, REQUESTS, TOKENS, Bucket, ProviderWindowState, StoreError, bucket_amounts
 from proxy.store.connect import Target
 from proxy.store.memory import MemoryStore
-from proxy.store.redis_store import RedisStore
-from tests.redis_support import redis_cluster, redis_server  # noqa: F401  (fixtures)
+from proxy.store.redis_store import SETTLE_DELAY_S, RedisStore
+from tests.redis_support import RedisServer, redis_cluster, redis_server  # noqa: F401  (fixtures)
 
 
 def run(coro):
@@ -161,14 +161,14 @@ def test_provider_word_refuses_until_its_reset_and_is_debited_between_reports(ma
         owner = uuid.uuid4().hex[:8]
         prov = Bucket(f"lw:{{d:{owner}}}:prov", PROVIDER, 0, 0, "deployment", owner, "provider")
         windows = [ProviderWindowState("requests", "requests", 2, 400), ProviderWindowState("tokens-minute", "tokens", 1000, 400)]
-        await store.learn(prov, windows, 0)
+        store.learn(prov, windows, 0)
         assert (await store.admit("a", [prov], [100])).admitted
         assert (await store.admit("b", [prov], [100])).admitted
         refused = await store.admit("c", [prov], [100])  # provider said 2 requests left; both used
         assert not refused.admitted and 0 < refused.retry_ms <= 400
         await asyncio.sleep(0.45)
         assert (await store.admit("d", [prov], [100])).admitted  # its window reset
-        await store.learn(prov, [ProviderWindowState("tokens-minute", "tokens", 50, 5000)], 0)
+        store.learn(prov, [ProviderWindowState("tokens-minute", "tokens", 50, 5000)], 0)
         assert not (await store.admit("e", [prov], [100])).admitted  # 50 tokens left < 100
         await store.aclose()
 
@@ -180,7 +180,7 @@ def test_upstream_429_marks_the_deployment_exhausted(make_store):
         store = make_store()
         owner = uuid.uuid4().hex[:8]
         prov = Bucket(f"lw:{{d:{owner}}}:prov", PROVIDER, 0, 0, "deployment", owner, "provider")
-        await store.learn(prov, [], 300)
+        store.learn(prov, [], 300)
         result = await store.admit("a", [prov], [1])
         assert not result.admitted and 200 < result.retry_ms <= 300
         await asyncio.sleep(0.35)
@@ -255,3 +255,183 @@ def test_queued_settles_go_out_on_their_own_without_another_admission(redis_serv
         await store.aclose()
 
     run(main())
+
+
+def reads(server: RedisServer) -> int:
+    """Socket reads the server has processed: one per round trip (a pipeline arrives in one)."""
+    info = server.cli("INFO", "stats")
+    return int(next(line for line in info.splitlines() if line.startswith("total_reads_processed:")).split(":")[1])
+
+
+def evalsha_calls(server: RedisServer) -> int:
+    info = server.cli("INFO", "commandstats")
+    line = next((line for line in info.splitlines() if line.startswith("cmdstat_evalsha:")), "cmdstat_evalsha:calls=0,")
+    return int(line.split("calls=")[1].split(",")[0])
+
+
+def provider_bucket_for(owner: str) -> Bucket:
+    return Bucket(f"lw:{{d:{owner}}}:prov", PROVIDER, 0, 0, "deployment", owner, "provider")
+
+
+def test_a_provider_report_costs_no_round_trip_of_its_own():
+    """Learning rides in the next admission's pipeline, ahead of it, so that admission already obeys it."""
+
+    async def main(server: RedisServer):
+        store = RedisStore(Target(server.url, timeout_s=0.5))
+        prov = provider_bucket_for(uuid.uuid4().hex[:8])
+        assert (await store.admit("warm", [prov], [1])).admitted  # scripts loaded, connection open
+        before = reads(server)
+        idle = reads(server) - before  # what reading the counter costs by itself
+        before += idle
+        store.learn(prov, [ProviderWindowState("requests", "requests", 0, 5000)], 0)
+        refused = await store.admit("a", [prov], [1])
+        assert reads(server) - before == idle + 1  # report and admission: one round trip
+        assert not refused.admitted and 4000 < refused.retry_ms <= 5000
+        await store.aclose()
+
+    with RedisServer() as server:
+        run(main(server))
+
+
+@pytest.mark.parametrize("kind", ["redis", "cluster"])
+def test_another_replica_sees_a_report_though_the_replica_that_learnt_it_admits_nothing(kind, request):
+    """The queued report goes out on its own within SETTLE_DELAY_S: what one replica learnt reaches the others."""
+    server = request.getfixturevalue("redis_server" if kind == "redis" else "redis_cluster")
+    target = Target(server.url, cluster=kind == "cluster", timeout_s=0.5)
+
+    async def main():
+        learnt, other = RedisStore(target), RedisStore(target)
+        prov = provider_bucket_for(uuid.uuid4().hex[:8])
+        assert (await other.admit("first", [prov], [10])).admitted
+        learnt.learn(prov, [ProviderWindowState("tokens-minute", "tokens", 5, 5000)], 0)
+        await asyncio.sleep(0.1)
+        refused = await other.admit("second", [prov], [10])  # the provider has 5 tokens left, it needs 10
+        assert not refused.admitted and 4000 < refused.retry_ms <= 5000
+        await learnt.aclose()
+        await other.aclose()
+
+    run(main())
+
+
+def test_reports_queued_together_merge_into_one_write():
+    """Many responses between two admissions: one write, the newest word per window, the longest 429 block."""
+
+    async def main(server: RedisServer):
+        store = RedisStore(Target(server.url, timeout_s=0.5))
+        prov = provider_bucket_for(uuid.uuid4().hex[:8])
+        assert (await store.admit("warm", [prov], [1])).admitted
+        calls = evalsha_calls(server)
+        store.learn(prov, [ProviderWindowState("requests", "requests", 9, 60_000), ProviderWindowState("tokens", "tokens", 900, 60_000)], 700)
+        store.learn(prov, [ProviderWindowState("requests", "requests", 7, 60_000)], 0)
+        await store.flush()
+        assert evalsha_calls(server) - calls == 1
+        assert server.cli("HGET", prov.key, "requests:r") == "7"  # the newer report's figure
+        assert server.cli("HGET", prov.key, "tokens:r") == "900"  # the older report's other window is kept
+        refused = await store.admit("a", [prov], [1])
+        assert not refused.admitted and 500 < refused.retry_ms <= 700  # the first report's 429 still blocks
+        await store.aclose()
+
+    with RedisServer() as server:
+        run(main(server))
+
+
+def test_queued_writes_lost_with_redis_are_counted_and_reported_never_raised():
+    async def main(server: RedisServer):
+        store = RedisStore(Target(server.url, timeout_s=0.2))
+        failures: list[StoreError] = []
+        store.background_failed = failures.append
+        buckets = scope([(TOKENS, 100, 60_000)])
+        prov = provider_bucket_for(uuid.uuid4().hex[:8])
+        assert (await store.admit("a", buckets, [60])).admitted
+        await store.settle("a", buckets, 10)
+        store.learn(prov, [ProviderWindowState("requests", "requests", 3, 5000)], 0)
+        server.stop()
+        await store.flush()  # the timer's path: Redis is gone
+        assert store.dropped_writes == 2 and len(failures) == 1
+        store.learn(provider_bucket_for(uuid.uuid4().hex[:8]), [ProviderWindowState("requests", "requests", 2, 5000)], 0)
+        with pytest.raises(StoreError):  # the admission's own failure is the caller's to handle
+            await store.admit("b", buckets, [1])
+        assert store.dropped_writes == 3 and len(failures) == 2  # the report that rode with it is not lost silently
+        await store.aclose()
+
+    with RedisServer() as server:
+        run(main(server))
+
+
+def test_a_busy_replica_writes_a_deployments_word_once_a_tick_and_a_429_at_once():
+    """Reports after the tick's first are held for the tick (merged), not sent with every admission;
+    a report that blocks the deployment is never held."""
+
+    async def main(server: RedisServer):
+        store = RedisStore(Target(server.url, timeout_s=0.5))
+        prov = provider_bucket_for(uuid.uuid4().hex[:8])
+        assert (await store.admit("warm", [prov], [1])).admitted
+        calls = evalsha_calls(server)
+        store.learn(prov, [ProviderWindowState("requests", "requests", 50, 60_000)], 0)
+        assert (await store.admit("a", [prov], [1])).admitted  # the tick's first report rode with it
+        assert server.cli("HGET", prov.key, "requests:r") == "49"
+        for left in (40, 30, 20):  # three more answers within the tick
+            store.learn(prov, [ProviderWindowState("requests", "requests", left, 60_000)], 0)
+            assert (await store.admit(f"b{left}", [prov], [1])).admitted
+        assert evalsha_calls(server) - calls == 5  # four admissions, one report
+        await asyncio.sleep(SETTLE_DELAY_S * 3)
+        assert server.cli("HGET", prov.key, "requests:r") == "20"  # the newest word landed with the tick
+        assert evalsha_calls(server) - calls == 6
+        store.learn(prov, [ProviderWindowState("requests", "requests", 10, 60_000)], 0)  # the new tick's first
+        await store.admit("c", [prov], [1])
+        store.learn(prov, [ProviderWindowState("requests", "requests", 5, 60_000)], 800)  # a 429 in the same tick
+        refused = await store.admit("d", [prov], [1])
+        assert not refused.admitted and 600 < refused.retry_ms <= 800
+        await store.aclose()
+
+    with RedisServer() as server:
+        run(main(server))
+
+
+def test_a_request_window_beside_a_token_window_counts_its_entries_exactly(make_store):
+    """rpm beside tpm (COUNTED): no log of its own, yet the same answers as its own log would give."""
+
+    async def main():
+        store = make_store()
+        tag = f"lw:{{t:{uuid.uuid4().hex[:8]}}}"
+        buckets = [Bucket(f"{tag}:tpm", COUNTED, 3, 400, "client", "o", "rpm"), Bucket(f"{tag}:tpm", TOKENS, 1000, 400, "client", "o", "tpm")]
+        admitted = [await store.admit(rid, buckets, [1, 10]) for rid in "abc"]
+        assert [r.remaining for r in admitted] == [[2, 990], [1, 980], [0, 970]]
+        assert all(0 < reset <= 400 for r in admitted for reset in r.reset_ms)
+        refused = await store.admit("d", buckets, [1, 10])
+        assert refused.refused == 0 and 0 < refused.retry_ms <= 400
+        await store.settle("b", buckets, None)  # undone: neither a request nor tokens any more
+        assert (await store.admit("d", buckets, [1, 10])).remaining == [0, 970]
+        await store.settle("a", buckets, 0)  # settled with no tokens: still a request in the window
+        assert (await store.admit("e", buckets, [1, 10])).refused == 0
+        assert (await store.admit("f", buckets, [1, 10])).refused == 0
+        await asyncio.sleep(0.45)  # the window passes: its entries, counted and tokens, all leave
+        assert (await store.admit("g", buckets, [1, 10])).remaining == [2, 990]
+        big = await store.admit("h", buckets, [1, 995])
+        assert big.refused == 1 and 0 < big.retry_ms <= 400  # the token window still refuses on its own
+        await store.aclose()
+
+    run(main())
+
+
+def test_a_token_window_outlives_its_entries_with_one_expiry_refresh_a_window():
+    """The log and its amounts hash always outlive the newest entry's window, but are not
+    re-expired on every admission (that was two calls of every request's admission)."""
+
+    async def main(server: RedisServer):
+        store = RedisStore(Target(server.url, timeout_s=0.5))
+        buckets = scope([(TOKENS, 1_000_000, 400)])
+        log, amounts = buckets[0].key, buckets[0].amounts_key
+        assert (await store.admit("a", buckets, [10])).admitted
+        ttls = [int(server.cli("PTTL", key)) for key in (log, amounts)]
+        assert all(1600 < ttl <= 1800 for ttl in ttls)  # twice the window and a second
+        await asyncio.sleep(0.1)
+        assert (await store.admit("b", buckets, [10])).admitted
+        assert all(int(server.cli("PTTL", key)) < ttl - 50 for key, ttl in zip((log, amounts), ttls))  # not refreshed
+        await asyncio.sleep(0.5)  # less than a window plus a second is left: the next admission refreshes both
+        assert (await store.admit("c", buckets, [10])).remaining == [999_990]  # a and b left with their window
+        assert all(int(server.cli("PTTL", key)) > 1600 for key in (log, amounts))
+        await store.aclose()
+
+    with RedisServer() as server:
+        run(main(server))
