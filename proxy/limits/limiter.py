@@ -24,10 +24,10 @@ from proxy.call import DEFAULT_OUTPUT_TOKENS, UpstreamError
 from proxy.config.schema import Policy, StoreSettings
 from proxy.errors import ClientLimited
 from proxy.limits.buckets import limit_buckets, provider_bucket
-from proxy.limits.failover import Failover
 from proxy.limits.headroom import Headroom, HeadroomLearner
 from proxy.limits.provider_headers import ProviderWindow
 from proxy.store.base import CONCURRENCY, COUNTED, REQUESTS, TOKENS, AdmitResult, AmountError, Bucket, ProviderWindowState, Store, StoreError, bucket_amounts
+from proxy.store.failover import Failover
 from proxy.store.memory import MemoryStore
 
 log = logging.getLogger("laneway.limits")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -20,12 +19,13 @@ from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
 from proxy.call import ModelRequest, Outcome
 from proxy.config.schema import Budget, Deployment, Policy
-from proxy.errors import BudgetExceeded, StoreUnavailable
+from proxy.errors import BudgetExceeded
 from proxy.pricing.catalogue import active
 from proxy.pricing.ledger import UsageRow
 from proxy.pricing.reports import hour_start
 from proxy.pricing.schedules import Tokens, cost
 from proxy.store.base import Store, StoreError
+from proxy.store.failover import Failover
 from proxy.store.memory import MemoryStore
 
 log = logging.getLogger("laneway")
@@ -35,7 +35,6 @@ MICRO = Decimal(1_000_000)
 # One hash tag for every counter: a request's key and team counters are reserved in one script
 # call, which Redis Cluster allows only within one slot.
 COUNTER_PREFIX = "laneway:budget:{lw-budget}:"
-_RETRY_STORE_S = 1.0  # after a store error, fail-open counts locally this long before trying Redis again
 
 
 def micros(usd: Decimal) -> int:
@@ -88,13 +87,13 @@ class Budgets:
     def __init__(self, policy: Policy) -> None:
         self.store: Store = MemoryStore()
         self.fallback = MemoryStore()
-        self.fail_closed = False
-        self._down_until = 0.0                              # monotonic; fail-open counts locally until then
+        self.failover = self._failover("fail_open")
         self._seen: dict[tuple[str, str, str], int] = {}    # (scope, name, period) -> micro-USD at our last look
         self._tasks: set[asyncio.Task] = set()
         self.refusals = 0
         self.soft_reroutes = 0
         self.store_errors = 0
+        self.local_admissions = 0  # reservations this replica counted alone while the store was down
         self.use_policy(policy)
 
     def use_policy(self, policy: Policy) -> None:
@@ -106,7 +105,11 @@ class Budgets:
     def use_store(self, store: Store, on_store_error: str) -> None:
         """Count spend in the rate limiter's store (shared with the other replicas when it is Redis)."""
         self.store = store
-        self.fail_closed = on_store_error == "fail_closed"
+        self.failover = self._failover(on_store_error)
+
+    def _failover(self, on_store_error: str) -> Failover:
+        return Failover(on_store_error, self.store, self.fallback, self, name="budget", subject="Budgets",
+                        code="budget_store_unavailable")
 
     def applies(self, key: str, team: str | None) -> bool:
         return self.enabled and (key in self.by_key or (team is not None and team in self.by_team))
@@ -155,12 +158,17 @@ class Budgets:
         keys = [c.key for c in counters]
         hard = [-1 if c.hard is None else limit_micros(c.hard) for c in counters]
         expiry = [c.expiry_ms for c in counters]
-        store = self.fallback if time.monotonic() < self._down_until else self.store
+        store = self.failover.choose()
         try:
             result = await store.reserve_spend(keys, hard, amount, expiry)
         except StoreError as exc:
-            store = self._store_failed(exc)
+            self.failover.failed(exc)  # fail_closed: raises StoreUnavailable
+            store = self.fallback
             result = await store.reserve_spend(keys, hard, amount, expiry)
+        if store is self.fallback:
+            self.failover.admitted_locally()
+        else:
+            self.failover.answered()
         if not result.admitted:
             self.refusals += 1
             counter = counters[result.refused]
@@ -189,7 +197,7 @@ class Budgets:
             if actual != hold.amount:
                 self._adjust(hold.store, hold.counters, actual - hold.amount)
         elif actual:
-            store = self.fallback if time.monotonic() < self._down_until else self.store
+            store = self.fallback if self.failover.serving_locally else self.store
             self._adjust(store, self.counters(outcome.key_name, outcome.team, datetime.now(timezone.utc)), actual)
 
     def _cost(self, outcome: Outcome) -> int:
@@ -217,17 +225,8 @@ class Budgets:
         try:
             await call
         except StoreError as exc:  # the reservation stays counted: budgets err on the side of refusing
-            self.store_errors += 1
+            self.failover.background_failed(exc)
             log.warning("budgets: cannot reconcile a reservation (%s)", exc)
-
-    def _store_failed(self, exc: StoreError) -> Store:
-        self.store_errors += 1
-        if self.fail_closed:
-            raise StoreUnavailable.refusing("Budgets", "budget_store_unavailable")
-        log.warning("budgets: limit store unreachable (%s); counting this replica's spend locally for %.0fs",
-                    exc, _RETRY_STORE_S)
-        self._down_until = time.monotonic() + _RETRY_STORE_S
-        return self.fallback
 
     async def seed(self, rows: Iterable[UsageRow], provider_of, now: datetime) -> None:
         """This month's spend from the ledger, for counters nobody has written yet (first start

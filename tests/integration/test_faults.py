@@ -24,7 +24,7 @@ import redis
 import websockets
 from redis.cluster import RedisCluster as ClusterClient
 
-from proxy.limits.failover import RETRY_STORE_S
+from proxy.store.failover import RETRY_STORE_S
 from proxy.pricing.ledger import SEP
 from proxy.store.usage import hour_key
 from tests.redis_support import RedisCluster, RedisServer

@@ -1,4 +1,4 @@
-"""What the limiter does while its shared store cannot answer: ``store.on_store_error``.
+"""What the limiter and the budgets do while their shared store cannot answer: ``store.on_store_error``.
 
 Only an outage comes here: a refused or failed connect, a dropped connection, a store that
 stayed silent past ``timeout_ms``. A reply that is late because many calls are queued ahead of
@@ -12,6 +12,9 @@ it is back-pressure and is waited for (proxy/store/resp.py).
   local, then one call tries the shared store again while the others stay local, until it
   answers. Every local admission is counted and logged: a line each time the store is tried
   again in vain, and the incident's total when it ends.
+
+The limiter and the budgets each hold one ``Failover`` on the same store (``name`` and
+``subject`` say which in the log lines and the refusal), so an outage is handled the same way for both.
 """
 from __future__ import annotations
 
@@ -37,8 +40,12 @@ class Counters(Protocol):
 class Failover:
     """Chooses the store for each admission and keeps the incident's log lines and counts."""
 
-    def __init__(self, mode: str, shared: Store, local: Store, counters: Counters) -> None:
+    def __init__(self, mode: str, shared: Store, local: Store, counters: Counters, *, name: str = "rate-limit",
+                 subject: str = "Rate limits", code: str = "rate_limit_store_unavailable") -> None:
         self.closed = mode == "fail_closed"
+        self.name = name          # in the log lines: "<name> store unreachable ..."
+        self.subject = subject    # in the refusal: "<subject> cannot be checked right now ..."
+        self.code = code
         self.shared = shared
         self.local = local
         self.counters = counters
@@ -65,11 +72,11 @@ class Failover:
         self.counters.store_errors += 1
         self._begin(exc)
         if self.closed:
-            raise StoreUnavailable.refusing("Rate limits", "rate_limit_store_unavailable")
+            raise StoreUnavailable.refusing(self.subject, self.code)
         now = time.monotonic()
         if self._local_since_line and now >= self._logged_at + RETRY_STORE_S:
-            log.warning("rate-limit store: still no answer (%s); %d requests admitted with per-replica limits since the last line",
-                        exc, self._local_since_line)
+            log.warning("%s store: still no answer (%s); %d requests admitted with per-replica limits since the last line",
+                        self.name, exc, self._local_since_line)
             self._local_since_line = 0
             self._logged_at = now
         self.serving_locally = True
@@ -90,8 +97,8 @@ class Failover:
         """The shared store answered an admission: an incident, if any, is over."""
         if self._since is None:
             return
-        log.warning("rate-limit store is reachable again after %.1fs; shared limits resume (%d requests were admitted "
-                    "with per-replica limits meanwhile)", time.monotonic() - self._since, self._local_in_incident)
+        log.warning("%s store is reachable again after %.1fs; shared limits resume (%d requests were admitted "
+                    "with per-replica limits meanwhile)", self.name, time.monotonic() - self._since, self._local_in_incident)
         self._since = None
         self.serving_locally = False
         self._local_since_line = self._local_in_incident = 0
@@ -100,4 +107,4 @@ class Failover:
         if self._since is None:
             self._since = self._logged_at = time.monotonic()
             mode = "refusing requests" if self.closed else "serving with per-replica limits"
-            log.warning("rate-limit store unreachable (%s); %s until it is back", exc, mode)
+            log.warning("%s store unreachable (%s); %s until it is back", self.name, exc, mode)

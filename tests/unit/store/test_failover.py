@@ -1,4 +1,4 @@
-"""proxy/limits/failover.py: which store answers an admission while the shared one is down."""
+"""proxy/store/failover.py: which store answers an admission while the shared one is down."""
 from __future__ import annotations
 
 import logging
@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import pytest
 
 from proxy.errors import StoreUnavailable
-from proxy.limits import failover
-from proxy.limits.failover import RETRY_STORE_S, Failover
+from proxy.store import failover
 from proxy.store.base import StoreError
+from proxy.store.failover import RETRY_STORE_S, Failover
 
 SHARED, LOCAL = object(), object()
 
@@ -108,3 +108,13 @@ def test_background_failures_count_and_open_the_incident_without_changing_admiss
     open_ = Failover("fail_open", SHARED, LOCAL, Counts())
     open_.background_failed(StoreError("settle lost"))
     assert open_.choose() is SHARED and not open_.serving_locally
+
+
+def test_the_budgets_failover_names_itself_in_its_refusal_and_its_lines(clock: Clock, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, "laneway.limits")
+    closed = Failover("fail_closed", SHARED, LOCAL, Counts(), name="budget", subject="Budgets",
+                      code="budget_store_unavailable")
+    with pytest.raises(StoreUnavailable) as info:
+        closed.failed(StoreError("refused"))
+    assert info.value.code == "budget_store_unavailable" and info.value.message.startswith("Budgets cannot be checked")
+    assert caplog.records[-1].getMessage().startswith("budget store unreachable")
