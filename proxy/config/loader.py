@@ -144,7 +144,8 @@ PRIORS = Spec(
     {"ttft_ms": Field(positive_float), "tokens_per_s": Field(positive_float), "concurrency": Field(positive_int)},
     Priors,
 )
-LEARNING = Spec({"half_life_s": Field(positive_float), "probe_interval_s": Field(_non_negative)}, Learning)
+LEARNING = Spec({"half_life_s": Field(positive_float), "probe_interval_s": Field(_non_negative),
+                 "idle_probe_s": Field(_non_negative)}, Learning)
 BREAKER = Spec(
     {"failures": Field(positive_int), "cooldown_s": Field(positive_float), "half_open_probes": Field(positive_int)},
     BreakerSettings,

@@ -55,6 +55,7 @@ class Learning:
 
     half_life_s: float = 30.0     # an old measurement's weight halves this often
     probe_interval_s: float = 3.0  # a lane demoted by its measurements gets one request this often (0: never)
+    idle_probe_s: float = 10.0     # ... and, with no client request to send it, a 1-token probe this often (0: never)
 
 
 @dataclass(frozen=True, slots=True)

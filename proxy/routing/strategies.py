@@ -23,9 +23,7 @@ from proxy.pricing import price_of
 from proxy.routing.capability import explain, unable, wants_deep_reasoning
 from proxy.routing.hints import Hints
 from proxy.routing.live import RoutingState
-
-# A lane is probed when what was measured predicts it this many times slower than its priors do.
-PROBE_WHEN_SLOWER = 2.0
+from proxy.routing.stats import PROBE_WHEN_SLOWER
 
 
 class Prediction:

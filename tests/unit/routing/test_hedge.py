@@ -40,13 +40,6 @@ def sims():
 
 
 @pytest.fixture
-def loop():
-    loop = asyncio.new_event_loop()
-    yield loop
-    loop.close()
-
-
-@pytest.fixture
 def router(sims, loop):
     late, quick = sims
     for server in sims:
