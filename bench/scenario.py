@@ -25,11 +25,15 @@ and an oracle row: the best assignment of the same requests to the same lanes, c
 offline with full knowledge of lane speeds, quotas and the degradation (no proxy overhead).
 
     .venv/bin/python bench/scenario.py [--seed 7] [--duration 60] [--mix coding] [--dialect openai]
-                                       [--declared] [--degrade 20:50]
+                                       [--declared] [--degrade 20:50] [--trace latency]
+                                       [--reserve 0.8:2200] [--hedge-ms 0] [--slo-ms 3000]
+                                       [--half-life 30] [--probe-interval 3] [--idle-probe 10]
 
 Prints one table (client-visible 429s and other errors, spills, fallbacks, share served by
 the fast lane, the longest the fast lane went unused, p50/p95 completion time, spend at the
-policy's `prices:`) and a summary line.
+policy's `prices:`) with the two offline rows (the oracle for p95; the cheapest assignment in
+which every turn that can meets the cost route's SLO), then one MET / NOT MET line per goal of
+issue 13; `--trace NAME` adds every request of one strategy beside the oracle's choice.
 """
 from __future__ import annotations
 
@@ -53,7 +57,6 @@ PRICES = {"wafer": (1.0, 4.0), "gpu": (0.5, 2.0)}  # USD per million input / out
 LANES = {"wafer": (0.06, 1500.0), "gpu": (0.4, 80.0)}
 WAFER_RPM, WAFER_TPM, WAFER_RPD = 30, 60_000, 14_400
 DEGRADED_TTFT_S = 3.0
-COST_SLO_S = 3.0  # the cost route's SLO (total_ms at p95) in STRATEGIES
 
 POLICY = """\
 version: 1
@@ -65,6 +68,7 @@ deployments:
     base_url: http://127.0.0.1:{wafer_port}/v1
     hardware: wafer
     priors: {{ttft_ms: 60, tokens_per_s: 1500}}
+    learning: {{{learning}}}
 {wafer_limits}  - name: gpu
     provider: openai
     model: sim-gpu
@@ -82,10 +86,10 @@ routes:
 {route}"""
 
 STRATEGIES = {
-    "latency": "    strategy: latency\n    spill: {reserve_fraction: 0.8, reserve_min_gain_ms: 2200}\n",
-    "cost": "    strategy: cost\n    slo: {total_ms: 3000, percentile: 95}\n",
-    "round-robin": "    strategy: weighted\n    weights: {wafer: 1, gpu: 1}\n",
-    "429-fallback": "    strategy: fallback\n    spill: {min_requests: 0}\n",
+    "latency": "    strategy: latency\n    spill: {{reserve_fraction: {reserve_fraction}, reserve_min_gain_ms: {reserve_gain_ms}}}\n{hedge}",
+    "cost": "    strategy: cost\n    slo: {{total_ms: {slo_ms}, percentile: 95}}\n",
+    "round-robin": "    strategy: weighted\n    weights: {{wafer: 1, gpu: 1}}\n",
+    "429-fallback": "    strategy: fallback\n    spill: {{min_requests: 0}}\n",
 }
 WORDS = "def class return import self async await yield lambda value index buffer token route lane".split()
 
@@ -243,18 +247,23 @@ def wait_ready(url: str, procs: list[subprocess.Popen], timeout: float = 60) -> 
     raise SystemExit(f"{url} did not come up")
 
 
-def launch(name: str, workdir: Path, dialect: str, declared: bool) -> Lane:
+def launch(name: str, workdir: Path, args: argparse.Namespace) -> Lane:
     wafer_port, gpu_port, port = free_port(), free_port(), free_port()
     sim = [sys.executable, "-m", "proxy.simulate", "--host", "127.0.0.1"]
     policy = workdir / f"{name}.yaml"
-    limits = f"    limits: {{rpm: {WAFER_RPM}, tpm: {WAFER_TPM}, rpd: {WAFER_RPD}}}\n" if declared else ""
+    limits = f"    limits: {{rpm: {WAFER_RPM}, tpm: {WAFER_TPM}, rpd: {WAFER_RPD}}}\n" if args.declared else ""
+    fraction, gain = args.reserve.split(":")
+    route = STRATEGIES[name].format(
+        reserve_fraction=fraction, reserve_gain_ms=gain, slo_ms=args.slo_ms,
+        hedge=f"    hedge: {{after_ms: {args.hedge_ms}}}\n" if args.hedge_ms else "")
+    learning = f"half_life_s: {args.half_life}, probe_interval_s: {args.probe_interval}, idle_probe_s: {args.idle_probe}"
     policy.write_text(POLICY.format(
-        wafer_port=wafer_port, gpu_port=gpu_port, route=STRATEGIES[name], wafer_limits=limits,
+        wafer_port=wafer_port, gpu_port=gpu_port, route=route, wafer_limits=limits, learning=learning,
         wafer_in=PRICES["wafer"][0], wafer_out=PRICES["wafer"][1], gpu_in=PRICES["gpu"][0], gpu_out=PRICES["gpu"][1],
     ))
     lane = Lane(name, port)
     lane.wafer_url = f"http://127.0.0.1:{wafer_port}"
-    quota = ["--rpm", str(WAFER_RPM), "--tpm", str(WAFER_TPM), "--rpd", str(WAFER_RPD), "--dialect", dialect]
+    quota = ["--rpm", str(WAFER_RPM), "--tpm", str(WAFER_TPM), "--rpd", str(WAFER_RPD), "--dialect", args.dialect]
     lane.procs = [
         start(sim + ["--profile", "wafer", "--port", str(wafer_port), *quota]),
         start(sim + ["--profile", "gpu", "--port", str(gpu_port)]),
@@ -351,6 +360,8 @@ def report(lanes: list[Lane], turns: list[Turn], args: argparse.Namespace, degra
           f"{len(turns) - shorts} long); wafer lane {WAFER_RPM} RPM / {WAFER_TPM // 1000}k TPM / {WAFER_RPD} RPD "
           f"({limits}), GPU lane unlimited" + (f"; wafer TTFT x50 from {degraded[0]:g} s to {degraded[1]:g} s" if degraded else "")
           + "\n")
+    print(f"knobs: latency spill.reserve {args.reserve} (fraction:ms), hedge {args.hedge_ms:g} ms; cost slo {args.slo_ms:g} ms; "
+          f"wafer half-life {args.half_life:g} s, probe interval {args.probe_interval:g} s, idle probe {args.idle_probe:g} s\n")
     print("| strategy | client 429s | other errors | spills | fallbacks | on wafer | wafer unused s | p50 s | p95 s | spend USD |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     rows = {}
@@ -361,7 +372,7 @@ def report(lanes: list[Lane], turns: list[Turn], args: argparse.Namespace, degra
             "429": sum(r.status == 429 for r in lane.results),
             "errors": sum(r.status not in (200, 429) for r in lane.results),
             "p50": pct(times, 0.50), "p95": pct(times, 0.95), "results": lane.results,
-            "slo_misses": sum(t > COST_SLO_S for t in times),
+            "slo_misses": sum(t > args.slo_ms / 1000 for t in times),
         }
         wafer = sum(r.deployment == "wafer" for r in ok) / max(1, len(ok))
         print(f"| {lane.name} | {row['429']} | {row['errors']} | {lane.counters.get('spills', 0)} | "
@@ -370,12 +381,13 @@ def report(lanes: list[Lane], turns: list[Turn], args: argparse.Namespace, degra
     measured = {r.turn: r.input_tokens for lane in lanes for r in lane.results if r.status == 200}
     best_times, best_lanes = oracle(turns, degraded)
     oracle_row("oracle", turns, best_times, best_lanes, measured, args.duration)
-    cheap_lanes = cheapest(turns, degraded, COST_SLO_S)
+    slo_s = args.slo_ms / 1000
+    cheap_lanes = cheapest(turns, degraded, slo_s)
     cheap_times = [service_s(lane, t, degraded) for t, lane in zip(turns, cheap_lanes)]
     cheap_spend = oracle_row("cheapest meeting SLO", turns, cheap_times, cheap_lanes, measured, args.duration)
     if args.trace:
         trace(rows[args.trace]["results"], turns, best_times, best_lanes, args.trace)
-    goals(rows, args, degraded, pct(best_times, 0.95), cheap_spend, sum(t > COST_SLO_S for t in cheap_times))
+    goals(rows, args, degraded, pct(best_times, 0.95), cheap_spend, sum(t > slo_s for t in cheap_times))
 
 
 def oracle_row(name: str, turns: list[Turn], times: list[float], lanes: list[str], measured: dict[int, int],
@@ -422,9 +434,10 @@ def goals(rows: dict, args: argparse.Namespace, degraded: tuple[float, float] | 
         line("Cerebras headers, undeclared limits: the fast lane used again within 90 s of a 429", None,
              "needs --dialect cerebras without --declared")
     paid = spend([r for r in cost["results"] if r.status == 200])
-    line(f"cost policy within 5% of the cheapest assignment meeting its {COST_SLO_S:g} s SLO",
+    slo_s = args.slo_ms / 1000
+    line(f"cost policy within 5% of the cheapest assignment meeting its {slo_s:g} s SLO",
          paid <= 1.05 * cheap_spend, f"${paid:.4f} vs ${cheap_spend:.4f}: {paid / cheap_spend - 1:+.1%}; "
-         f"{cost['slo_misses']} of its requests over {COST_SLO_S:g} s, {cheap_misses} in that assignment")
+         f"{cost['slo_misses']} of its requests over {slo_s:g} s, {cheap_misses} in that assignment")
 
 
 def trace(results: list[Result], turns: list[Turn], best_times: list[float], best_lanes: list[str], name: str) -> None:
@@ -448,6 +461,14 @@ def main() -> None:
     parser.add_argument("--dialect", choices=("openai", "cerebras"), default="openai", help="the wafer lane's headers")
     parser.add_argument("--declared", action="store_true", help="declare the wafer lane's limits in the policy")
     parser.add_argument("--degrade", metavar="START:END", help="the wafer lane's TTFT x50 between these seconds")
+    knobs = parser.add_argument_group("policy knobs (defaults: the policy the figures in docs/routing.md come from)")
+    knobs.add_argument("--reserve", default="0.8:2200", metavar="FRACTION:GAIN_MS",
+                       help="the latency route's spill.reserve_fraction and reserve_min_gain_ms")
+    knobs.add_argument("--hedge-ms", type=float, default=0, help="the latency route's hedge.after_ms (0: no hedge)")
+    knobs.add_argument("--slo-ms", type=float, default=3000, help="the cost route's slo.total_ms (at p95)")
+    knobs.add_argument("--half-life", type=float, default=30, help="the wafer lane's learning.half_life_s")
+    knobs.add_argument("--probe-interval", type=float, default=3, help="the wafer lane's learning.probe_interval_s")
+    knobs.add_argument("--idle-probe", type=float, default=10, help="the wafer lane's learning.idle_probe_s")
     parser.add_argument("--trace", choices=STRATEGIES, help="print every request of this strategy beside the oracle's choice")
     args = parser.parse_args()
     degraded = tuple(float(v) for v in args.degrade.split(":")) if args.degrade else None
@@ -456,7 +477,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         try:
             for name in STRATEGIES:
-                lanes.append(launch(name, Path(tmp), args.dialect, args.declared))
+                lanes.append(launch(name, Path(tmp), args))
             asyncio.run(replay(lanes, turns, args.seed, degraded))
         finally:
             for lane in lanes:
