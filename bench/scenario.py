@@ -87,6 +87,7 @@ routes:
 
 STRATEGIES = {
     "latency": "    strategy: latency\n    spill: {{reserve_fraction: {reserve_fraction}, reserve_min_gain_ms: {reserve_gain_ms}}}\n{hedge}",
+    "latency-paced": "    strategy: latency\n    spill: {{reserve_fraction: {reserve_fraction}, reserve_pace: true}}\n{hedge}",
     "cost": "    strategy: cost\n    slo: {{total_ms: {slo_ms}, percentile: 95}}\n",
     "round-robin": "    strategy: weighted\n    weights: {{wafer: 1, gpu: 1}}\n",
     "429-fallback": "    strategy: fallback\n    spill: {{min_requests: 0}}\n",
@@ -410,8 +411,10 @@ def goals(rows: dict, args: argparse.Namespace, degraded: tuple[float, float] | 
     gain = 1 - mine["p95"] / base["p95"]
     over = mine["p95"] / bound_s - 1
     print()
+    reachable = 1 - bound_s / base["p95"]
     line("latency p95 >= 30% below fall-back-after-429", gain >= 0.30,
-         f"{mine['p95']:.2f} s vs {base['p95']:.2f} s: {gain:.0%} lower")
+         f"{mine['p95']:.2f} s vs {base['p95']:.2f} s: {gain:.0%} lower"
+         + ("" if reachable >= 0.30 else f"; out of reach on this run: the oracle itself is {reachable:.0%} lower"))
     line("latency p95 within 20% of the oracle", over <= 0.20, f"{mine['p95']:.2f} s vs {bound_s:.2f} s: {over:+.0%}")
     visible = {name: row["429"] for name, row in rows.items()}
     line("0 client-visible 429s (the GPU lane always has headroom)", mine["429"] == 0,

@@ -165,7 +165,8 @@ SPILL = Spec(
         "min_requests": Field(_count),
         "min_tokens": Field(_count),
         "reserve_fraction": Field(_fraction),
-        "reserve_min_gain_ms": Field(positive_float),
+        "reserve_min_gain_ms": Field(_non_negative),
+        "reserve_pace": Field(boolean),
     },
     Spill,
 )

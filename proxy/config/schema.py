@@ -133,6 +133,8 @@ class Spill:
     # least reserve_min_gain_ms by using this lane rather than the next (0 = never reserve).
     reserve_fraction: float = 0.0
     reserve_min_gain_ms: float = 0.0
+    # Raise that bar to what the lane's recent demand needs for it to fit the quota (routing/reserve.py).
+    reserve_pace: bool = False
 
 
 @dataclass(frozen=True, slots=True)

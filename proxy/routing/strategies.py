@@ -17,12 +17,14 @@ from collections.abc import Mapping
 from typing import NamedTuple
 
 from proxy.call import ModelRequest
-from proxy.config.schema import Deployment, Route
+from proxy.config.schema import Deployment, Route, Spill
 from proxy.errors import InvalidRequest
+from proxy.limits.headroom import Headroom
 from proxy.pricing import price_of
 from proxy.routing.capability import explain, unable, wants_deep_reasoning
 from proxy.routing.hints import Hints
 from proxy.routing.live import RoutingState
+from proxy.routing.reserve import Demand
 from proxy.routing.stats import PROBE_WHEN_SLOWER
 
 
@@ -245,8 +247,8 @@ def _spill(order, route: Route, req: ModelRequest, predictions, live: RoutingSta
             why = room.short(need, rule.min_requests, rule.min_tokens, now)
         if room is not None:
             live.note_quota(dep.name, why)
-        if why is None and room is not None and rule.reserve_fraction > 0 and room.fraction_left(now) < rule.reserve_fraction:
-            why = _reserve(dep, order, predictions, rule.reserve_min_gain_ms)
+        if why is None and room is not None and rule.reserve_fraction > 0:
+            why = _reserve(dep, order, predictions, rule, room, live, need, now)
         if why is None:
             ready.append(dep)
         else:
@@ -261,11 +263,27 @@ def _spill(order, route: Route, req: ModelRequest, predictions, live: RoutingSta
     return ready + short, frozenset(d.name for d in short)
 
 
-def _reserve(dep: Deployment, order: list[Deployment], predictions, min_gain_ms: float) -> str | None:
-    """Scarce quota goes to the requests that gain most from it: spill this one if another lane is nearly as fast."""
-    mine = predictions[dep.name].total_ms
+def _reserve(dep: Deployment, order: list[Deployment], predictions, rule: Spill, room: Headroom, live: RoutingState,
+             need: int, now: float) -> str | None:
+    """Scarce quota goes to the requests that gain most from it: below ``reserve_fraction`` left,
+    spill this one unless it gains at least ``reserve_min_gain_ms`` over the next candidate (and,
+    with ``reserve_pace``, more than the bar its lane's demand sets: see ``reserve``)."""
     others = [predictions[d.name].total_ms for d in order if d is not dep]
-    return "reserve" if others and min(others) - mine < min_gain_ms else None
+    if not others:
+        return None
+    gain = min(others) - predictions[dep.name].total_ms
+    demand = None
+    if rule.reserve_pace:
+        demand = live.demand.get(dep.name)
+        if demand is None:
+            demand = live.demand[dep.name] = Demand()
+        if gain > 0:
+            demand.add(now, gain, need)
+    if room.fraction_left(now) >= rule.reserve_fraction:
+        return None
+    if gain < rule.reserve_min_gain_ms:
+        return "reserve"
+    return "reserve" if demand is not None and gain <= demand.bar_ms(room, rule.reserve_fraction, now) else None
 
 
 def _skip_open_breakers(order: list[Deployment], live: RoutingState, now: float, notes: list[str]) -> list[Deployment]:
