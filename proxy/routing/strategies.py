@@ -101,7 +101,7 @@ class Ordering(NamedTuple):
 
     candidates: list[Deployment]
     reason: str
-    spilled: frozenset[str] = frozenset()
+    spilled: frozenset[str]
 
 
 def order_candidates(
