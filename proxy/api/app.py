@@ -137,6 +137,7 @@ class LanewayApp:
             if message["type"] == "lifespan.startup":
                 self._watch_policy()
                 self.state.share_statistics()
+                self.state.probe_idle_lanes()
                 self._sampling = asyncio.ensure_future(self.metrics.run())
                 await self.state.accounting.start()
                 policy = self.state.runtime.policy

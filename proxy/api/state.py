@@ -13,6 +13,7 @@ from proxy.config.schema import Policy
 from proxy.limits import Limiter
 from proxy.pricing.accounting import Accounting
 from proxy.pricing.budgets import Budgets
+from proxy.routing.explore import IdleProber
 from proxy.routing.live import RoutingState
 from proxy.routing.router import Router
 from proxy.routing.share import StatsSharing
@@ -50,6 +51,7 @@ class ProxyState:
         self.affinity = _affinity(self.limiter)  # response id -> deployment holding it, for continuations
         self.reloader: PolicyReloader | None = None  # started by the app's lifespan when the policy is a file
         self.sharing: StatsSharing | None = None  # latency statistics merged with other replicas via Redis
+        self.prober: IdleProber | None = None  # probes demoted lanes no client request reaches (started by the app)
 
     def _build(self, policy: Policy) -> Runtime:
         budgets = self.accounting.budgets
@@ -85,8 +87,16 @@ class ProxyState:
             self.sharing = StatsSharing(self.routing.stats, target)
             self.sharing.start()
 
+    def probe_idle_lanes(self) -> None:
+        """Start probing demoted lanes that no client request reaches (``learning.idle_probe_s``)."""
+        if self.prober is None:
+            self.prober = IdleProber(lambda: self.runtime.router, self.limiter, self.finish)
+            self.prober.start()
+
     async def aclose(self) -> None:
         """close(), then let the limiter finish its pending writes and drop its store connections."""
+        if self.prober is not None:
+            await self.prober.aclose()
         self.close()
         if self.sharing is not None:
             await self.sharing.aclose()

@@ -144,7 +144,8 @@ PRIORS = Spec(
     {"ttft_ms": Field(positive_float), "tokens_per_s": Field(positive_float), "concurrency": Field(positive_int)},
     Priors,
 )
-LEARNING = Spec({"half_life_s": Field(positive_float), "probe_interval_s": Field(_non_negative)}, Learning)
+LEARNING = Spec({"half_life_s": Field(positive_float), "probe_interval_s": Field(_non_negative),
+                 "idle_probe_s": Field(_non_negative)}, Learning)
 BREAKER = Spec(
     {"failures": Field(positive_int), "cooldown_s": Field(positive_float), "half_open_probes": Field(positive_int)},
     BreakerSettings,
@@ -164,7 +165,8 @@ SPILL = Spec(
         "min_requests": Field(_count),
         "min_tokens": Field(_count),
         "reserve_fraction": Field(_fraction),
-        "reserve_min_gain_ms": Field(positive_float),
+        "reserve_min_gain_ms": Field(_non_negative),
+        "reserve_pace": Field(boolean),
     },
     Spill,
 )

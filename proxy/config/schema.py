@@ -55,6 +55,7 @@ class Learning:
 
     half_life_s: float = 30.0     # an old measurement's weight halves this often
     probe_interval_s: float = 3.0  # a lane demoted by its measurements gets one request this often (0: never)
+    idle_probe_s: float = 10.0     # ... and, with no client request to send it, a 1-token probe this often (0: never)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +133,8 @@ class Spill:
     # least reserve_min_gain_ms by using this lane rather than the next (0 = never reserve).
     reserve_fraction: float = 0.0
     reserve_min_gain_ms: float = 0.0
+    # Raise that bar to what the lane's recent demand needs for it to fit the quota (routing/reserve.py).
+    reserve_pace: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,9 @@ start the next candidate too; the first to produce a token wins and the other is
 Nothing reaches the client until a winner is picked: each attempt's first chunks (up to and
 including the first token; the whole body when not streaming) are held and replayed to the
 client from the winner, so a candidate that fails before its first token still falls back
-like an unhedged request. At most one hedge per request; a failure after the hedge started
+like an unhedged request. No hedge starts a candidate routing spilled for quota (short of it,
+or keeping a reserve for requests that gain more): the hedge would spend what the spill keeps.
+At most one hedge per request; a failure after the hedge started
 falls back along the remaining candidates. A cancelled loser is accounted, as its own Outcome
 on its own deployment, for what its upstream had sent before the cancel: the usage those bytes
 carry (exact for streams from providers that report usage in every chunk, e.g. vLLM's
@@ -121,7 +123,10 @@ async def _cancel(task: asyncio.Task, probe: Probe, req: ModelRequest) -> Lost:
 
 
 async def hedged_dispatch(attempts: Attempts, req: ModelRequest, candidates: list[Deployment], chosen: str,
-                          after_s: float, ticket: Ticket | None, pin: SocketPin | None) -> Attempt:
+                          after_s: float, ticket: Ticket | None, pin: SocketPin | None,
+                          spilled: frozenset[str]) -> Attempt:
+    """Race ``candidates`` in order as the module says; ``spilled`` (from ``order_candidates``) are
+    never started as the hedge leg, only as a fallback after a failure."""
     counters = attempts.live.counters
     pending: dict[asyncio.Task, Probe] = {}
     failures: list[str] = []
@@ -141,7 +146,8 @@ async def hedged_dispatch(attempts: Attempts, req: ModelRequest, candidates: lis
     launch()
     try:
         while pending:
-            can_hedge = hedge_task is None and next_index < len(candidates)
+            can_hedge = (hedge_task is None and next_index < len(candidates)
+                         and candidates[next_index].name not in spilled)
             done, _ = await asyncio.wait(pending, timeout=after_s if can_hedge else None,
                                          return_when=asyncio.FIRST_COMPLETED)
             if not done:

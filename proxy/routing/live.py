@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 
 from proxy.limits.headroom import HeadroomLearner
 from proxy.routing.breaker import Breakers
+from proxy.routing.reserve import Demand
 from proxy.routing.stats import LatencyStats
 
 log = logging.getLogger("laneway.routing")
@@ -39,6 +40,7 @@ class RoutingState:
     counters: RoutingCounters = field(default_factory=RoutingCounters)
     rng: random.Random = field(default_factory=random.Random)
     short_of_quota: dict[str, str] = field(default_factory=dict)  # deployment -> "requests" | "tokens", while spilled
+    demand: dict[str, Demand] = field(default_factory=dict)  # deployment -> requests it was fastest for (reserve_pace)
 
     def note_quota(self, deployment: str, short: str | None) -> None:
         """Log when a deployment starts and stops being spilled for lack of quota (events, not every request)."""

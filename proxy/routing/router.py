@@ -74,10 +74,12 @@ class Router:
 
     async def _dispatch(self, route: Route, req: ModelRequest, hints: Hints, ticket: Ticket | None,
                         pin: SocketPin | None) -> Attempt:
-        candidates, chosen = order_candidates(route, self.policy.deployments, req, hints, self.live, time.monotonic())
+        candidates, chosen, spilled = order_candidates(route, self.policy.deployments, req, hints, self.live,
+                                                       time.monotonic())
         attempts = self.attempts
         if route.hedge is not None and len(candidates) > 1:
-            return await hedged_dispatch(attempts, req, candidates, chosen, route.hedge.after_ms / 1000.0, ticket, pin)
+            return await hedged_dispatch(attempts, req, candidates, chosen, route.hedge.after_ms / 1000.0, ticket, pin,
+                                         spilled)
         failures: list[str] = []
         last_error: UpstreamError | None = None
         for index, dep in enumerate(candidates):

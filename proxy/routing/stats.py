@@ -29,6 +29,9 @@ SKETCH_SIZE = 64       # samples kept per quantile sketch
 FRESH_HALF_LIVES = 2.0  # quantiles use samples younger than this many half-lives
 OUTPUT_QUANTILE = 0.9  # a route's expected output: this quantile of what it wrote lately
 DEFAULT_LEARNING = Learning()
+# A lane is demoted (and probed) when measured this many times slower than its priors predict;
+# a probe answering this many times faster than the figure that demoted it ends the demotion.
+PROBE_WHEN_SLOWER = 2.0
 
 
 def bucket_of(input_tokens: int) -> int:
@@ -162,9 +165,11 @@ class DeploymentStats:
             error_rate = (error_rate * mine + rate_peers * weight) / (mine + weight) if mine + weight else error_rate
         return Estimate(ttft_ms, max(rate, 1e-3), self.in_flight, error_rate, warm_t or warm_d)
 
-    def probe_due(self, input_tokens: int, now: float) -> bool:
-        """No sample in the prompt's bucket and no probe for ``learning.probe_interval_s``."""
-        interval = self.learning.probe_interval_s
+    def probe_due(self, input_tokens: int, now: float, interval: float | None = None) -> bool:
+        """No sample in the prompt's bucket and no probe for ``interval`` (``learning.probe_interval_s``
+        unless given: the idle prober asks with ``learning.idle_probe_s``)."""
+        if interval is None:
+            interval = self.learning.probe_interval_s
         if interval <= 0:
             return False
         metric = _nearest(self.ttft, bucket_of(input_tokens))
@@ -201,10 +206,27 @@ class DeploymentStats:
         first = outcome.first_token_at
         half_life = self.learning.half_life_s
         if first is not None and outcome.upstream_started:
-            self.ttft[index].add((first - outcome.upstream_started) * 1000.0, now, half_life)
+            ttft_ms = (first - outcome.upstream_started) * 1000.0
+            if f"probe:{outcome.deployment}" in outcome.reason:
+                self._recovered(index, ttft_ms)
+            self.ttft[index].add(ttft_ms, now, half_life)
             decode_s = outcome.finished - first
             if outcome.output_tokens > 1 and decode_s > 0:
                 self.decode[index].add((outcome.output_tokens - 1) / decode_s, now, half_life)
+
+
+    def _recovered(self, index: int, probe_ttft_ms: float) -> None:
+        """A probe much faster than the figure that demoted the lane: that figure is history.
+
+        Averaging it in would take a dozen probes to undo a demotion (each moves the average a
+        fifth of the way), so a recovered lane would stay avoided for minutes; instead the lane's
+        own speed figures restart from the probe, as a breaker closes on one good half-open
+        probe. A lane still slow is demoted again by the next requests it serves.
+        """
+        seen = _nearest(self.ttft, index)
+        if seen is not None and probe_ttft_ms * PROBE_WHEN_SLOWER < seen.ewma:
+            self.ttft = [Metric() for _ in range(len(BUCKETS) + 1)]
+            self.decode = [Metric() for _ in range(len(BUCKETS) + 1)]
 
 
 def _figure(local: list[Metric], peers: list[tuple[float, float] | None] | None, index: int, q: float | None,

@@ -14,17 +14,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import NamedTuple
 
 from proxy.call import ModelRequest
-from proxy.config.schema import Deployment, Route
+from proxy.config.schema import Deployment, Route, Spill
 from proxy.errors import InvalidRequest
+from proxy.limits.headroom import Headroom
 from proxy.pricing import price_of
 from proxy.routing.capability import explain, unable, wants_deep_reasoning
 from proxy.routing.hints import Hints
 from proxy.routing.live import RoutingState
-
-# A lane is probed when what was measured predicts it this many times slower than its priors do.
-PROBE_WHEN_SLOWER = 2.0
+from proxy.routing.reserve import Demand
+from proxy.routing.stats import PROBE_WHEN_SLOWER
 
 
 class Prediction:
@@ -89,10 +90,24 @@ def _completion_ms(ttft_ms: float, tokens_per_s: float, out: float, in_flight: i
     return service if queued <= 0 else service * (1.0 + queued / concurrency)
 
 
+class Ordering(NamedTuple):
+    """What ``order_candidates`` decided for one request.
+
+    ``spilled``: the candidates moved back for quota (short of requests or tokens, or kept in
+    reserve for requests that gain more). Fallback may still reach them; a hedge must not
+    start one (``hedge.hedged_dispatch``), or a slow first attempt would spend the quota the
+    spill was keeping.
+    """
+
+    candidates: list[Deployment]
+    reason: str
+    spilled: frozenset[str]
+
+
 def order_candidates(
     route: Route, deployments: Mapping[str, Deployment], req: ModelRequest, hints: Hints, live: RoutingState, now: float
-) -> tuple[list[Deployment], str]:
-    """Candidates in the order to try them, and the reason for the first one."""
+) -> Ordering:
+    """Candidates in the order to try them, the reason for the first one, and which were spilled."""
     order = [deployments[name] for name in route.candidates]
     strategy = route.strategy
     notes: list[str] = []
@@ -135,11 +150,12 @@ def order_candidates(
         if preferred:
             order = preferred + [d for d in order if d.hardware != hints.lane]
             notes.append(f"hint:lane={hints.lane}")
+    spilled: frozenset[str] = frozenset()
     if len(order) > 1:
-        order = _spill(order, route, req, predictions, live, now, notes)
+        order, spilled = _spill(order, route, req, predictions, live, now, notes)
         order = _skip_open_breakers(order, live, now, notes)
     base = "primary" if strategy == "fallback" else strategy
-    return order, base if not notes else base + ";" + ";".join(notes)
+    return Ordering(order, base if not notes else base + ";" + ";".join(notes), spilled)
 
 
 def _probe(order: list[Deployment], req: ModelRequest, predictions, live: RoutingState, now: float,
@@ -209,8 +225,13 @@ def _weighted(order: list[Deployment], weights: Mapping[str, float], live: Routi
     return order
 
 
-def _spill(order, route: Route, req: ModelRequest, predictions, live: RoutingState, now: float, notes: list[str]):
-    """Move candidates short of quota behind the others, before their provider answers 429."""
+def _spill(order, route: Route, req: ModelRequest, predictions, live: RoutingState, now: float,
+           notes: list[str]) -> tuple[list[Deployment], frozenset[str]]:
+    """Move candidates short of quota behind the others, before their provider answers 429.
+
+    Returns the new order and the names moved back (none when every candidate was short:
+    then nothing moves and no candidate is kept from a hedge).
+    """
     view = live.headroom
     rule = route.spill
     need = req.input_estimate + live.stats.expected_output_tokens(route.name, req.max_output_tokens)
@@ -226,8 +247,8 @@ def _spill(order, route: Route, req: ModelRequest, predictions, live: RoutingSta
             why = room.short(need, rule.min_requests, rule.min_tokens, now)
         if room is not None:
             live.note_quota(dep.name, why)
-        if why is None and room is not None and rule.reserve_fraction > 0 and room.fraction_left(now) < rule.reserve_fraction:
-            why = _reserve(dep, order, predictions, rule.reserve_min_gain_ms)
+        if why is None and room is not None and rule.reserve_fraction > 0:
+            why = _reserve(dep, order, predictions, rule, room, live, need, now)
         if why is None:
             ready.append(dep)
         else:
@@ -236,17 +257,33 @@ def _spill(order, route: Route, req: ModelRequest, predictions, live: RoutingSta
     if not short or not ready:
         if short:
             notes[:] = [n for n in notes if not n.startswith("spill:")]
-        return order
+        return order, frozenset()
     if short[0] is order[0]:
         live.counters.spills += 1
-    return ready + short
+    return ready + short, frozenset(d.name for d in short)
 
 
-def _reserve(dep: Deployment, order: list[Deployment], predictions, min_gain_ms: float) -> str | None:
-    """Scarce quota goes to the requests that gain most from it: spill this one if another lane is nearly as fast."""
-    mine = predictions[dep.name].total_ms
+def _reserve(dep: Deployment, order: list[Deployment], predictions, rule: Spill, room: Headroom, live: RoutingState,
+             need: int, now: float) -> str | None:
+    """Scarce quota goes to the requests that gain most from it: below ``reserve_fraction`` left,
+    spill this one unless it gains at least ``reserve_min_gain_ms`` over the next candidate (and,
+    with ``reserve_pace``, more than the bar its lane's demand sets: see ``reserve``)."""
     others = [predictions[d.name].total_ms for d in order if d is not dep]
-    return "reserve" if others and min(others) - mine < min_gain_ms else None
+    if not others:
+        return None
+    gain = min(others) - predictions[dep.name].total_ms
+    demand = None
+    if rule.reserve_pace:
+        demand = live.demand.get(dep.name)
+        if demand is None:
+            demand = live.demand[dep.name] = Demand()
+        if gain > 0:
+            demand.add(now, gain, need)
+    if room.fraction_left(now) >= rule.reserve_fraction:
+        return None
+    if gain < rule.reserve_min_gain_ms:
+        return "reserve"
+    return "reserve" if demand is not None and gain <= demand.bar_ms(room, rule.reserve_fraction, now) else None
 
 
 def _skip_open_breakers(order: list[Deployment], live: RoutingState, now: float, notes: list[str]) -> list[Deployment]:

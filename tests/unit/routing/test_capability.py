@@ -29,7 +29,7 @@ def request(content, max_tokens: int = 1000, endpoint: str = "chat", **extra) ->
 
 
 def order(pol, req):
-    deps, reason = order_candidates(pol.routes["r"], pol.deployments, req, NO_HINTS, RoutingState(), 0.0)
+    deps, reason, _ = order_candidates(pol.routes["r"], pol.deployments, req, NO_HINTS, RoutingState(), 0.0)
     return [d.name for d in deps], reason
 
 

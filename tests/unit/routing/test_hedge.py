@@ -28,6 +28,8 @@ routes:
   - {{name: quick-first, candidates: [quick, late], hedge: {{after_ms: 300}}}}
   - {{name: dead-first, candidates: [dead, quick], hedge: {{after_ms: 300}}}}
   - {{name: all-dead, candidates: [dead, dead-too], hedge: {{after_ms: 50}}}}
+  - {{name: reserved-race, candidates: [late, quick], hedge: {{after_ms: 50}}, spill: {{reserve_fraction: 0.5, reserve_min_gain_ms: 60000}}}}
+  - {{name: reserved-fallback, candidates: [dead, quick], hedge: {{after_ms: 50}}, spill: {{reserve_fraction: 0.5, reserve_min_gain_ms: 60000}}}}
 """
 
 
@@ -35,13 +37,6 @@ routes:
 def sims():
     with simulator("gpu", ttft_ms=1500, tokens_per_s=4000) as late, simulator("wafer", ttft_ms=5, tokens_per_s=4000) as quick:
         yield late, quick
-
-
-@pytest.fixture
-def loop():
-    loop = asyncio.new_event_loop()
-    yield loop
-    loop.close()
 
 
 @pytest.fixture
@@ -109,3 +104,25 @@ def test_a_hedge_leg_our_limits_refuse_is_not_a_failure(loop, router):
     attempt, _ = dispatch(loop, router, "race", limiter=limiter)  # late is slow; the hedge to quick is refused
     assert attempt.deployment.name == "late" and attempt.reason == "primary;hedge-refused"
     assert attempt.losers == () and router.live.counters.fallbacks == 0
+
+
+def keep_in_reserve(router: Router, name: str) -> None:
+    """The provider says a tenth of ``name``'s minute is left: below the routes' reserve_fraction 0.5."""
+    router.live.headroom.learn(name, 200, [(b"x-ratelimit-limit-requests", b"100"), (b"x-ratelimit-remaining-requests", b"10"),
+                                           (b"x-ratelimit-reset-requests", b"60s")])
+
+
+def test_no_hedge_into_a_candidate_spilled_to_keep_a_reserve(loop, router, sims):
+    """Issue 13: the hedge started the next candidate even when routing had spilled it to keep its quota."""
+    keep_in_reserve(router, "quick")
+    attempt, body = dispatch(loop, router, "reserved-race")  # late takes 1.5 s to its first token; no hedge fires
+    assert attempt.deployment.name == "late" and attempt.reason == "primary;spill:quick=reserve"
+    assert b"usage" in body and attempt.losers == () and router.live.counters.hedges_started == 0
+    _, quick = sims
+    assert httpx.get(quick.url + "/sim/stats").json()["requests"] == 0  # the reserved lane was not sent anything
+
+
+def test_a_spilled_candidate_still_takes_the_fallback_when_the_others_fail(loop, router):
+    keep_in_reserve(router, "quick")
+    attempt, _ = dispatch(loop, router, "reserved-fallback")
+    assert attempt.deployment.name == "quick" and attempt.reason == "fallback:dead=connect"

@@ -26,11 +26,12 @@ def wafer() -> tuple[Clock, LatencyStats, DeploymentStats]:
     return clock, stats, stats.get("wafer", LEARNING)
 
 
-def served(stats: LatencyStats, name: str, ttft_ms: float, output_tokens: int = 100, route: str = "r") -> None:
+def served(stats: LatencyStats, name: str, ttft_ms: float, output_tokens: int = 100, route: str = "r",
+           reason: str = "latency", input_tokens: int = 100) -> None:
     stats.started(name)
-    stats.finished(Outcome("x", "chat", route, "k", None, deployment=name, status=200, stream=True, input_tokens=100,
-                           output_tokens=output_tokens, upstream_started=1.0, first_token_at=1.0 + ttft_ms / 1000,
-                           finished=2.0))
+    stats.finished(Outcome("x", "chat", route, "k", None, deployment=name, reason=reason, status=200, stream=True,
+                           input_tokens=input_tokens, output_tokens=output_tokens, upstream_started=1.0,
+                           first_token_at=1.0 + ttft_ms / 1000, finished=2.0))
 
 
 def test_a_sample_after_a_quiet_spell_outweighs_what_was_learnt_long_ago():
@@ -108,3 +109,27 @@ def test_expected_output_is_the_requests_own_bound_else_the_routes_p90():
     assert stats.expected_output_tokens("r", None) == 100
     assert stats.expected_output_tokens("r", 1000) == 1000, "a lane's average never caps the request's own bound"
     assert stats.expected_output_tokens("other", None) == DEFAULT_OUTPUT_TOKENS
+
+
+@pytest.mark.parametrize("reason", ["latency;probe:wafer", "probe:wafer=idle"])
+def test_a_probe_that_finds_a_demoted_lane_fast_again_restarts_its_figures(reason):
+    """Averaged in, one probe would move a 3000 ms figure a fifth of the way: a dozen probes to undo a demotion."""
+    clock, stats, lane = wafer()
+    for _ in range(20):
+        served(stats, "wafer", 3000)
+        served(stats, "wafer", 3000, input_tokens=20_000)  # a long-prompt bucket, demoted too
+    clock.now = 1.0
+    served(stats, "wafer", 60, reason=reason)
+    assert lane.estimate(PRIORS, 100).ttft_ms == pytest.approx(60)
+    assert lane.estimate(PRIORS, 20_000).ttft_ms == pytest.approx(60), "no bucket keeps the figure that demoted it"
+
+
+@pytest.mark.parametrize("reason, ttft_ms", [("latency", 60), ("latency;probe:gpu", 60), ("probe:wafer=idle", 2000)])
+def test_other_samples_are_averaged_in(reason, ttft_ms):
+    """A client request (or a probe of another lane) is one sample; a probe not much faster than the figure is one too."""
+    clock, stats, lane = wafer()
+    for _ in range(20):
+        served(stats, "wafer", 3000)
+    clock.now = 1.0
+    served(stats, "wafer", ttft_ms, reason=reason)
+    assert lane.estimate(PRIORS, 100).ttft_ms == pytest.approx(3000 + 0.2 * (ttft_ms - 3000), rel=0.01)

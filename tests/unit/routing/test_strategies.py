@@ -78,7 +78,7 @@ def observe(live: RoutingState, name: str, ttft_ms: float, tokens_per_s: float, 
 
 def order(pol, req=None, hints=NO_HINTS, live=None, now=None):
     live = live or RoutingState()
-    deps, reason = order_candidates(pol.routes["r"], pol.deployments, req or request(), hints, live,
+    deps, reason, _ = order_candidates(pol.routes["r"], pol.deployments, req or request(), hints, live,
                                     time.monotonic() if now is None else now)
     return [d.name for d in deps], reason
 
@@ -439,7 +439,7 @@ def warmed() -> RoutingState:
 
 
 def order_now(pol, live, req):
-    deps, reason = order_candidates(pol.routes["r"], pol.deployments, req, NO_HINTS, live, 0.0)
+    deps, reason, _ = order_candidates(pol.routes["r"], pol.deployments, req, NO_HINTS, live, 0.0)
     return [d.name for d in deps], reason
 
 

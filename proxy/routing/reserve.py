@@ -1,0 +1,68 @@
+"""Pacing a lane's scarce quota: the bar a request's gain must clear to use it once it runs low.
+
+A fixed bar (``spill.reserve_min_gain_ms``) suits one workload: set high, it spills short turns
+to the next lane while the quota would have served them too; set low, the quota runs out in
+front of a long turn. With ``spill.reserve_pace`` the bar is learnt from the lane's demand:
+every request a lane with a reserve is predicted fastest for is remembered (when, the ms it
+gains over the next candidate, its tokens). Once a window has less than ``reserve_fraction``
+left, the quota that window grants over as long as the remembered demand spans (its limit per
+minute or per day, pro rata) is handed to the remembered requests in order of gain, and the
+gain of the first that no longer fits is the bar. So the lane is kept for the requests that
+gain most from it at the rate its quota refills, and nobody is spilled while the demand fits.
+"""
+from __future__ import annotations
+
+from collections import deque
+
+from proxy.limits.headroom import Headroom
+
+HISTORY_S = 60.0       # demand remembered: a minute window turns over once in this time
+MIN_HISTORY_S = 15.0   # a shorter history counts as this long, so a cold start is not read as a flood
+MAX_RECORDS = 256      # bounded memory (and sorting) per lane
+DAY_S = 86_400.0
+MINUTE_S = 60.0
+
+
+def span_s(window: str) -> float:
+    """How long a quota window takes to refill, from its name: ours (``rpd``/``tpd`` per day,
+    ``rpm``/``tpm`` per minute) or the provider's (``requests-day`` per day; OpenAI's, Anthropic's
+    and Cerebras' ``-minute`` windows per minute). A name that says no period counts as a minute
+    (Groq's ``requests`` window is per day: paced as a minute, it is rationed too little)."""
+    return DAY_S if window in ("rpd", "tpd") or "day" in window else MINUTE_S
+
+
+class Demand:
+    """Recent requests one lane was the fastest candidate for: (when, gain ms, tokens)."""
+
+    __slots__ = ("_records",)
+
+    def __init__(self) -> None:
+        self._records: deque[tuple[float, float, int]] = deque(maxlen=MAX_RECORDS)
+
+    def add(self, now: float, gain_ms: float, tokens: int) -> None:
+        self._records.append((now, gain_ms, tokens))
+
+    def bar_ms(self, room: Headroom, reserve_fraction: float, now: float) -> float:
+        """The gain (ms) a request must exceed to use the lane now; 0 while no window is below
+        ``reserve_fraction`` or the remembered demand fits what the low windows grant."""
+        records = self._records
+        while records and records[0][0] < now - HISTORY_S:
+            records.popleft()
+        if not records:
+            return 0.0
+        history = max(MIN_HISTORY_S, now - records[0][0])
+        ranked: list[tuple[float, float, int]] | None = None
+        bar = 0.0
+        for name, window in room.windows.items():
+            if now >= window.reset_at or not window.limit or window.remaining / window.limit >= reserve_fraction:
+                continue
+            if ranked is None:
+                ranked = sorted(records, key=lambda r: -r[1])
+            allowance = window.limit * history / span_s(name) + 1  # the oldest record opens the history
+            used = 0.0
+            for _, gain, tokens in ranked:
+                used += 1 if window.kind == "requests" else tokens
+                if used > allowance:
+                    bar = max(bar, gain)
+                    break
+        return bar
