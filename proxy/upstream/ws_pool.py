@@ -25,15 +25,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import orjson
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake
-from websockets.protocol import State
 
-from proxy.call import ModelRequest, UpstreamClosed, UpstreamTimeout
+from proxy.call import ModelRequest, UpstreamConnectError, UpstreamError, UpstreamTimeout
 from proxy.config.schema import Deployment
 from proxy.upstream.body import rewrite_body
 from proxy.upstream.openai_compat import OpenAICompatTarget
 from proxy.upstream.scan import event_type, response_id
+from proxy.upstream.ws_protocol import UpstreamSocket, connect
 
 log = logging.getLogger("laneway")
 
@@ -69,49 +67,50 @@ class SocketPool:
         self.headers = headers
         self.limit = limit
         self.connect_s = connect_s
-        self.idle: list[ClientConnection] = []
+        self.idle: list[UpstreamSocket] = []
         self.open = 0
         self.stats = SocketStats()
         self._down_until = 0.0
         self._backoff = 0.0
 
-    async def acquire(self) -> ClientConnection | None:
+    async def acquire(self) -> UpstreamSocket | None:
         """An open socket, or None when the cap is reached or the provider is backing off."""
         while self.idle:
             ws = self.idle.pop()
-            if ws.state is State.OPEN:
+            if ws.open and not ws.messages:  # a message while idle answers no turn: not this socket
                 return ws
             self.open -= 1
+            ws.abort()
         if self.open >= self.limit or time.monotonic() < self._down_until:
             return None
         self.open += 1
         try:
-            ws = await connect(self.url, additional_headers=self.headers, open_timeout=self.connect_s,
-                               compression=None, max_size=None, user_agent_header="laneway")
-        except (OSError, InvalidHandshake, TimeoutError) as exc:
+            ws = await connect(self.url, self.headers, self.connect_s)
+        except UpstreamConnectError as exc:
             self.open -= 1
             self.stats.connect_failures += 1
             self._backoff = min(max(_BACKOFF_MIN_S, self._backoff * 2), _BACKOFF_MAX_S)
             self._down_until = time.monotonic() + self._backoff
             log.warning("upstream WebSocket %s unavailable (%s); HTTP for %.1fs", self.url.split("?")[0],
-                        type(exc).__name__, self._backoff)
+                        exc, self._backoff)
             return None
+        except BaseException:
+            self.open -= 1
+            raise
         self._backoff = 0.0
         self.stats.connects += 1
         return ws
 
-    def release(self, ws: ClientConnection, reusable: bool) -> None:
-        if reusable and ws.state is State.OPEN:
+    def release(self, ws: UpstreamSocket, reusable: bool) -> None:
+        if reusable and ws.open and not ws.messages:
             self.idle.append(ws)
             return
         self.open -= 1
-        if ws.transport is not None:
-            ws.transport.abort()
+        ws.abort()
 
     def close(self) -> None:
         for ws in self.idle:
-            if ws.transport is not None:
-                ws.transport.abort()
+            ws.close()
         self.idle.clear()
         self.open = 0
 
@@ -127,23 +126,23 @@ class SocketPin:
 
     def __init__(self) -> None:
         self.pool: SocketPool | None = None
-        self.ws: ClientConnection | None = None
+        self.ws: UpstreamSocket | None = None
         self.response_id: str | None = None
         self.previous: str | None = None
         self.delta: list | None = None
         self.busy = False
 
-    def take(self, pool: SocketPool) -> ClientConnection | None:
+    def take(self, pool: SocketPool) -> UpstreamSocket | None:
         """The pinned socket if it is open and belongs to ``pool``; a socket of another pool goes back to it."""
         ws = self.ws
         if ws is None:
             return None
-        if self.pool is pool and ws.state is State.OPEN:
+        if self.pool is pool and ws.open:
             return ws
         self.drop(reusable=True)
         return None
 
-    def keep(self, pool: SocketPool, ws: ClientConnection, response_id: str | None) -> None:
+    def keep(self, pool: SocketPool, ws: UpstreamSocket, response_id: str | None) -> None:
         if self.ws is not None and self.ws is not ws:  # a hedged twin pinned one first: one socket is enough
             self.drop(reusable=True)
         self.pool, self.ws, self.response_id = pool, ws, response_id
@@ -186,13 +185,14 @@ class SocketResponse:
     __slots__ = ("status", "headers", "_pool", "_ws", "_held", "_stream", "_idle_s", "_done", "_released", "_pin",
                  "_completed")
 
-    def __init__(self, pool: SocketPool, ws: ClientConnection, held: list[bytes], stream: bool, idle_s: float,
+    def __init__(self, pool: SocketPool, ws: UpstreamSocket, held: list[bytes], stream: bool, idle_s: float,
                  pin: SocketPin | None = None) -> None:
         self.status = 200
         self.headers = _SSE if stream else _JSON
         self._pool = pool
         self._ws = ws
-        self._held = held  # events received before the first output
+        self._held = held  # events received before the first output: response_id() reads the first
+        ws.messages.extendleft(reversed(held))  # relayed with what arrived behind them, in one chunk
         self._stream = stream
         self._idle_s = idle_s
         self._done = False
@@ -201,43 +201,47 @@ class SocketResponse:
         self._completed = False
 
     async def iter_body(self) -> AsyncIterator[bytes]:
-        watchdog = _IdleWatchdog(self._ws, self._idle_s)
+        """The turn's events, each burst that arrived in one read as one chunk (one write to the client)."""
+        ws, stream = self._ws, self._stream
+        messages = ws.messages
+        watchdog = _IdleWatchdog(ws, self._idle_s)
         try:
-            held = iter(self._held)
             while True:
-                data = next(held, None) or await self._next(watchdog)
-                kind = event_type(data)
-                if self._stream:
-                    yield b"event: " + kind + b"\ndata: " + data + b"\n\n"
-                if kind in _TERMINAL:
-                    self._done = True
-                    self._completed = kind == b"response.completed"
-                    if not self._stream:
-                        yield orjson.dumps(orjson.loads(data).get("response") or {})
-                    return
+                if not messages:
+                    try:
+                        await ws.readable()
+                    except UpstreamError as exc:
+                        self._pool.stats.drops += not isinstance(exc, UpstreamTimeout)  # a timeout is the watchdog's
+                        raise
+                    watchdog.last = watchdog.loop.time()
+                out = []
+                while messages:
+                    data = messages.popleft()
+                    kind = event_type(data)
+                    if stream:
+                        out.append(_sse(kind, data))
+                    if kind in _TERMINAL:
+                        self._done = True
+                        self._completed = kind == b"response.completed"
+                        yield b"".join(out) if stream else orjson.dumps(orjson.loads(data).get("response") or {})
+                        return
+                if out:
+                    yield out[0] if len(out) == 1 else b"".join(out)
         finally:
             watchdog.cancel()
             self.release()
-
-    async def _next(self, watchdog: "_IdleWatchdog") -> bytes:
-        try:
-            data = await self._ws.recv(decode=False)
-        except ConnectionClosed:
-            if watchdog.fired:
-                raise UpstreamTimeout("upstream socket sent nothing for %.1fs" % self._idle_s) from None
-            self._pool.stats.drops += 1
-            raise UpstreamClosed("upstream socket closed before the response ended") from None
-        watchdog.last = watchdog.loop.time()
-        return data
 
     async def read(self) -> bytes:
         return b"".join([chunk async for chunk in self.iter_body()])
 
     def abandon(self) -> bytes:
-        """Events are received one at a time as they are relayed, so nothing unread is held; the
-        socket closes (the provider stops generating)."""
+        """Close the socket (the provider stops generating) and return, as SSE, the events that had
+        arrived but were not relayed (the provider sent, and bills, those tokens too)."""
+        rest = b""
+        if not self._released and self._stream:
+            rest = b"".join(_sse(event_type(data), data) for data in self._ws.messages)
         self.release()
-        return b""
+        return rest
 
     def release(self) -> None:
         """Back to the pool after a whole turn; a turn cut short closes the socket (cancels upstream)."""
@@ -248,22 +252,26 @@ class SocketResponse:
                 self._pool.release(self._ws, self._done)
                 return
             pin.busy = False
-            if self._done and self._ws.state is State.OPEN:
+            if self._done and self._ws.open:
                 pin.keep(self._pool, self._ws, response_id(self._held[0]) if self._completed else None)
             else:
                 self._pool.release(self._ws, False)
 
 
+def _sse(kind: bytes, data: bytes) -> bytes:
+    """One socket event as the SSE frame the HTTP relay expects."""
+    return b"event: " + kind + b"\ndata: " + data + b"\n\n"
+
+
 class _IdleWatchdog:
-    """Aborts a socket that sent nothing for ``idle_s``: one timer per turn that re-arms itself
-    from the last event's time, instead of a timeout scope around every one of ~30 events."""
+    """Fails a socket that sent nothing for ``idle_s``: one timer per turn that re-arms itself
+    from the last event's time, instead of a timer around every wait."""
 
-    __slots__ = ("loop", "last", "fired", "_ws", "_idle_s", "_handle")
+    __slots__ = ("loop", "last", "_ws", "_idle_s", "_handle")
 
-    def __init__(self, ws: ClientConnection, idle_s: float) -> None:
+    def __init__(self, ws: UpstreamSocket, idle_s: float) -> None:
         self.loop = asyncio.get_running_loop()
         self.last = self.loop.time()
-        self.fired = False
         self._ws = ws
         self._idle_s = idle_s
         self._handle = self.loop.call_at(self.last + idle_s, self._check)
@@ -273,9 +281,7 @@ class _IdleWatchdog:
         if self.loop.time() < due:
             self._handle = self.loop.call_at(due, self._check)
             return
-        self.fired = True
-        if self._ws.transport is not None:
-            self._ws.transport.abort()  # the pending recv ends with ConnectionClosed
+        self._ws.fail(UpstreamTimeout("upstream socket sent nothing for %.1fs" % self._idle_s))
 
     def cancel(self) -> None:
         self._handle.cancel()
@@ -379,7 +385,7 @@ class SocketTarget:
         raw = rewrite_body(raw, body, self.deployment.model, False).lstrip()
         return b'{"type":"response.create",' + raw[1:]
 
-    async def _start(self, ws: ClientConnection, frame: bytes, stream: bool, pin: SocketPin | None = None,
+    async def _start(self, ws: UpstreamSocket, frame: bytes, stream: bool, pin: SocketPin | None = None,
                      full: ModelRequest | None = None):
         """Send the turn and hold its events until the first output (or the end); None when the
         socket died before then — nothing has reached the client, so HTTP can still take the turn.
@@ -388,19 +394,19 @@ class SocketTarget:
         t = self.deployment.timeouts
         held: list[bytes] = []
         try:
-            await ws.send(frame, text=True)
+            ws.send_text(frame)
             async with asyncio.timeout(t.first_byte_s):
-                held.append(await ws.recv(decode=False))
+                held.append(await ws.recv())
                 if full is not None and event_type(held[0]) == b"error" and b'"previous_response_not_found"' in held[0]:
                     self.pool.stats.continue_misses += 1
-                    await ws.send(self._frame(full), text=True)
-                    held[0] = await ws.recv(decode=False)
+                    ws.send_text(self._frame(full))
+                    held[0] = await ws.recv()
                 while event_type(held[-1]) in _PRELUDE:
-                    held.append(await ws.recv(decode=False))
+                    held.append(await ws.recv())
         except TimeoutError:
             self.pool.release(ws, False)
             raise UpstreamTimeout("upstream socket sent no event within %.1fs" % t.first_byte_s) from None
-        except (ConnectionClosed, OSError):
+        except UpstreamError:  # closed, or broke the protocol: nothing reached the client yet
             self.pool.stats.drops += 1
             self.pool.release(ws, False)
             return None
