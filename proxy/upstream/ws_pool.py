@@ -183,7 +183,7 @@ class SocketResponse:
     """A turn running on a pooled socket, presented like an HTTP response carrying SSE."""
 
     __slots__ = ("status", "headers", "_pool", "_ws", "_held", "_stream", "_idle_s", "_done", "_released", "_pin",
-                 "_completed")
+                 "_completed", "_watchdog")
 
     def __init__(self, pool: SocketPool, ws: UpstreamSocket, held: list[bytes], stream: bool, idle_s: float,
                  pin: SocketPin | None = None) -> None:
@@ -199,12 +199,29 @@ class SocketResponse:
         self._released = False
         self._pin = pin  # a client conversation keeps the socket after the turn
         self._completed = False
+        self._watchdog: _IdleWatchdog | None = None
 
     async def iter_body(self) -> AsyncIterator[bytes]:
-        """The turn's events, each burst that arrived in one read as one chunk (one write to the client)."""
-        ws, stream = self._ws, self._stream
+        """SSE; the events that arrived in one read as one chunk (one write to the client)."""
+        try:
+            async for parts in self._batches(self._stream):
+                if self._stream:
+                    yield b"".join(parts)
+                elif self._done:
+                    yield orjson.dumps(orjson.loads(parts[-1]).get("response") or {})
+        finally:
+            self.release()  # also when the reader stops early, before the inner generator is collected
+
+    def iter_events(self) -> AsyncIterator[list[bytes]]:
+        """The events' JSON payloads, those of one read in one list: for a client socket, which sends
+        each event as its own frame and would otherwise split the SSE up again."""
+        return self._batches(False)
+
+    async def _batches(self, sse: bool) -> AsyncIterator[list[bytes]]:
+        """Each read's events up to the turn's terminal one, as SSE pieces to join or as payloads."""
+        ws = self._ws
         messages = ws.messages
-        watchdog = _IdleWatchdog(ws, self._idle_s)
+        watchdog = self._watchdog = _IdleWatchdog(ws, self._idle_s)
         try:
             while True:
                 if not messages:
@@ -214,19 +231,20 @@ class SocketResponse:
                         self._pool.stats.drops += not isinstance(exc, UpstreamTimeout)  # a timeout is the watchdog's
                         raise
                     watchdog.last = watchdog.loop.time()
-                out = []
+                out: list[bytes] = []
                 while messages:
                     data = messages.popleft()
                     kind = event_type(data)
-                    if stream:
-                        out.append(_sse(kind, data))
+                    if sse:
+                        out += (b"event: ", kind, b"\ndata: ", data, b"\n\n")
+                    else:
+                        out.append(data)
                     if kind in _TERMINAL:
                         self._done = True
                         self._completed = kind == b"response.completed"
-                        yield b"".join(out) if stream else orjson.dumps(orjson.loads(data).get("response") or {})
+                        yield out
                         return
-                if out:
-                    yield out[0] if len(out) == 1 else b"".join(out)
+                yield out
         finally:
             watchdog.cancel()
             self.release()
@@ -247,6 +265,8 @@ class SocketResponse:
         """Back to the pool after a whole turn; a turn cut short closes the socket (cancels upstream)."""
         if not self._released:
             self._released = True
+            if self._watchdog is not None:
+                self._watchdog.cancel()
             pin = self._pin
             if pin is None:
                 self._pool.release(self._ws, self._done)
@@ -256,6 +276,10 @@ class SocketResponse:
                 pin.keep(self._pool, self._ws, response_id(self._held[0]) if self._completed else None)
             else:
                 self._pool.release(self._ws, False)
+
+
+def _first_byte_timeout(ws: UpstreamSocket, first_byte_s: float) -> None:
+    ws.fail(UpstreamTimeout(f"upstream socket sent no event within {first_byte_s:.1f}s"))
 
 
 def _sse(kind: bytes, data: bytes) -> bytes:
@@ -393,19 +417,20 @@ class SocketTarget:
         provider no longer knows the previous response."""
         t = self.deployment.timeouts
         held: list[bytes] = []
+        # past first_byte_s the socket fails with the timeout: a timer, cheaper than a timeout scope
+        deadline = asyncio.get_running_loop().call_later(t.first_byte_s, _first_byte_timeout, ws, t.first_byte_s)
         try:
             ws.send_text(frame)
-            async with asyncio.timeout(t.first_byte_s):
+            held.append(await ws.recv())
+            if full is not None and event_type(held[0]) == b"error" and b'"previous_response_not_found"' in held[0]:
+                self.pool.stats.continue_misses += 1
+                ws.send_text(self._frame(full))
+                held[0] = await ws.recv()
+            while event_type(held[-1]) in _PRELUDE:
                 held.append(await ws.recv())
-                if full is not None and event_type(held[0]) == b"error" and b'"previous_response_not_found"' in held[0]:
-                    self.pool.stats.continue_misses += 1
-                    ws.send_text(self._frame(full))
-                    held[0] = await ws.recv()
-                while event_type(held[-1]) in _PRELUDE:
-                    held.append(await ws.recv())
-        except TimeoutError:
+        except UpstreamTimeout:
             self.pool.release(ws, False)
-            raise UpstreamTimeout("upstream socket sent no event within %.1fs" % t.first_byte_s) from None
+            raise
         except UpstreamError:  # closed, or broke the protocol: nothing reached the client yet
             self.pool.stats.drops += 1
             self.pool.release(ws, False)
@@ -413,6 +438,8 @@ class SocketTarget:
         except BaseException:
             self.pool.release(ws, False)
             raise
+        finally:
+            deadline.cancel()
         if len(held) == 1 and event_type(held[0]) == b"error":
             if pin is not None:
                 pin.keep(self.pool, ws, None)  # still the conversation's socket; the provider remembers nothing new

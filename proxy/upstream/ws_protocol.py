@@ -46,7 +46,7 @@ class FrameError(UpstreamError):
 class UpstreamSocket(asyncio.Protocol):
     """One client WebSocket connection; ``messages`` holds the complete messages not yet read."""
 
-    __slots__ = ("transport", "messages", "error", "max_size", "_buf", "_parts", "_size", "_waiter", "_handshake",
+    __slots__ = ("transport", "messages", "error", "max_size", "_buf", "_need", "_parts", "_size", "_waiter", "_handshake",
                  "_key", "_open", "_paused", "_pinged", "_ping_timer")
 
     def __init__(self, key: bytes, max_size: int) -> None:
@@ -55,6 +55,7 @@ class UpstreamSocket(asyncio.Protocol):
         self.error: UpstreamError | None = None  # set once: the connection is over
         self.max_size = max_size
         self._buf = bytearray()
+        self._need = 0  # bytes the buffered partial frame needs before parsing can progress
         self._parts: list[bytes] | None = None  # frames of a fragmented message so far
         self._size = 0
         self._waiter: asyncio.Future | None = None
@@ -79,10 +80,12 @@ class UpstreamSocket(asyncio.Protocol):
             self._buf += data
             self._handshake_received()
             return
+        self._pinged = False  # the peer is alive
         if self._buf:
             self._buf += data
-            data = self._buf
-        self._pinged = False  # the peer is alive
+            if len(self._buf) < self._need:  # the frame being assembled is not whole yet: nothing to parse
+                return
+            data, self._buf = bytes(self._buf), bytearray()
         queued = len(self.messages)
         try:
             end = self._parse(data)
@@ -90,9 +93,7 @@ class UpstreamSocket(asyncio.Protocol):
             self._close(exc.code)
             self.fail(exc)
             return
-        if data is self._buf:
-            del self._buf[:end]
-        elif end < len(data):
+        if end < len(data):
             self._buf = bytearray(data[end:])
         if len(self.messages) > queued:
             if len(self.messages) > _HIGH_WATER and not self._paused and self.transport is not None:
@@ -181,11 +182,28 @@ class UpstreamSocket(asyncio.Protocol):
             waiter.set_result(None)  # readable() looks again: messages first, then the error
 
     # -- frames -------------------------------------------------------------
-    def _parse(self, buf: bytes | bytearray) -> int:
-        """Queue every complete message in ``buf``, answer control frames; the offset parsed up to."""
-        pos, size = 0, len(buf)
+    def _parse(self, buf: bytes) -> int:
+        """Queue every complete message in ``buf``, answer control frames; the offset parsed up to
+        (``_need``: how many bytes from there the next frame needs at least)."""
+        pos, size, messages = 0, len(buf), self.messages
         while size - pos >= 2:
             b0, n = buf[pos], buf[pos + 1]
+            if b0 == 0x81 and n < 127 and self._parts is None:  # a whole text message: nearly every frame
+                head = 2
+                if n == 126:
+                    if size - pos < 4:
+                        self._need = 4
+                        return pos
+                    n, head = buf[pos + 2] << 8 | buf[pos + 3], 4
+                if n > self.max_size:
+                    raise FrameError(f"upstream socket message exceeds {self.max_size} bytes", 1009)
+                end = pos + head + n
+                if end > size:
+                    self._need = end - pos
+                    return pos
+                messages.append(buf[pos + head : end])
+                pos = end
+                continue
             if n & 0x80:
                 raise FrameError("upstream socket sent a masked frame")
             if b0 & 0x70:
@@ -195,15 +213,17 @@ class UpstreamSocket(asyncio.Protocol):
             if n >= 126:
                 head = 4 if n == 126 else 10
                 if size - pos < head:
-                    break
+                    self._need = head
+                    return pos
                 n = int.from_bytes(buf[pos + 2 : pos + head], "big")
             opcode = b0 & 0x0F
             if opcode < _CLOSE and self._size + n > self.max_size:
                 raise FrameError(f"upstream socket message exceeds {self.max_size} bytes", 1009)
             end = pos + head + n
             if end > size:
-                break
-            payload = bytes(buf[pos + head : end])
+                self._need = end - pos
+                return pos
+            payload = buf[pos + head : end]
             pos = end
             if opcode >= _CLOSE:
                 if not b0 & 0x80 or n > 125:
@@ -220,15 +240,16 @@ class UpstreamSocket(asyncio.Protocol):
                 if self._parts is not None:
                     raise FrameError("upstream socket started a message inside a fragmented one")
                 if b0 & 0x80:
-                    self.messages.append(payload)
+                    messages.append(payload)
                     continue
                 self._parts = [payload]
             else:
                 raise FrameError(f"upstream socket sent an unknown opcode {opcode:#x}")
             self._size += n
             if b0 & 0x80:
-                self.messages.append(b"".join(self._parts))
+                messages.append(b"".join(self._parts))
                 self._parts, self._size = None, 0
+        self._need = 2
         return pos
 
     def _control(self, opcode: int, payload: bytes) -> None:

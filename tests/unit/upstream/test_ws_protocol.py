@@ -38,17 +38,19 @@ def dribble(*chunks: bytes) -> Callable:
 
 @pytest.mark.parametrize("loop", LOOPS)
 def test_frames_split_across_reads_are_reassembled(loop):
-    big = b"x" * 70_000  # 8-byte length: the header itself is split below
-    wire = frame(b'{"type":"a"}') + frame(big)
-    pieces = [wire[:1], wire[1:5], wire[5:16], wire[16:40], wire[40:30_000], wire[30_000:]]
+    big, mid = b"x" * 70_000, b"m" * 200  # 8- and 2-byte lengths: each header is split below
+    wire = frame(b'{"type":"a"}') + frame(big) + frame(mid) + frame(b"")
+    cut = len(wire) - 2 - 204  # where the 200-byte frame starts
+    pieces = [wire[:1], wire[1:5], wire[5:16], wire[16:40], wire[40:30_000], wire[30_000:cut + 3], wire[cut + 3:-1],
+              wire[-1:]]
 
     async def main():
         async with Peer(dribble(*pieces)) as peer:
             ws = await connect(peer.url, {}, 2)
-            messages = [await ws.recv(), await ws.recv()]
+            messages = [await ws.recv() for _ in range(4)]
             ws.close()
             return messages
-    assert run(main, loop) == [b'{"type":"a"}', big]
+    assert run(main, loop) == [b'{"type":"a"}', big, mid, b""]
 
 
 def test_several_frames_in_one_read_are_handed_over_together():
