@@ -46,8 +46,8 @@ class FrameError(UpstreamError):
 class UpstreamSocket(asyncio.Protocol):
     """One client WebSocket connection; ``messages`` holds the complete messages not yet read."""
 
-    __slots__ = ("transport", "messages", "error", "max_size", "_buf", "_need", "_parts", "_size", "_waiter", "_handshake",
-                 "_key", "_open", "_paused", "_pinged", "_ping_timer")
+    __slots__ = ("_buf", "_handshake", "_key", "_need", "_open", "_parts", "_paused", "_ping_timer", "_pinged",
+                 "_size", "_waiter", "error", "max_size", "messages", "transport")
 
     def __init__(self, key: bytes, max_size: int) -> None:
         self.transport: asyncio.Transport | None = None
@@ -141,7 +141,7 @@ class UpstreamSocket(asyncio.Protocol):
         else:
             head = bytes((0x80 | opcode, 0xFF)) + n.to_bytes(8, "big")
         mask = os.urandom(4)
-        self.transport.write(head + mask + apply_mask(payload, mask))  # type: ignore[union-attr]
+        self.transport.writelines((head + mask, apply_mask(payload, mask)))  # type: ignore[union-attr]
 
     # -- ending -------------------------------------------------------------
     def fail(self, error: UpstreamError) -> None:

@@ -7,7 +7,7 @@ import httpx
 import orjson
 import pytest
 
-from proxy.call import ModelRequest, UpstreamClosed
+from proxy.call import ModelRequest, UpstreamClosed, UpstreamTimeout
 from proxy.config.loader import parse_policy
 from proxy.upstream.http_pool import UpstreamPools
 from proxy.upstream.targets import build_target
@@ -196,3 +196,48 @@ def test_abandon_returns_the_events_not_yet_relayed_and_closes_the_socket():
     rest, pool = asyncio.run(main())
     assert rest.count(b"event: response.output_text.delta\n") == 3 and rest.startswith(b"event: response.created\n")
     assert (pool.open, pool.idle) == (0, [])
+
+
+def test_a_client_socket_gets_the_events_themselves_one_list_per_read():
+    async def main():
+        async with Peer(peer_turn(frame(CREATED) + frame(DELTAS[0]), b"".join(frame(e) for e in [*DELTAS[1:], COMPLETED]))) as peer:
+            target = await peer_target(peer)
+            response = await target.send(turn({"input": "x"}, "r1"))
+            return [batch async for batch in response.iter_events()], target.pool
+    batches, pool = asyncio.run(main())
+    assert batches == [[CREATED, DELTAS[0]], [*DELTAS[1:], COMPLETED]]
+    assert pool.idle and pool.open == 1
+
+
+def test_a_socket_silent_past_first_byte_s_is_a_timeout_and_is_closed():
+    async def main():
+        async with Peer(peer_turn()) as peer:
+            base = peer.url.replace("ws://", "http://").removesuffix("/v1/responses")
+            policy = PEER_POLICY.replace("first_byte_s: 2", "first_byte_s: 0.2")
+            target = build_target(parse_policy(policy.format(url=base)).deployments["ws"], UpstreamPools(), SocketPools())
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(UpstreamTimeout, match="no event within 0.2s"):
+                await target.send(turn({"input": "x"}, "r1"))
+            await asyncio.wait_for(peer.done, 2)  # the socket was dropped, not pooled
+            return asyncio.get_running_loop().time() - started, target.pool
+    waited, pool = asyncio.run(main())
+    assert 0.2 <= waited < 1.5 and (pool.open, pool.idle) == (0, [])
+
+
+def test_a_socket_that_spoke_while_idle_is_not_handed_a_turn():
+    async def script(reader, writer):
+        await asyncio.sleep(0.05)
+        writer.write(frame(b'{"type":"response.output_text.delta","delta":"stray"}'))
+        await reader.read()
+
+    async def main():
+        async with Peer(script) as peer:
+            pool = SocketPool(peer.url, {}, 2, 1)
+            ws = await pool.acquire()
+            pool.release(ws, reusable=True)
+            await asyncio.sleep(0.2)
+            again = await pool.acquire()
+            pool.close()
+            return ws, again, pool.stats.connects
+    ws, again, connects = asyncio.run(main())
+    assert again is not ws and connects == 2 and not ws.open

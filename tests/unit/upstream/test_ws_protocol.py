@@ -202,7 +202,7 @@ def test_client_frames_are_masked_text_of_every_length_class():
 
 def test_the_handshake_carries_the_headers_and_frames_behind_the_101_are_read():
     async def main():
-        answer = lambda head: switching(head) + frame(b"early")  # noqa: E731
+        answer = lambda head: switching(head) + frame(b"early")
         async with Peer(dribble(), answer=answer) as peer:
             ws = await connect(peer.url + "?model=x", {"Authorization": "Bearer sk-test", "OpenAI-Beta": "b"}, 2)
             first = await ws.recv()

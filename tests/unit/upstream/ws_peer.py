@@ -7,6 +7,7 @@ import base64
 import hashlib
 import ssl
 from collections.abc import Awaitable, Callable
+from typing import Self
 
 from websockets.speedups import apply_mask
 
@@ -66,7 +67,7 @@ class Peer:
         self.done: asyncio.Future | None = None
         self.url = ""
 
-    async def __aenter__(self) -> Peer:
+    async def __aenter__(self) -> Self:
         self.done = asyncio.get_running_loop().create_future()
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.tls)
         port = self._server.sockets[0].getsockname()[1]
@@ -86,7 +87,7 @@ class Peer:
                 await self.script(reader, writer)
             if not self.done.done():
                 self.done.set_result(None)
-        except Exception as exc:  # the test sees what went wrong on the server side
+        except Exception as exc:  # noqa: BLE001 -- the test sees whatever went wrong on the server side
             if not self.done.done():
                 self.done.set_exception(exc)
         finally:
