@@ -42,6 +42,7 @@ _PRELUDE = frozenset({b"response.created", b"response.queued", b"response.in_pro
                       b"response.output_item.added", b"response.content_part.added"})
 _BACKOFF_MIN_S = 0.5
 _BACKOFF_MAX_S = 30.0
+_SSE_CHUNKS, _EVENT_LISTS, _WHOLE = 0, 1, 2  # what SocketResponse._batches yields
 _SSE = [(b"content-type", b"text/event-stream")]
 _JSON = [(b"content-type", b"application/json")]
 
@@ -201,26 +202,21 @@ class SocketResponse:
         self._completed = False
         self._watchdog: _IdleWatchdog | None = None
 
-    async def iter_body(self) -> AsyncIterator[bytes]:
-        """SSE; the events that arrived in one read as one chunk (one write to the client)."""
-        try:
-            async for parts in self._batches(self._stream):
-                if self._stream:
-                    yield b"".join(parts)
-                elif self._done:
-                    yield orjson.dumps(orjson.loads(parts[-1]).get("response") or {})
-        finally:
-            self.release()  # also when the reader stops early, before the inner generator is collected
+    def iter_body(self) -> AsyncIterator[bytes]:
+        """SSE; the events that arrived in one read as one chunk (one write to the client). Not
+        streaming: the response object, once the turn is over."""
+        return self._batches(_SSE_CHUNKS if self._stream else _WHOLE)
 
     def iter_events(self) -> AsyncIterator[list[bytes]]:
         """The events' JSON payloads, those of one read in one list: for a client socket, which sends
         each event as its own frame and would otherwise split the SSE up again."""
-        return self._batches(False)
+        return self._batches(_EVENT_LISTS)
 
-    async def _batches(self, sse: bool) -> AsyncIterator[list[bytes]]:
-        """Each read's events up to the turn's terminal one, as SSE pieces to join or as payloads."""
+    async def _batches(self, shape: int) -> AsyncIterator:
+        """Each read's events up to the turn's terminal one, in the ``shape`` the reader wants."""
         ws = self._ws
         messages = ws.messages
+        sse = shape == _SSE_CHUNKS
         watchdog = self._watchdog = _IdleWatchdog(ws, self._idle_s)
         try:
             while True:
@@ -231,20 +227,24 @@ class SocketResponse:
                         self._pool.stats.drops += not isinstance(exc, UpstreamTimeout)  # a timeout is the watchdog's
                         raise
                     watchdog.last = watchdog.loop.time()
-                out: list[bytes] = []
+                out: list[bytes] = []  # SSE pieces joined once per read, or the payloads themselves
                 while messages:
                     data = messages.popleft()
                     kind = event_type(data)
                     if sse:
                         out += (b"event: ", kind, b"\ndata: ", data, b"\n\n")
-                    else:
+                    elif shape == _EVENT_LISTS:
                         out.append(data)
                     if kind in _TERMINAL:
                         self._done = True
                         self._completed = kind == b"response.completed"
-                        yield out
+                        if shape == _WHOLE:
+                            yield orjson.dumps(orjson.loads(data).get("response") or {})
+                        else:
+                            yield b"".join(out) if sse else out
                         return
-                yield out
+                if shape != _WHOLE:
+                    yield b"".join(out) if sse else out
         finally:
             watchdog.cancel()
             self.release()

@@ -229,6 +229,14 @@ def test_a_handshake_that_does_not_open_a_websocket_is_a_connect_error(answer, m
     run(main)
 
 
+def test_a_peer_that_hangs_up_during_the_handshake_is_a_connect_error():
+    async def main():
+        async with Peer(answer=lambda head: b"HTTP/1.1 101 Switching") as peer:  # then the connection closes
+            with pytest.raises(UpstreamConnectError, match="closed"):
+                await connect(peer.url, {}, 2)
+    run(main)
+
+
 def test_an_unreachable_port_is_a_connect_error():
     async def main():
         server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
