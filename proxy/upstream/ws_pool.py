@@ -278,6 +278,21 @@ class SocketResponse:
                 self._pool.release(self._ws, False)
 
 
+def _in_prelude(data: bytes) -> bool:
+    return event_type(data) in _PRELUDE
+
+
+async def _until_output(ws: UpstreamSocket) -> list[bytes]:
+    """The turn's events up to and including the first one past the prelude."""
+    await ws.readable()
+    held = []
+    while True:
+        data = ws.messages.popleft()
+        held.append(data)
+        if not _in_prelude(data):
+            return held
+
+
 def _first_byte_timeout(ws: UpstreamSocket, first_byte_s: float) -> None:
     ws.fail(UpstreamTimeout(f"upstream socket sent no event within {first_byte_s:.1f}s"))
 
@@ -416,18 +431,16 @@ class SocketTarget:
         ``full``: the request a continuation stands for, re-sent once with its whole context if the
         provider no longer knows the previous response."""
         t = self.deployment.timeouts
-        held: list[bytes] = []
         # past first_byte_s the socket fails with the timeout: a timer, cheaper than a timeout scope
         deadline = asyncio.get_running_loop().call_later(t.first_byte_s, _first_byte_timeout, ws, t.first_byte_s)
+        ws.hold = _in_prelude  # one wake-up at the first event past the prelude, not one per event before it
         try:
             ws.send_text(frame)
-            held.append(await ws.recv())
+            held = await _until_output(ws)
             if full is not None and event_type(held[0]) == b"error" and b'"previous_response_not_found"' in held[0]:
                 self.pool.stats.continue_misses += 1
                 ws.send_text(self._frame(full))
-                held[0] = await ws.recv()
-            while event_type(held[-1]) in _PRELUDE:
-                held.append(await ws.recv())
+                held = await _until_output(ws)
         except UpstreamTimeout:
             self.pool.release(ws, False)
             raise
@@ -440,6 +453,7 @@ class SocketTarget:
             raise
         finally:
             deadline.cancel()
+            ws.hold = None
         if len(held) == 1 and event_type(held[0]) == b"error":
             if pin is not None:
                 pin.keep(self.pool, ws, None)  # still the conversation's socket; the provider remembers nothing new

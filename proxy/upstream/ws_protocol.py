@@ -19,8 +19,10 @@ import asyncio
 import base64
 import collections
 import hashlib
+import itertools
 import os
 import ssl
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from websockets.speedups import apply_mask
@@ -47,12 +49,15 @@ class UpstreamSocket(asyncio.Protocol):
     """One client WebSocket connection; ``messages`` holds the complete messages not yet read."""
 
     __slots__ = ("_buf", "_handshake", "_key", "_need", "_open", "_parts", "_paused", "_ping_timer", "_pinged",
-                 "_size", "_waiter", "error", "max_size", "messages", "transport")
+                 "_size", "_waiter", "error", "hold", "max_size", "messages", "transport")
 
     def __init__(self, key: bytes, max_size: int) -> None:
         self.transport: asyncio.Transport | None = None
         self.messages: collections.deque[bytes] = collections.deque()
         self.error: UpstreamError | None = None  # set once: the connection is over
+        # messages it is true for do not wake the reader by themselves (a turn's prelude events,
+        # which arrive one by one just before the output they are relayed with)
+        self.hold: Callable[[bytes], bool] | None = None
         self.max_size = max_size
         self._buf = bytearray()
         self._need = 0  # bytes the buffered partial frame needs before parsing can progress
@@ -99,7 +104,8 @@ class UpstreamSocket(asyncio.Protocol):
             if len(self.messages) > _HIGH_WATER and not self._paused and self.transport is not None:
                 self._paused = True
                 self.transport.pause_reading()
-            self._wake()
+            if self.hold is None or not all(map(self.hold, itertools.islice(self.messages, queued, None))):
+                self._wake()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._open = False
@@ -107,8 +113,9 @@ class UpstreamSocket(asyncio.Protocol):
 
     # -- reading ------------------------------------------------------------
     async def readable(self) -> None:
-        """Until at least one message is queued; raises the connection's error once none are left."""
-        while not self.messages:
+        """Until a message is queued that ``hold`` does not hold back; raises the connection's error
+        once no such message is left."""
+        while not self.messages or (self.hold is not None and all(map(self.hold, self.messages))):
             if self.error is not None:
                 raise self.error
             waiter = self._waiter = asyncio.get_running_loop().create_future()

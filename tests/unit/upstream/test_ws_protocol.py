@@ -321,3 +321,28 @@ def test_not_a_websocket_url_is_refused():
         with pytest.raises(UpstreamError, match="not a ws"):
             await connect("http://127.0.0.1:1/v1/responses", {}, 1)
     run(main)
+
+
+def test_held_messages_do_not_wake_the_reader_and_a_close_behind_them_is_the_error():
+    async def script(reader, writer):
+        for piece in (frame(b"p1"), frame(b"p2"), frame(b"out") + frame(b"p3"), frame(b"p4"), frame(b"", opcode=0x8)):
+            writer.write(piece)
+            await writer.drain()
+            await asyncio.sleep(0.05)
+        await reader.read()
+
+    async def main():
+        async with Peer(script) as peer:
+            ws = await connect(peer.url, {}, 2)
+            ws.hold = lambda data: data.startswith(b"p")
+            waiting = asyncio.ensure_future(ws.readable())
+            await asyncio.sleep(0.07)
+            early = waiting.done(), list(ws.messages)  # p1 and p2 are queued, the reader still waits
+            await waiting  # for the read that brings "out"
+            first = [ws.messages.popleft() for _ in range(3)]
+            with pytest.raises(UpstreamClosed):
+                await ws.readable()  # p3 and p4 are held back, so the close is what the reader gets
+            return early, first, list(ws.messages)
+    early, first, left = run(main)
+    assert early == (False, [b"p1", b"p2"])
+    assert first == [b"p1", b"p2", b"out"] and left == [b"p3", b"p4"]
