@@ -251,6 +251,10 @@ def report(samples: dict[str, list[Sample]], args: argparse.Namespace, convo: Co
         r = rows[name]
         print(f"{name} vs (a): proxy CPU/turn p50 {(r[0] / a[0] - 1) * 100:+.0f}%, p99 {(r[1] / a[1] - 1) * 100:+.0f}%; "
               f"added latency p50 {r[2] * 1e3:.2f} ms vs {a[2] * 1e3:.2f} ms")
+    sockets = ", ".join(f"{name} {rows[name][0]:.2f}" for name in ("(b+) ws-ws", "(c) http-ws"))
+    met = all(rows[name][0] <= a[0] for name in ("(b+) ws-ws", "(c) http-ws"))
+    print(f"upstream sockets: proxy CPU/turn p50 {sockets} vs (a) {a[0]:.2f} ms; goal (b+) and (c) <= (a): "
+          f"{'MET' if met else 'NOT MET'}")
     best = max(("(b) ws", "(b+) ws-ws"), key=lambda n: 1 - rows[n][0] / a[0])
     cut = (1 - rows[best][0] / a[0]) * 100
     print(f"SUMMARY: client WebSocket {best} changes Laneway's per-turn overhead (proxy CPU/turn, p50) by {-cut:+.0f}% "

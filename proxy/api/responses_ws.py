@@ -16,6 +16,7 @@ import asyncio
 import logging
 import os
 from collections import OrderedDict, deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -26,13 +27,13 @@ from proxy.api.errors import ProxyError, http_error
 from proxy.api.pipeline import Call, Pipeline, read_hints
 from proxy.api.responses_events import failure_events, next_sequence_number, response_object, zero_usage
 from proxy.api.ws_server import SEND_TEXTS
-from proxy.call import ModelRequest, Outcome, UpstreamError
+from proxy.call import ModelRequest, Outcome, UpstreamError, UpstreamResponse
 from proxy.config.schema import ApiKey
 from proxy.errors import Refused
 from proxy.routing.attempts import Attempt
 from proxy.routing.hints import Hints
 from proxy.upstream.scan import StreamScanner, event_type, response_id
-from proxy.upstream.ws_pool import SocketPin
+from proxy.upstream.ws_pool import SocketPin, SocketResponse
 
 log = logging.getLogger("laneway")
 
@@ -347,17 +348,12 @@ class _Connection:
         extra = {} if stream_id is None else {"stream_id": stream_id}
         await self._send_event({"type": "laneway.route", "route": outcome.route, "deployment": dep.name,
                                 "lane": dep.hardware, "reason": attempt.reason, **extra})
-        frames = SseFrames()
         scanner = StreamScanner(outcome.started)
         prefix = b'{"stream_id":' + orjson.dumps(stream_id) + b"," if stream_id is not None else None
         completed: bytes | None = None
         first, last = b"", []  # enough of the turn to end it well-formed if the upstream breaks off
         try:
-            async for chunk in response.iter_body():
-                scanner.feed(chunk)
-                texts = frames.feed(chunk)
-                if not texts:
-                    continue
+            async for texts in _event_batches(response, scanner):
                 first, last = first or texts[0], texts
                 if completed is None:
                     completed = next((data for data in texts if event_type(data) in _FINAL), None)
@@ -433,6 +429,22 @@ class _Connection:
 
 
 _NO_CONTEXT = _Context([], 0)
+
+
+async def _event_batches(response: UpstreamResponse, scanner: StreamScanner) -> AsyncIterator[list[bytes]]:
+    """The events of each upstream chunk, scanned on the way: as an upstream socket hands them over,
+    else split out of the relayed SSE."""
+    if isinstance(response, SocketResponse):
+        async for texts in response.iter_events():
+            scanner.feed(b"\n".join(texts))
+            yield texts
+        return
+    frames = SseFrames()
+    async for chunk in response.iter_body():
+        scanner.feed(chunk)
+        texts = frames.feed(chunk)
+        if texts:
+            yield texts
 
 
 def _as_items(value: object) -> list:

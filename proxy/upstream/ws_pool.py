@@ -25,15 +25,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import orjson
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake
-from websockets.protocol import State
 
-from proxy.call import ModelRequest, UpstreamClosed, UpstreamTimeout
+from proxy.call import ModelRequest, UpstreamConnectError, UpstreamError, UpstreamTimeout
 from proxy.config.schema import Deployment
 from proxy.upstream.body import rewrite_body
 from proxy.upstream.openai_compat import OpenAICompatTarget
 from proxy.upstream.scan import event_type, response_id
+from proxy.upstream.ws_protocol import UpstreamSocket, connect
 
 log = logging.getLogger("laneway")
 
@@ -44,6 +42,7 @@ _PRELUDE = frozenset({b"response.created", b"response.queued", b"response.in_pro
                       b"response.output_item.added", b"response.content_part.added"})
 _BACKOFF_MIN_S = 0.5
 _BACKOFF_MAX_S = 30.0
+_SSE_CHUNKS, _EVENT_LISTS, _WHOLE = 0, 1, 2  # what SocketResponse._batches yields
 _SSE = [(b"content-type", b"text/event-stream")]
 _JSON = [(b"content-type", b"application/json")]
 
@@ -69,49 +68,50 @@ class SocketPool:
         self.headers = headers
         self.limit = limit
         self.connect_s = connect_s
-        self.idle: list[ClientConnection] = []
+        self.idle: list[UpstreamSocket] = []
         self.open = 0
         self.stats = SocketStats()
         self._down_until = 0.0
         self._backoff = 0.0
 
-    async def acquire(self) -> ClientConnection | None:
+    async def acquire(self) -> UpstreamSocket | None:
         """An open socket, or None when the cap is reached or the provider is backing off."""
         while self.idle:
             ws = self.idle.pop()
-            if ws.state is State.OPEN:
+            if ws.open and not ws.messages:  # a message while idle answers no turn: not this socket
                 return ws
             self.open -= 1
+            ws.abort()
         if self.open >= self.limit or time.monotonic() < self._down_until:
             return None
         self.open += 1
         try:
-            ws = await connect(self.url, additional_headers=self.headers, open_timeout=self.connect_s,
-                               compression=None, max_size=None, user_agent_header="laneway")
-        except (OSError, InvalidHandshake, TimeoutError) as exc:
+            ws = await connect(self.url, self.headers, self.connect_s)
+        except UpstreamConnectError as exc:
             self.open -= 1
             self.stats.connect_failures += 1
             self._backoff = min(max(_BACKOFF_MIN_S, self._backoff * 2), _BACKOFF_MAX_S)
             self._down_until = time.monotonic() + self._backoff
             log.warning("upstream WebSocket %s unavailable (%s); HTTP for %.1fs", self.url.split("?")[0],
-                        type(exc).__name__, self._backoff)
+                        exc, self._backoff)
             return None
+        except BaseException:
+            self.open -= 1
+            raise
         self._backoff = 0.0
         self.stats.connects += 1
         return ws
 
-    def release(self, ws: ClientConnection, reusable: bool) -> None:
-        if reusable and ws.state is State.OPEN:
+    def release(self, ws: UpstreamSocket, reusable: bool) -> None:
+        if reusable and ws.open and not ws.messages:
             self.idle.append(ws)
             return
         self.open -= 1
-        if ws.transport is not None:
-            ws.transport.abort()
+        ws.abort()
 
     def close(self) -> None:
         for ws in self.idle:
-            if ws.transport is not None:
-                ws.transport.abort()
+            ws.close()
         self.idle.clear()
         self.open = 0
 
@@ -127,23 +127,23 @@ class SocketPin:
 
     def __init__(self) -> None:
         self.pool: SocketPool | None = None
-        self.ws: ClientConnection | None = None
+        self.ws: UpstreamSocket | None = None
         self.response_id: str | None = None
         self.previous: str | None = None
         self.delta: list | None = None
         self.busy = False
 
-    def take(self, pool: SocketPool) -> ClientConnection | None:
+    def take(self, pool: SocketPool) -> UpstreamSocket | None:
         """The pinned socket if it is open and belongs to ``pool``; a socket of another pool goes back to it."""
         ws = self.ws
         if ws is None:
             return None
-        if self.pool is pool and ws.state is State.OPEN:
+        if self.pool is pool and ws.open:
             return ws
         self.drop(reusable=True)
         return None
 
-    def keep(self, pool: SocketPool, ws: ClientConnection, response_id: str | None) -> None:
+    def keep(self, pool: SocketPool, ws: UpstreamSocket, response_id: str | None) -> None:
         if self.ws is not None and self.ws is not ws:  # a hedged twin pinned one first: one socket is enough
             self.drop(reusable=True)
         self.pool, self.ws, self.response_id = pool, ws, response_id
@@ -184,86 +184,133 @@ class SocketResponse:
     """A turn running on a pooled socket, presented like an HTTP response carrying SSE."""
 
     __slots__ = ("status", "headers", "_pool", "_ws", "_held", "_stream", "_idle_s", "_done", "_released", "_pin",
-                 "_completed")
+                 "_completed", "_watchdog")
 
-    def __init__(self, pool: SocketPool, ws: ClientConnection, held: list[bytes], stream: bool, idle_s: float,
+    def __init__(self, pool: SocketPool, ws: UpstreamSocket, held: list[bytes], stream: bool, idle_s: float,
                  pin: SocketPin | None = None) -> None:
         self.status = 200
         self.headers = _SSE if stream else _JSON
         self._pool = pool
         self._ws = ws
-        self._held = held  # events received before the first output
+        self._held = held  # events received before the first output: response_id() reads the first
+        ws.messages.extendleft(reversed(held))  # relayed with what arrived behind them, in one chunk
         self._stream = stream
         self._idle_s = idle_s
         self._done = False
         self._released = False
         self._pin = pin  # a client conversation keeps the socket after the turn
         self._completed = False
+        self._watchdog: _IdleWatchdog | None = None
 
-    async def iter_body(self) -> AsyncIterator[bytes]:
-        watchdog = _IdleWatchdog(self._ws, self._idle_s)
+    def iter_body(self) -> AsyncIterator[bytes]:
+        """SSE; the events that arrived in one read as one chunk (one write to the client). Not
+        streaming: the response object, once the turn is over."""
+        return self._batches(_SSE_CHUNKS if self._stream else _WHOLE)
+
+    def iter_events(self) -> AsyncIterator[list[bytes]]:
+        """The events' JSON payloads, those of one read in one list: for a client socket, which sends
+        each event as its own frame and would otherwise split the SSE up again."""
+        return self._batches(_EVENT_LISTS)
+
+    async def _batches(self, shape: int) -> AsyncIterator:
+        """Each read's events up to the turn's terminal one, in the ``shape`` the reader wants."""
+        ws = self._ws
+        messages = ws.messages
+        sse = shape == _SSE_CHUNKS
+        watchdog = self._watchdog = _IdleWatchdog(ws, self._idle_s)
         try:
-            held = iter(self._held)
             while True:
-                data = next(held, None) or await self._next(watchdog)
-                kind = event_type(data)
-                if self._stream:
-                    yield b"event: " + kind + b"\ndata: " + data + b"\n\n"
-                if kind in _TERMINAL:
-                    self._done = True
-                    self._completed = kind == b"response.completed"
-                    if not self._stream:
-                        yield orjson.dumps(orjson.loads(data).get("response") or {})
-                    return
+                if not messages:
+                    try:
+                        await ws.readable()
+                    except UpstreamError as exc:
+                        self._pool.stats.drops += not isinstance(exc, UpstreamTimeout)  # a timeout is the watchdog's
+                        raise
+                    watchdog.last = watchdog.loop.time()
+                out: list[bytes] = []  # SSE pieces joined once per read, or the payloads themselves
+                while messages:
+                    data = messages.popleft()
+                    kind = event_type(data)
+                    if sse:
+                        out += (b"event: ", kind, b"\ndata: ", data, b"\n\n")
+                    elif shape == _EVENT_LISTS:
+                        out.append(data)
+                    if kind in _TERMINAL:
+                        self._done = True
+                        self._completed = kind == b"response.completed"
+                        if shape == _WHOLE:
+                            yield orjson.dumps(orjson.loads(data).get("response") or {})
+                        else:
+                            yield b"".join(out) if sse else out
+                        return
+                if shape != _WHOLE:
+                    yield b"".join(out) if sse else out
         finally:
             watchdog.cancel()
             self.release()
-
-    async def _next(self, watchdog: "_IdleWatchdog") -> bytes:
-        try:
-            data = await self._ws.recv(decode=False)
-        except ConnectionClosed:
-            if watchdog.fired:
-                raise UpstreamTimeout("upstream socket sent nothing for %.1fs" % self._idle_s) from None
-            self._pool.stats.drops += 1
-            raise UpstreamClosed("upstream socket closed before the response ended") from None
-        watchdog.last = watchdog.loop.time()
-        return data
 
     async def read(self) -> bytes:
         return b"".join([chunk async for chunk in self.iter_body()])
 
     def abandon(self) -> bytes:
-        """Events are received one at a time as they are relayed, so nothing unread is held; the
-        socket closes (the provider stops generating)."""
+        """Close the socket (the provider stops generating) and return, as SSE, the events that had
+        arrived but were not relayed (the provider sent, and bills, those tokens too)."""
+        rest = b""
+        if not self._released and self._stream:
+            rest = b"".join(_sse(event_type(data), data) for data in self._ws.messages)
         self.release()
-        return b""
+        return rest
 
     def release(self) -> None:
         """Back to the pool after a whole turn; a turn cut short closes the socket (cancels upstream)."""
         if not self._released:
             self._released = True
+            if self._watchdog is not None:
+                self._watchdog.cancel()
             pin = self._pin
             if pin is None:
                 self._pool.release(self._ws, self._done)
                 return
             pin.busy = False
-            if self._done and self._ws.state is State.OPEN:
+            if self._done and self._ws.open:
                 pin.keep(self._pool, self._ws, response_id(self._held[0]) if self._completed else None)
             else:
                 self._pool.release(self._ws, False)
 
 
+def _in_prelude(data: bytes) -> bool:
+    return event_type(data) in _PRELUDE
+
+
+async def _until_output(ws: UpstreamSocket) -> list[bytes]:
+    """The turn's events up to and including the first one past the prelude."""
+    await ws.readable()
+    held = []
+    while True:
+        data = ws.messages.popleft()
+        held.append(data)
+        if not _in_prelude(data):
+            return held
+
+
+def _first_byte_timeout(ws: UpstreamSocket, first_byte_s: float) -> None:
+    ws.fail(UpstreamTimeout(f"upstream socket sent no event within {first_byte_s:.1f}s"))
+
+
+def _sse(kind: bytes, data: bytes) -> bytes:
+    """One socket event as the SSE frame the HTTP relay expects."""
+    return b"event: " + kind + b"\ndata: " + data + b"\n\n"
+
+
 class _IdleWatchdog:
-    """Aborts a socket that sent nothing for ``idle_s``: one timer per turn that re-arms itself
-    from the last event's time, instead of a timeout scope around every one of ~30 events."""
+    """Fails a socket that sent nothing for ``idle_s``: one timer per turn that re-arms itself
+    from the last event's time, instead of a timer around every wait."""
 
-    __slots__ = ("loop", "last", "fired", "_ws", "_idle_s", "_handle")
+    __slots__ = ("loop", "last", "_ws", "_idle_s", "_handle")
 
-    def __init__(self, ws: ClientConnection, idle_s: float) -> None:
+    def __init__(self, ws: UpstreamSocket, idle_s: float) -> None:
         self.loop = asyncio.get_running_loop()
         self.last = self.loop.time()
-        self.fired = False
         self._ws = ws
         self._idle_s = idle_s
         self._handle = self.loop.call_at(self.last + idle_s, self._check)
@@ -273,9 +320,7 @@ class _IdleWatchdog:
         if self.loop.time() < due:
             self._handle = self.loop.call_at(due, self._check)
             return
-        self.fired = True
-        if self._ws.transport is not None:
-            self._ws.transport.abort()  # the pending recv ends with ConnectionClosed
+        self._ws.fail(UpstreamTimeout("upstream socket sent nothing for %.1fs" % self._idle_s))
 
     def cancel(self) -> None:
         self._handle.cancel()
@@ -377,36 +422,38 @@ class SocketTarget:
         if "stream" in body and body["stream"] is not True:
             body, raw = {k: v for k, v in body.items() if k != "stream"}, None
         raw = rewrite_body(raw, body, self.deployment.model, False).lstrip()
-        return b'{"type":"response.create",' + raw[1:]
+        return b"".join((b'{"type":"response.create",', memoryview(raw)[1:]))  # one copy of a large body
 
-    async def _start(self, ws: ClientConnection, frame: bytes, stream: bool, pin: SocketPin | None = None,
+    async def _start(self, ws: UpstreamSocket, frame: bytes, stream: bool, pin: SocketPin | None = None,
                      full: ModelRequest | None = None):
         """Send the turn and hold its events until the first output (or the end); None when the
         socket died before then — nothing has reached the client, so HTTP can still take the turn.
         ``full``: the request a continuation stands for, re-sent once with its whole context if the
         provider no longer knows the previous response."""
         t = self.deployment.timeouts
-        held: list[bytes] = []
+        # past first_byte_s the socket fails with the timeout: a timer, cheaper than a timeout scope
+        deadline = asyncio.get_running_loop().call_later(t.first_byte_s, _first_byte_timeout, ws, t.first_byte_s)
+        ws.hold = _in_prelude  # one wake-up at the first event past the prelude, not one per event before it
         try:
-            await ws.send(frame, text=True)
-            async with asyncio.timeout(t.first_byte_s):
-                held.append(await ws.recv(decode=False))
-                if full is not None and event_type(held[0]) == b"error" and b'"previous_response_not_found"' in held[0]:
-                    self.pool.stats.continue_misses += 1
-                    await ws.send(self._frame(full), text=True)
-                    held[0] = await ws.recv(decode=False)
-                while event_type(held[-1]) in _PRELUDE:
-                    held.append(await ws.recv(decode=False))
-        except TimeoutError:
+            ws.send_text(frame)
+            held = await _until_output(ws)
+            if full is not None and event_type(held[0]) == b"error" and b'"previous_response_not_found"' in held[0]:
+                self.pool.stats.continue_misses += 1
+                ws.send_text(self._frame(full))
+                held = await _until_output(ws)
+        except UpstreamTimeout:
             self.pool.release(ws, False)
-            raise UpstreamTimeout("upstream socket sent no event within %.1fs" % t.first_byte_s) from None
-        except (ConnectionClosed, OSError):
+            raise
+        except UpstreamError:  # closed, or broke the protocol: nothing reached the client yet
             self.pool.stats.drops += 1
             self.pool.release(ws, False)
             return None
         except BaseException:
             self.pool.release(ws, False)
             raise
+        finally:
+            deadline.cancel()
+            ws.hold = None
         if len(held) == 1 and event_type(held[0]) == b"error":
             if pin is not None:
                 pin.keep(self.pool, ws, None)  # still the conversation's socket; the provider remembers nothing new

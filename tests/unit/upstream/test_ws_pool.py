@@ -7,12 +7,14 @@ import httpx
 import orjson
 import pytest
 
-from proxy.call import ModelRequest
+from proxy.call import ModelRequest, UpstreamClosed, UpstreamTimeout
 from proxy.config.loader import parse_policy
 from proxy.upstream.http_pool import UpstreamPools
 from proxy.upstream.targets import build_target
 from proxy.upstream.ws_pool import ErrorResponse, SocketPin, SocketPool, SocketPools
+from proxy.upstream.scan import event_type
 from tests.support import free_port, simulator
+from tests.unit.upstream.ws_peer import Peer, frame, read_frame
 
 POLICY = """\
 version: 1
@@ -110,3 +112,132 @@ def test_an_error_event_reads_like_an_http_error_response():
     assert response.status == 429 and (b"retry-after", b"2") in response.headers
     assert orjson.loads(run(response.read()))["error"]["code"] == "rate_limit_exceeded"
     assert response.abandon() == b""
+
+
+# --- a turn over the lean protocol, against a peer that writes exactly what a test asks for ---------
+
+PEER_POLICY = """\
+version: 1
+auth: open
+deployments:
+  - {{name: ws, provider: openai, model: m, base_url: "{url}/v1", websocket: true,
+      timeouts: {{connect_s: 1, first_byte_s: 2, idle_s: 2}}}}
+"""
+CREATED = b'{"type":"response.created","response":{"id":"resp_1","status":"in_progress"}}'
+DELTAS = [b'{"type":"response.output_text.delta","delta":"tok%d "}' % i for i in range(1, 4)]
+COMPLETED = b'{"type":"response.completed","response":{"id":"resp_1","status":"completed","output":[]}}'
+
+
+def peer_turn(*writes: bytes, then: str = "wait"):
+    """A script: take the turn's response.create, write each of ``writes`` as its own segment, then
+    wait for the client to close, or ``then="die"`` (drop the TCP connection)."""
+    async def script(reader, writer):
+        opcode, payload = await read_frame(reader)
+        assert opcode == 0x1 and payload.startswith(b'{"type":"response.create"')
+        for chunk in writes:
+            writer.write(chunk)
+            await writer.drain()
+            await asyncio.sleep(0.03)
+        if then == "die":
+            writer.transport.abort()
+        else:
+            await reader.read()
+    return script
+
+
+async def peer_target(peer: Peer):
+    base = peer.url.replace("ws://", "http://").removesuffix("/v1/responses")
+    return build_target(parse_policy(PEER_POLICY.format(url=base)).deployments["ws"], UpstreamPools(), SocketPools())
+
+
+def test_events_that_arrive_together_are_relayed_as_one_chunk():
+    burst = b"".join(frame(e) for e in [CREATED, *DELTAS, COMPLETED])
+
+    async def main():
+        async with Peer(peer_turn(burst)) as peer:
+            target = await peer_target(peer)
+            response = await target.send(turn({"input": "x"}, "r1"))
+            chunks = [c async for c in response.iter_body()]
+            return chunks, target.pool
+    chunks, pool = asyncio.run(main())
+    assert len(chunks) == 1, "one read, one hand-over (one write to the client)"
+    assert chunks[0] == b"".join(b"event: %s\ndata: %s\n\n" % (event_type(e), e) for e in [CREATED, *DELTAS, COMPLETED])
+    assert pool.idle and pool.open == 1  # a whole turn: the socket is reusable
+
+
+@pytest.mark.parametrize("end", ["close", "die-mid-frame"])
+def test_a_socket_that_ends_mid_turn_surfaces_the_error_and_frees_its_slot(end):
+    tail = frame((1011).to_bytes(2, "big"), opcode=0x8) if end == "close" else frame(b'{"type":"response.output_text')[:9]
+    script = peer_turn(frame(CREATED) + frame(DELTAS[0]), frame(DELTAS[1]) + tail, then="die")
+
+    async def main():
+        async with Peer(script) as peer:
+            target = await peer_target(peer)
+            response = await target.send(turn({"input": "x"}, "r1"))
+            chunks = []
+            with pytest.raises(UpstreamClosed):
+                async for chunk in response.iter_body():
+                    chunks.append(chunk)
+            return chunks, target.pool
+    chunks, pool = asyncio.run(asyncio.wait_for(main(), 10))
+    assert b"tok1" in chunks[0] and b"tok2" in chunks[-1], "everything that arrived whole was relayed first"
+    assert (pool.open, pool.idle, pool.stats.drops) == (0, [], 1)
+
+
+def test_abandon_returns_the_events_not_yet_relayed_and_closes_the_socket():
+    async def main():
+        async with Peer(peer_turn(b"".join(frame(e) for e in [CREATED, *DELTAS]))) as peer:
+            target = await peer_target(peer)
+            response = await target.send(turn({"input": "x"}, "r1"))
+            await asyncio.sleep(0.05)
+            rest = response.abandon()
+            await asyncio.wait_for(peer.done, 2)  # the provider sees the connection go: it stops generating
+            return rest, target.pool
+    rest, pool = asyncio.run(main())
+    assert rest.count(b"event: response.output_text.delta\n") == 3 and rest.startswith(b"event: response.created\n")
+    assert (pool.open, pool.idle) == (0, [])
+
+
+def test_a_client_socket_gets_the_events_themselves_one_list_per_read():
+    async def main():
+        async with Peer(peer_turn(frame(CREATED) + frame(DELTAS[0]), b"".join(frame(e) for e in [*DELTAS[1:], COMPLETED]))) as peer:
+            target = await peer_target(peer)
+            response = await target.send(turn({"input": "x"}, "r1"))
+            return [batch async for batch in response.iter_events()], target.pool
+    batches, pool = asyncio.run(main())
+    assert batches == [[CREATED, DELTAS[0]], [*DELTAS[1:], COMPLETED]]
+    assert pool.idle and pool.open == 1
+
+
+def test_a_socket_silent_past_first_byte_s_is_a_timeout_and_is_closed():
+    async def main():
+        async with Peer(peer_turn()) as peer:
+            base = peer.url.replace("ws://", "http://").removesuffix("/v1/responses")
+            policy = PEER_POLICY.replace("first_byte_s: 2", "first_byte_s: 0.2")
+            target = build_target(parse_policy(policy.format(url=base)).deployments["ws"], UpstreamPools(), SocketPools())
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(UpstreamTimeout, match="no event within 0.2s"):
+                await target.send(turn({"input": "x"}, "r1"))
+            await asyncio.wait_for(peer.done, 2)  # the socket was dropped, not pooled
+            return asyncio.get_running_loop().time() - started, target.pool
+    waited, pool = asyncio.run(main())
+    assert 0.2 <= waited < 1.5 and (pool.open, pool.idle) == (0, [])
+
+
+def test_a_socket_that_spoke_while_idle_is_not_handed_a_turn():
+    async def script(reader, writer):
+        await asyncio.sleep(0.05)
+        writer.write(frame(b'{"type":"response.output_text.delta","delta":"stray"}'))
+        await reader.read()
+
+    async def main():
+        async with Peer(script) as peer:
+            pool = SocketPool(peer.url, {}, 2, 1)
+            ws = await pool.acquire()
+            pool.release(ws, reusable=True)
+            await asyncio.sleep(0.2)
+            again = await pool.acquire()
+            pool.close()
+            return ws, again, pool.stats.connects
+    ws, again, connects = asyncio.run(main())
+    assert again is not ws and connects == 2 and not ws.open
