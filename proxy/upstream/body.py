@@ -24,10 +24,11 @@ from proxy.errors import InvalidRequest
 # Every top-level member as the raw bytes of its value: no value is built (nor UTF-8 checked: the
 # API layer's orjson parse, which every body passed, is the validation).
 _MEMBERS = msgspec.json.Decoder(dict[str, msgspec.Raw])
-_OPEN = re.compile(rb"[ \t\n\r]*\{")
-_KEY = re.compile(rb'[ \t\n\r]*("[^"\\]*(?:\\.[^"\\]*)*")[ \t\n\r]*:[ \t\n\r]*')
-_AFTER = re.compile(rb"[ \t\n\r]*([,}])")
-_END = re.compile(rb"[ \t\n\r]*\Z")
+_WS = rb"[ \t\n\r]*"
+_KEY = rb'"([^"\\]*(?:\\.[^"\\]*)*)"'  # a key's text between its quotes, escapes and all
+# What comes before a member's value: "{" (the first) or "," (the others), its key, ":".
+_FIRST, _NEXT = (re.compile(_WS + opening + _WS + _KEY + _WS + b":" + _WS) for opening in (rb"\{", b","))
+_CLOSE = re.compile(_WS + rb"\}" + _WS + rb"\Z")
 _MAX_DEPTH = 255  # orjson.dumps's limit
 _USAGE_STREAMS = frozenset({"chat", "completions"})
 
@@ -67,36 +68,32 @@ def model_member(raw: bytes) -> tuple[int, int] | None:
     """The span of the top-level ``"model": value`` member of the JSON object ``raw``, however its
     key is spelled; None if ``raw`` has no such member or its top level has a key twice.
 
-    Each step matches a key whose decoded text is the next key msgspec found and a value equal to
-    the bytes msgspec gave for it, then a separator; reaching the closing brace and the end of
-    ``raw`` after the last key means the walk is the document's one parse, so the span found is
-    the member a provider reads. A duplicate key (msgspec keeps its last value) breaks the walk."""
+    Each step matches "{" or ",", a key whose decoded text is the next key msgspec found and a
+    value equal to the bytes msgspec gave for it; reaching the closing brace and the end of ``raw``
+    after the last key means the walk is the document's one parse, so the span found is the member
+    a provider reads. A duplicate key (msgspec keeps its last value) breaks the walk."""
     try:
         members = _MEMBERS.decode(raw)
     except (msgspec.DecodeError, RecursionError):  # msgspec nests less deep than orjson: re-encode
         return None
-    opened = _OPEN.match(raw)
-    if opened is None:
-        return None
-    pos, span, last = opened.end(), None, len(members) - 1
-    for i, (name, value) in enumerate(members.items()):
-        key = _KEY.match(raw, pos)
-        if key is None or _key_text(key.group(1)) != name or not raw.startswith(value, key.end()):
+    pos, span, before = 0, None, _FIRST
+    for name, value in members.items():
+        key = before.match(raw, pos)
+        if key is None or _key_text(key.group(1)) != name:
             return None  # not the parse msgspec made: a key seen twice
-        end = key.end() + len(value)
-        if name == "model":
-            span = (key.start(1), end)
-        after = _AFTER.match(raw, end)
-        if after is None or (after.group(1) == b"}") != (i == last):
+        start = key.end()
+        if not raw.startswith(value, start):
             return None
-        pos = after.end()
-    return span if _END.match(raw, pos) else None
+        pos, before = start + len(value), _NEXT
+        if name == "model":
+            span = (key.start(1) - 1, pos)  # from the key's opening quote
+    return span if _CLOSE.match(raw, pos) else None
 
 
-def _key_text(token: bytes) -> str | None:
-    """A key token's text (escapes such as ``"mod\\u0065l"`` decoded); None if it is not valid JSON text."""
+def _key_text(text: bytes) -> str | None:
+    """A key's text (escapes such as ``mod\\u0065l`` decoded); None if it is not valid JSON text."""
     try:
-        return token[1:-1].decode() if b"\\" not in token else orjson.loads(token)
+        return text.decode() if b"\\" not in text else orjson.loads(b'"' + text + b'"')
     except ValueError:  # not UTF-8: the API layer refuses such bodies before they get here
         return None
 
