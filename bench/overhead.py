@@ -189,9 +189,10 @@ _CODE = '''def retry(self, request: Request) -> Response:
 
 
 def chat_body(kb: int, model: str, shape: str) -> bytes:
-    """A chat request of about ``kb`` KiB, keys in the openai SDK's order (``model`` after
-    ``messages``): "history" is a coding agent resending its conversation — user turns, tool
-    calls, long code results with quotes, newlines and some non-ASCII; "string" one long message."""
+    """A chat request of about ``kb`` KiB, keys ordered and spaced as the openai SDK sends them
+    (``model`` after ``messages``): "history" is a coding agent resending its conversation — user
+    turns, tool calls, long code results with quotes, newlines and some non-ASCII; "string" one
+    long message."""
     target = kb * 1024 - 200
     messages: list[dict] = [{"role": "system", "content": "You are a coding agent; use the tools."}]
     if shape == "string":
@@ -206,7 +207,9 @@ def chat_body(kb: int, model: str, shape: str) -> bytes:
                 "function": {"name": "read_file", "arguments": json.dumps({"path": f"proxy/file_{i}.py"})}}]})
             room = target - len(json.dumps(messages, ensure_ascii=False))
             messages.append({"role": "tool", "tool_call_id": f"call_{i}", "content": (_CODE * rnd.randint(1, 6))[:max(16, room)]})
-    return json.dumps({"messages": messages, "model": model, "max_tokens": 16}, ensure_ascii=False).encode()
+    # compact, as the openai SDKs (httpx, JSON.stringify) and Codex (serde_json) encode
+    return json.dumps({"messages": messages, "model": model, "max_tokens": 16}, ensure_ascii=False,
+                      separators=(",", ":")).encode()
 
 
 def task_cpu_ns(pid: int) -> int:

@@ -111,6 +111,18 @@ def test_the_provider_reads_the_deployment_model_once_however_the_body_is_spelle
     assert_provider_reads_the_deployment(raw, rewrite(raw, inject=True), stream_options={"include_usage": True})
 
 
+@pytest.mark.parametrize("dumps", [
+    orjson.dumps,  # compact, as httpx and orjson write
+    lambda body: json.dumps(body).encode(),  # ", " and ": ", as json.dumps writes by default
+    lambda body: json.dumps(body, indent=2).encode(),  # newlines and indentation
+])
+def test_an_ordinary_body_is_spliced_not_re_encoded(dumps):
+    raw = dumps({"messages": [{"role": "user", "content": "h\u00e9 \"model\""}], "model": "codex", "max_tokens": 5})
+    start, end = model_member(raw)
+    assert raw[start:end].replace(b" ", b"") == b'"model":"codex"'
+    assert rewrite(raw) == raw[:start] + b'"model":"sim-spark"' + raw[end:]
+
+
 @pytest.mark.parametrize("raw", [
     b'{"model":"gpt-pricier","messages":[],"model":"codex"}',
     b'{"model":"codex","mod\\u0065l":"codex"}',
@@ -144,13 +156,17 @@ def test_random_bodies_keep_every_member_but_the_model():
     for _ in range(300):
         members = [("messages", [{"role": "user", "content": rnd.choice(decoys)}]), ("model", "codex"),
                    ("max_tokens", rnd.randint(1, 99)), ("metadata", rnd.choice(decoys))]
-        if rnd.random() < 0.3:
+        duplicated = rnd.random() < 0.3
+        if duplicated:
             members.append(("model", rnd.choice(["gpt-pricier", "codex"])))  # a duplicate ...
             members.append(("model", "codex"))  # ... the last of which the proxy and the provider read
-        rnd.shuffle(members[:4])
+        first = members[:4]
+        rnd.shuffle(first)
+        members[:4] = first  # any order; the duplicates stay last
         raw = _spell(members, rnd)
         assert orjson.loads(raw)["model"] == "codex"
         assert_provider_reads_the_deployment(raw, rewrite(raw))
+        assert (model_member(raw) is None) is duplicated  # spliced in place unless a key repeats
 
 
 def _spell(members: list[tuple[str, object]], rnd: random.Random) -> bytes:
