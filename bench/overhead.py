@@ -9,6 +9,14 @@ it, then measures, alternating direct and proxied blocks so drift hits both alik
 
     .venv/bin/python bench/overhead.py [--requests 3000] [--log-level warning]
 
+The body-size profile (instead of the default one) measures proxy CPU and latency per
+non-streaming request at concurrency 1 for request bodies of the given sizes, shaped like a
+coding agent's resent history (many messages: tool calls and long code results) and as one
+long string; with --against it runs a second proxy from another checkout beside this one and
+alternates blocks between the two, so a before/after comparison shares the machine's drift:
+
+    .venv/bin/python bench/overhead.py --body-kb 1,30,300 [--rounds 3] [--against /tmp/base]
+
 The proxy runs at `--log-level info` (the default: one access-log line per request, written
 to a file as a deployment would) unless told otherwise; `--log-level warning` measures
 without the access log.
@@ -20,7 +28,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import glob
+import json
 import os
+import random
 import socket
 import statistics
 import subprocess
@@ -73,6 +84,16 @@ class Target:
         self.head = b"POST %s/chat/completions HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nAuthorization: Bearer bench\r\n" % (
             origin.base_path.encode(), origin.host_header)
         self.model = model.encode()
+
+    async def post(self, body: bytes) -> float:
+        """Seconds to the whole response to one non-streaming chat request ``body``."""
+        head = self.head + b"Content-Length: %d\r\n\r\n" % len(body)
+        started = time.perf_counter()
+        response = await self.pool.request(head, body, connect_s=5, first_byte_s=30, idle_s=30)
+        await response.read()
+        if response.status != 200:
+            raise SystemExit(f"{self.name}: HTTP {response.status}")
+        return time.perf_counter() - started
 
     async def call(self, max_tokens: int = 16, stream: bool = False) -> tuple[float, float]:
         """(seconds to the whole response, seconds to the first token)."""
@@ -152,10 +173,93 @@ async def measure(direct: Target, proxied: Target, proxy_pid: int, n: int) -> di
     return out
 
 
+# --- the body-size profile (--body-kb) -----------------------------------------------------
+
+_CODE = '''def retry(self, request: Request) -> Response:
+    """Send "request" to the first healthy backend; retry once on a 5xx."""
+    for backend in self.backends:
+        if not backend.healthy:
+            continue
+        resp = backend.send(request, timeout=self.timeout_s)  # may raise
+        if resp.status < 500:
+            return resp
+        log.warning("backend %s said %d: %r", backend.name, resp.status, resp.body[:80])
+    raise NoBackend(f"none of {len(self.backends)} backends answered\t(see logs) — ✓")
+'''
+
+
+def chat_body(kb: int, model: str, shape: str) -> bytes:
+    """A chat request of about ``kb`` KiB, keys ordered and spaced as the openai SDK sends them
+    (``model`` after ``messages``): "history" is a coding agent resending its conversation — user
+    turns, tool calls, long code results with quotes, newlines and some non-ASCII; "string" one
+    long message."""
+    target = kb * 1024 - 200
+    messages: list[dict] = [{"role": "system", "content": "You are a coding agent; use the tools."}]
+    if shape == "string":
+        messages.append({"role": "user", "content": (_CODE * (target // len(_CODE) + 1))[:max(16, target)]})
+    else:
+        rnd = random.Random(kb)  # the same history every run
+        while len(json.dumps(messages, ensure_ascii=False)) < target:
+            i = len(messages)
+            messages.append({"role": "user", "content": f"Step {i}: fix the retry logic in proxy/file_{i}.py"})
+            messages.append({"role": "assistant", "content": None, "tool_calls": [{
+                "id": f"call_{i}", "type": "function",
+                "function": {"name": "read_file", "arguments": json.dumps({"path": f"proxy/file_{i}.py"})}}]})
+            room = target - len(json.dumps(messages, ensure_ascii=False))
+            messages.append({"role": "tool", "tool_call_id": f"call_{i}", "content": (_CODE * rnd.randint(1, 6))[:max(16, room)]})
+    # compact, as the openai SDKs (httpx, JSON.stringify) and Codex (serde_json) encode
+    return json.dumps({"messages": messages, "model": model, "max_tokens": 16}, ensure_ascii=False,
+                      separators=(",", ":")).encode()
+
+
+def task_cpu_ns(pid: int) -> int:
+    """CPU time of all of ``pid``'s threads in nanoseconds (/proc schedstat: finer than clock ticks)."""
+    return sum(int(Path(path).read_text().split()[0]) for path in glob.glob(f"/proc/{pid}/task/*/schedstat"))
+
+
+async def measure_bodies(proxies: list[tuple[Target, int]], sizes: list[int], shapes: list[str], rounds: int,
+                         block: int) -> dict[str, dict[str, list[float]]]:
+    """Per (shape, size, proxy): CPU ms per request of each block of ``block`` sequential requests
+    and each request's latency; the proxies alternate block by block, ten blocks a round."""
+    out: dict[str, dict[str, list[float]]] = {}
+    for shape in shapes:
+        for kb in sizes:
+            bodies = {target.name: chat_body(kb, target.model.decode(), shape) for target, _ in proxies}
+            for target, _ in proxies:  # warm up: connections, lazy imports, buffers of this size
+                for _ in range(block):
+                    await target.post(bodies[target.name])
+            for _ in range(rounds * 10):
+                for target, pid in proxies:
+                    series = out.setdefault(f"{shape} {kb} KiB {target.name}", {"cpu_ms": [], "latency_ms": []})
+                    before = task_cpu_ns(pid)
+                    for _ in range(block):
+                        series["latency_ms"].append(await target.post(bodies[target.name]) * 1e3)
+                    series["cpu_ms"].append((task_cpu_ns(pid) - before) / block / 1e6)
+    return out
+
+
+def _path(root: Path) -> str:
+    """PYTHONPATH for a process running ``root``'s code (the caller's own PYTHONPATH after it)."""
+    return os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
+
+
+def report_bodies(results: dict[str, dict[str, list[float]]]) -> None:
+    print(f"{'body, proxy':32s} {'CPU ms/req p50':>14s} {'p99':>7s} {'latency ms p50':>15s} {'p99':>7s}")
+    for key, series in results.items():
+        cpu, latency = series["cpu_ms"], series["latency_ms"]
+        print(f"{key:32s} {statistics.median(cpu):14.3f} {pct(cpu, 0.99):7.3f} "
+              f"{statistics.median(latency):15.3f} {pct(latency, 0.99):7.3f}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--log-level", default="info", help="the proxy's; info writes the access log (default info)")
+    parser.add_argument("--body-kb", help="comma-separated request body sizes in KiB: run the body-size profile")
+    parser.add_argument("--body-shape", default="history,string", help="history, string or both (default both)")
+    parser.add_argument("--rounds", type=int, default=3, help="body-size profile: rounds of ten blocks per proxy")
+    parser.add_argument("--block", type=int, default=20, help="body-size profile: requests per block")
+    parser.add_argument("--against", type=Path, help="body-size profile: also run the proxy of this checkout, alternating")
     args = parser.parse_args()
 
     sim_port, proxy_port = free_port(), free_port()
@@ -166,21 +270,33 @@ def main() -> int:
         "routes:\n  - {name: bench, candidates: [sim]}\n"
     )
     policy.close()
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=_path(ROOT))
     # the provider's rate-limit headers on every answer, as real ones send, with windows no benchmark exhausts
     sim = subprocess.Popen([sys.executable, "-m", "proxy.simulate", "--profile", "instant", "--port", str(sim_port), *UNLIMITED],
                            env=env, stdout=subprocess.DEVNULL)
     log = tempfile.TemporaryFile("w")
-    proxy = subprocess.Popen([sys.executable, "-m", "proxy.cli", "serve", "--policy", policy.name, "--port", str(proxy_port),
-                              "--log-level", args.log_level], env=env, stderr=log)
+    roots = [ROOT] if args.against is None else [ROOT, args.against.resolve()]
+    ports = [proxy_port] + [free_port() for _ in roots[1:]]
+    proxies = [subprocess.Popen([sys.executable, "-m", "proxy.cli", "serve", "--policy", policy.name, "--port", str(port),
+                                 "--log-level", args.log_level], env=dict(env, PYTHONPATH=_path(root)), stderr=log, cwd=root)
+               for root, port in zip(roots, ports)]
     try:
         wait_listening(sim_port, sim)
-        wait_listening(proxy_port, proxy)
+        for port, proc in zip(ports, proxies):
+            wait_listening(port, proc)
+        if args.body_kb:
+            sizes = [int(kb) for kb in args.body_kb.split(",")]
+            shapes = args.body_shape.split(",")
+            names = ["proxy"] if args.against is None else ["proxy", f"against {args.against.name}"]
+            targets = [(Target(name, f"http://127.0.0.1:{port}/v1", "bench"), proc.pid)
+                       for name, port, proc in zip(names, ports, proxies)]
+            report_bodies(uvloop.run(measure_bodies(targets, sizes, shapes, args.rounds, args.block)))
+            return 0
         direct = Target("direct", f"http://127.0.0.1:{sim_port}/v1", "sim-instant")
         proxied = Target("proxy", f"http://127.0.0.1:{proxy_port}/v1", "bench")
-        results = uvloop.run(measure(direct, proxied, proxy.pid, args.requests))
+        results = uvloop.run(measure(direct, proxied, proxies[0].pid, args.requests))
     finally:
-        for proc in (proxy, sim):
+        for proc in (*proxies, sim):
             proc.terminate()
             proc.wait(10)
         os.unlink(policy.name)

@@ -119,6 +119,44 @@ def test_every_invalid_field_is_a_400_naming_it_and_nothing_is_counted(make_prox
         assert int(ok.headers["x-ratelimit-remaining-tokens"]) == 100_000 - reserved
 
 
+# Bodies that are not one JSON object a provider could read the same way: refused whole, as invalid_json.
+MALFORMED = [
+    b'{"model":"codex","messages":[{"role":"user","content":"caf\xe9"}]}',  # Latin-1, not UTF-8
+    b'{"model":"codex","messages":[{"role":"user","content":"\xed\xa0\x80"}]}',  # a UTF-8-encoded surrogate
+    b'{"model":"codex","messages":[{"role":"user","content":"\\ud800"}]}',  # a lone surrogate escape
+    b'{"model":"codex","messages":' + b"[" * 1100 + b"]" * 1100 + b"}",  # nested past any parser's limit
+    b'{"model":"codex","messages":[{"role":"user","content":"hi"}],"n":1e999}',  # a number no double holds
+    b'{"model":"codex","messages":[]} {"model":"x"}',  # two documents
+    b'\xef\xbb\xbf{"model":"codex","messages":[]}',  # a byte-order mark
+    b'[{"model":"codex"}]',  # not an object
+]
+
+
+def test_a_body_that_is_not_one_json_object_is_refused_before_admission(make_proxy, wafer_sim):
+    with make_proxy() as server:
+        for raw in MALFORMED:
+            response = httpx.post(f"{server.url}/v1/chat/completions", content=raw,
+                                  headers={"authorization": f"Bearer {KEY}"}, timeout=10)
+            assert response.status_code == 400, (raw[:60], response.text)
+            assert response.json()["error"]["code"] == "invalid_json"
+        assert sim_requests(wafer_sim) == 0
+        assert all(o.status == 400 and o.deployment is None for o in server.outcomes)
+        assert server.app.state.limiter.stats.rejections == {}
+
+
+def test_a_duplicate_model_routes_on_the_one_the_provider_reads(make_proxy, wafer_sim):
+    """Last wins, as in orjson, json and the providers' parsers: the proxy routes on "codex" and the
+    provider is sent the deployment's model alone (never the decoy before it)."""
+    raw = b'{"model":"gpt-pricier","messages":[{"role":"user","content":"hello"}],"max_tokens":3,"model":"codex"}'
+    with make_proxy() as server:
+        response = httpx.post(f"{server.url}/v1/chat/completions", content=raw,
+                              headers={"authorization": f"Bearer {KEY}"}, timeout=10)
+        assert response.status_code == 200, response.text
+        assert response.headers["x-laneway-deployment"] == "spark"
+    served = httpx.get(wafer_sim.url + "/sim/stats").json()["by_model"]
+    assert set(served) == {"sim-spark"} and served["sim-spark"]["requests"] == 1
+
+
 @pytest.mark.parametrize("event, param", [
     ({"input": "hi", "max_output_tokens": -10**12}, "max_output_tokens"),
     ({"input": "hi", "max_output_tokens": False}, "max_output_tokens"),
