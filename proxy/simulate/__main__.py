@@ -32,6 +32,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="share of the TTFT a continued WebSocket turn waits (published claim: 0.5)")
     p.add_argument("--tls-dir", type=Path,
                    help="serve HTTPS / wss with a throwaway CA made in this folder (clients trust DIR/ca.pem)")
+    p.add_argument("--keep-alive-s", type=int, default=5,
+                   help="close idle HTTP connections after this long (uvicorn's 5 s; providers' edges keep minutes)")
     p.add_argument("--model", action="append", default=[], help="extra model id for GET /v1/models (repeatable)")
     return p
 
@@ -55,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     # uvicorn re-raises the captured signal after its graceful shutdown; make that a clean exit.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        serve_forever(profile, args.host, args.port, tls)
+        serve_forever(profile, args.host, args.port, tls, args.keep_alive_s)
     except KeyboardInterrupt:
         pass
     return 0

@@ -99,7 +99,8 @@ def serve_in_thread(profile: Profile, host: str = "127.0.0.1", port: int = 0,
     return RunningSimulator(profile, host, port, tls)
 
 
-def serve_forever(profile: Profile, host: str, port: int, tls: TlsFiles | None = None) -> None:
+def serve_forever(profile: Profile, host: str, port: int, tls: TlsFiles | None = None,
+                  keep_alive_s: int = 5) -> None:
     """Serve in the foreground until SIGINT/SIGTERM; prints one line once listening."""
     sock = bind_socket(host, port)
     bound = sock.getsockname()[1]
@@ -109,4 +110,5 @@ def serve_forever(profile: Profile, host: str, port: int, tls: TlsFiles | None =
     def announce() -> None:
         print(f"simulate: {profile.name} listening on {scheme}://{shown}:{bound}", flush=True)
 
-    _Server(make_config(build_app(profile), tls), announce).run(sockets=[sock])
+    config = make_config(build_app(profile), tls, timeout_keep_alive=keep_alive_s)
+    _Server(config, announce).run(sockets=[sock])

@@ -8,7 +8,9 @@ connection's remembered response — a provider restart.
 
 Like the real provider, each connection remembers its last response (input + output), so
 ``previous_response_id`` plus new items continues it, billed for the whole conversation; any
-other id is answered ``previous_response_not_found``. ``last_request`` is the last
+other id is answered ``previous_response_not_found``; a continued turn waits only the profile's
+continued shares of the per-request overhead and the TTFT (``Profile.first_token_s``).
+``last_request`` is the last
 ``response.create`` as received and ``continued`` counts continuations, for tests.
 """
 
