@@ -47,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
             models=tuple(args.model) or None, request_overhead_ms=args.request_overhead_ms,
             continued_overhead_share=args.continued_overhead_share, continued_ttft_share=args.continued_ttft_share,
         )
+        if args.keep_alive_s < 0:
+            raise ValueError("--keep-alive-s must be >= 0")
         tls = None if args.tls_dir is None else make_ca(args.tls_dir)
     except ValueError as exc:
         print(f"simulate: {exc}", file=sys.stderr)

@@ -1,5 +1,5 @@
-"""``python -m proxy.simulate``: hostile overhead settings and a CA folder that cannot be
-written are refused with exit status 2 and one line naming the problem, before serving."""
+"""``python -m proxy.simulate``: hostile overhead or keep-alive settings and a CA folder that
+cannot be written are refused with exit status 2 and one line naming the problem, before serving."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from proxy.simulate.__main__ import main
     (["--request-overhead-ms", "-5"], "request_overhead_ms"),
     (["--request-overhead-ms", "nan"], "request_overhead_ms"),
     (["--continued-ttft-share", "2"], "continued_ttft_share"),
+    (["--keep-alive-s", "-1"], "--keep-alive-s"),
 ])
 def test_hostile_overhead_flags_exit_2(flags: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--port", "0", *flags]) == 2
