@@ -35,6 +35,8 @@ bench/websocket.py (imported, not copied; one conversation per `--seeds` value):
                 bytes (Laneway's upstream sockets do not negotiate it)
 
 Per turn: TTFT and turn time (p50, p95, p99 over every turn of every conversation), proxy CPU,
+the time Laneway added (the turn's time minus the median time of the same turn of the same
+conversation sent by its direct twin: direct-http for (a) and (c), direct-ws for (b+)),
 and the bytes sent upstream per turn (the relay's client->provider count over a conversation /
 20, median over conversations). Goals, printed MET / NOT MET:
   1. (b+) within 1 ms + 2% of direct-ws (turn time p50 and TTFT p50);
@@ -78,6 +80,7 @@ class Run:
 
     def __init__(self) -> None:
         self.samples: list[Sample] = []
+        self.seeds: list[int] = []  # which conversation each sample belongs to (index into --seeds)
         self.up: list[float] = []  # bytes per turn, one value per conversation
         self.down: list[float] = []
         self.seconds: list[float] = []  # whole conversation
@@ -96,16 +99,25 @@ async def measure(clients: dict[str, list], rounds: int, counters) -> dict[str, 
                 run.up.append((counters[UP] - up) / TURNS)
                 run.down.append((counters[DOWN] - down) / TURNS)
                 run.samples += samples
+                run.seeds += [i] * len(samples)
                 run.seconds.append(sum(s[1] for s in samples))
     return runs
+
+
+TWIN = {"(a) http": "direct-http", "(b+) ws-ws": "direct-ws", "(c) http-ws": "direct-http"}
 
 
 def report(runs: dict[str, Run], args: argparse.Namespace, connections: int) -> None:
     print(f"{TURNS}-turn agentic conversations, seeds {args.seeds} x {args.conversations} rounds per mode; "
           f"WAN {args.rtt_ms:g} ms RTT, {args.mbit:g} Mbit/s each way; provider `agent` profile, "
           f"{args.request_overhead_ms:g} ms overhead per fresh request; {connections} connections through the relay")
+    # the direct twin's median time for each (conversation, turn): what Laneway adds is measured against it
+    floor = {name: {key: statistics.median(s[1] for k, s in zip(runs[name].seeds, runs[name].samples)
+                                           if (k, s[0]) == key)
+                    for key in set(zip(runs[name].seeds, (s[0] for s in runs[name].samples)))}
+             for name in ("direct-http", "direct-ws")}
     head = ("mode", "TTFT p50", "p95", "p99", "turn p50", "p95", "p99", "convo s p50", "up KB/turn", "down KB/turn",
-            "CPU ms p50")
+            "CPU ms p50", "added p50", "added p99")
     print(f"{head[0]:12s}" + "".join(f"{h:>13s}" for h in head[1:]))
     rows = {}
     for name, run in runs.items():
@@ -116,9 +128,12 @@ def report(runs: dict[str, Run], args: argparse.Namespace, connections: int) -> 
                       "up": statistics.median(run.up)}
         cells = [statistics.median(ttft), percentile(ttft, 0.95), percentile(ttft, 0.99),
                  statistics.median(turn), percentile(turn, 0.95), percentile(turn, 0.99),
-                 statistics.median(run.seconds), statistics.median(run.up) / 1000,
-                 statistics.median(run.down) / 1000, statistics.median(cpu) if not name.startswith("direct") else None]
-        print(f"{name:12s}" + "".join(f"{'' if c is None else format(c, '.2f'):>13s}" for c in cells))
+                 statistics.median(run.seconds), statistics.median(run.up) / 1000, statistics.median(run.down) / 1000]
+        if name in TWIN:
+            twin = floor[TWIN[name]]
+            added = [(s[1] - twin[(k, s[0])]) * 1e3 for k, s in zip(run.seeds, run.samples)]
+            cells += [statistics.median(cpu), statistics.median(added), percentile(added, 0.99)]
+        print(f"{name:12s}" + "".join(f"{c:13.2f}" for c in cells))
 
     def verdict(ok: bool) -> str:
         return "MET" if ok else "NOT MET"
