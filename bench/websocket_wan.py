@@ -7,15 +7,14 @@ exactly once each way):
   proxied modes  client --LAN--> Laneway --WAN--> provider   (Laneway beside the client, as a
                  sidecar or office gateway would be; the client <-> Laneway leg is plain loopback)
 
-  provider  the simulator (`--profile agent`: wafer speed, 60 ms TTFT, 1500 tok/s) serving HTTPS
-            and wss with a self-signed CA generated at run time; its
-            per-request overhead model is on: a fresh request (HTTP, or a socket turn with the
-            full context) pays `--request-overhead-ms` (50) + the TTFT before its first token, a
-            socket turn continuing the connection's last response 20% of the overhead and 50% of
-            the TTFT (the providers' published claims; docs/simulator.md). The simulator makes
-            the CA itself (`--tls-dir`, proxy/simulate/tls.py, the `openssl` CLI) and keeps idle
-            HTTP connections 90 s, as providers' edges do for minutes (uvicorn's 5 s would make the
-            first HTTP turn of every conversation reconnect while the other modes run).
+  provider  the simulator, `--profile agent` (wafer speed: 60 ms TTFT, 1500 tok/s) with its
+            per-request overhead model on: a fresh request (HTTP, or a socket turn with the full
+            context) waits `--request-overhead-ms` (50) + the TTFT before its first token, a socket
+            turn continuing the connection's last response 20% of the overhead and 50% of the TTFT
+            (the providers' published claims; docs/simulator.md). It serves HTTPS and wss with a
+            throwaway CA it makes at start (`--tls-dir`: proxy/simulate/tls.py, the `openssl` CLI)
+            and keeps idle HTTP connections 90 s, as providers' edges do for minutes (uvicorn's 5 s
+            would make the first HTTP turn of every conversation reconnect while the other modes run).
   WAN       proxy.simulate.wan: a userspace TCP relay in its own process, `--rtt-ms` (40) split
             half each way, `--mbit` (50) per direction, delivered in order by a delay line; it
             counts the bytes each turn sends upstream (TLS records, headers and framing included).
