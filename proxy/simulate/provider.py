@@ -445,7 +445,7 @@ class SimulatorApp:
 
     def _generation_s(self, n: int) -> float:
         p = self.profile
-        return p.ttft_ms / 1000 + (n / p.tokens_per_s if p.tokens_per_s > 0 else 0.0)
+        return p.first_token_s() + (n / p.tokens_per_s if p.tokens_per_s > 0 else 0.0)
 
     async def _stream(self, ctx: _Ctx, r: Renderer, n: int, drop: bool, headers: Headers) -> tuple[int, bool]:
         """Stream SSE paced by the profile; returns (tokens sent, client gone)."""
@@ -475,7 +475,8 @@ class SimulatorApp:
         """Send tokens 0..limit-1 at the profile's rate; returns (tokens sent, client gone)."""
         watch = ctx.watch()
         tps = self.profile.tokens_per_s
-        if self.profile.ttft_ms > 0 and not await watch.pause(self.profile.ttft_ms / 1000):
+        delay = self.profile.first_token_s()
+        if delay > 0 and not await watch.pause(delay):
             return 0, True
         loop = asyncio.get_running_loop()
         start = loop.time()
@@ -492,7 +493,8 @@ class SimulatorApp:
     async def _embeddings(self, ctx: _Ctx, body: dict[str, Any], model: str, headers: Headers) -> None:
         raw = body["input"]
         texts = [x if isinstance(x, str) else str(x) for x in (raw if isinstance(raw, list) else [raw])]
-        if self.profile.ttft_ms > 0 and not await ctx.watch().pause(self.profile.ttft_ms / 1000):
+        delay = self.profile.first_token_s()
+        if delay > 0 and not await ctx.watch().pause(delay):
             self.stats.disconnects += 1
             return
         prompt = sum(count_text_tokens(t) for t in texts)

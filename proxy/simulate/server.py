@@ -11,6 +11,7 @@ import uvicorn
 
 from .profiles import Profile
 from .provider import SimulatorApp, build_app
+from .tls import TlsFiles
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -24,7 +25,10 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def make_config(app: SimulatorApp, **extra: Any) -> uvicorn.Config:
+def make_config(app: SimulatorApp, tls: TlsFiles | None = None, **extra: Any) -> uvicorn.Config:
+    """uvicorn settings; with ``tls`` it serves HTTPS and wss, as a real provider does."""
+    if tls is not None:
+        extra.update(ssl_certfile=str(tls.cert), ssl_keyfile=str(tls.key))
     return uvicorn.Config(app, loop="uvloop", http="httptools", log_level="warning", lifespan="off",
                           access_log=False, timeout_graceful_shutdown=1, **extra)
 
@@ -45,14 +49,15 @@ class _Server(uvicorn.Server):
 class RunningSimulator:
     """A simulator served from a background thread with its own uvloop event loop."""
 
-    def __init__(self, profile: Profile, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, profile: Profile, host: str = "127.0.0.1", port: int = 0, tls: TlsFiles | None = None) -> None:
         self.app = build_app(profile)
         self.host = host
+        self.scheme = "http" if tls is None else "https"
         self._sock = bind_socket(host, port)
         self.port: int = self._sock.getsockname()[1]
         self._ready = threading.Event()
         # log_config=None: do not reconfigure the host process's logging.
-        self._server = _Server(make_config(self.app, log_config=None), self._ready.set)
+        self._server = _Server(make_config(self.app, tls, log_config=None), self._ready.set)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]},
                                         name=f"simulate-{profile.name}-{self.port}", daemon=True)
         self._thread.start()
@@ -63,7 +68,7 @@ class RunningSimulator:
     @property
     def root_url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"{self.scheme}://{host}:{self.port}"
 
     @property
     def base_url(self) -> str:
@@ -88,18 +93,22 @@ class RunningSimulator:
         self.stop()
 
 
-def serve_in_thread(profile: Profile, host: str = "127.0.0.1", port: int = 0) -> RunningSimulator:
+def serve_in_thread(profile: Profile, host: str = "127.0.0.1", port: int = 0,
+                    tls: TlsFiles | None = None) -> RunningSimulator:
     """Start serving `profile` on host:port (0 = a free port) and return once it accepts connections."""
-    return RunningSimulator(profile, host, port)
+    return RunningSimulator(profile, host, port, tls)
 
 
-def serve_forever(profile: Profile, host: str, port: int) -> None:
+def serve_forever(profile: Profile, host: str, port: int, tls: TlsFiles | None = None,
+                  keep_alive_s: int = 5) -> None:
     """Serve in the foreground until SIGINT/SIGTERM; prints one line once listening."""
     sock = bind_socket(host, port)
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
+    scheme = "http" if tls is None else "https"
 
     def announce() -> None:
-        print(f"simulate: {profile.name} listening on http://{shown}:{bound}", flush=True)
+        print(f"simulate: {profile.name} listening on {scheme}://{shown}:{bound}", flush=True)
 
-    _Server(make_config(build_app(profile)), announce).run(sockets=[sock])
+    config = make_config(build_app(profile), tls, timeout_keep_alive=keep_alive_s)
+    _Server(config, announce).run(sockets=[sock])

@@ -8,7 +8,9 @@ connection's remembered response — a provider restart.
 
 Like the real provider, each connection remembers its last response (input + output), so
 ``previous_response_id`` plus new items continues it, billed for the whole conversation; any
-other id is answered ``previous_response_not_found``. ``last_request`` is the last
+other id is answered ``previous_response_not_found``; a continued turn waits only the profile's
+continued shares of the per-request overhead and the TTFT (``Profile.first_token_s``).
+``last_request`` is the last
 ``response.create`` as received and ``continued`` counts continuations, for tests.
 """
 
@@ -174,7 +176,7 @@ class SimulatedSocket:
             memory.id, memory.items, memory.epoch = rid, items, self._epoch
             return
         self.turns += 1
-        renderer = await self._generate(client, send, event, rid, items)
+        renderer = await self._generate(client, send, event, rid, items, previous is not None)
         if renderer is not None:
             output = renderer.output_items()
             memory.id, memory.items, memory.epoch = rid, items + output, self._epoch
@@ -182,8 +184,9 @@ class SimulatedSocket:
                 self.state.store.put(Stored.of(renderer.response(renderer.final_status), own, items + output))
 
     async def _generate(self, client: _Client, send: Send, body: dict[str, Any], rid: str,
-                        items: list[Any]) -> ResponsesRenderer | None:
-        """Run one turn; its renderer when it completed, else None."""
+                        items: list[Any], continued: bool) -> ResponsesRenderer | None:
+        """Run one turn (``continued``: it named this connection's last response); its renderer
+        when it completed, else None."""
         state = self.state
         stats = state.stats
         model = body.get("model")
@@ -224,7 +227,7 @@ class SimulatedSocket:
                     pieces=answer.pieces, call=answer.call)
         renderer = ResponsesRenderer(turn, response_fields(body))
         drop = mode == "drop_mid_stream"
-        sent, gone = await self._stream(client, send, renderer, n // 2 if drop else n)
+        sent, gone = await self._stream(client, send, renderer, n // 2 if drop else n, continued)
         stats.output_tokens += sent
         row[2] += sent
         if gone:
@@ -236,12 +239,15 @@ class SimulatedSocket:
             await send({"type": "websocket.send", "text": frame.decode()})
         return renderer
 
-    async def _stream(self, client: _Client, send: Send, r: ResponsesRenderer, limit: int) -> tuple[int, bool]:
-        """Prelude and tokens 0..limit-1 paced by the profile; returns (tokens sent, client gone)."""
+    async def _stream(self, client: _Client, send: Send, r: ResponsesRenderer, limit: int,
+                      continued: bool) -> tuple[int, bool]:
+        """Prelude and tokens 0..limit-1 paced by the profile (a continued turn waits its shorter
+        first-token time); returns (tokens sent, client gone)."""
         profile = self.state.profile
         for frame in sse_frames(r.prelude()):
             await send({"type": "websocket.send", "text": frame.decode()})
-        if profile.ttft_ms > 0 and not await client.pause(profile.ttft_ms / 1000):
+        delay = profile.first_token_s(continued)
+        if delay > 0 and not await client.pause(delay):
             return 0, True
         tps = profile.tokens_per_s
         loop = asyncio.get_running_loop()

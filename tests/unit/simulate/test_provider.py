@@ -17,6 +17,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.responses import Response, ResponseItem, ResponseStreamEvent
 
 from proxy.simulate import TOOL_MARKER, count_input_tokens, get_profile, output_text, serve_in_thread
+from proxy.simulate.provider import ClientWatch
 from proxy.simulate.server import RunningSimulator
 from tests.unit.simulate.spec import conforms, sse_events, strict
 
@@ -357,3 +358,24 @@ def test_completions_embeddings_models_conform(fresh: RunningSimulator) -> None:
     assert [c["text"] for c in done["choices"]] == [output_text(2)] * 2 and done["usage"]["completion_tokens"] == 4
     conforms("CreateEmbeddingResponse", post(fresh, "/embeddings", {"model": "e", "input": "x"}).json())
     conforms("ListModelsResponse", httpx.get(fresh.base_url + "/models").json())
+
+
+def test_every_http_request_pays_the_whole_overhead_and_ttft(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over HTTP there is no connection state to continue: a stored previous_response_id, a
+    stream or a unary answer all wait the full per-request overhead + TTFT (the shares are for
+    continued socket turns only)."""
+    waits: list[float | None] = []
+
+    async def pause(self: object, seconds: float | None) -> bool:
+        waits.append(None if seconds is None else round(seconds, 9))
+        return True
+
+    monkeypatch.setattr(ClientWatch, "pause", pause)
+    profile = get_profile("instant", ttft_ms=200, request_overhead_ms=100, continued_overhead_share=0.2,
+                          continued_ttft_share=0.5)
+    with serve_in_thread(profile) as sim:
+        first = httpx.post(sim.base_url + "/responses", json={"model": "m", "input": "hi"}).json()["id"]
+        again = httpx.post(sim.base_url + "/responses", json={"model": "m", "input": "more", "stream": True,
+                                                              "previous_response_id": first})
+        assert again.status_code == 200 and "response.completed" in again.text
+    assert waits == [0.3, 0.3]

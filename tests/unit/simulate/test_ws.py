@@ -1,5 +1,6 @@
 """Responses WebSocket mode of the simulator: function calls, continuation with the tool's
-output, OpenAI's 400s as error events, warm-up responses with every required field."""
+output, OpenAI's 400s as error events, warm-up responses with every required field, and the
+shorter first-token time of a continued turn."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import pytest
 from openai.types.responses import ResponseStreamEvent
 from websockets.sync.client import connect
 
-from proxy.simulate import TOOL_MARKER, output_text
+from proxy.simulate import TOOL_MARKER, get_profile, output_text, serve_in_thread
+from proxy.simulate import ws as ws_module
 from proxy.simulate.server import RunningSimulator
 from tests.unit.simulate.spec import conforms, strict
 
@@ -57,3 +59,25 @@ def test_invalid_create_is_an_error_event_with_param(fresh: RunningSimulator) ->
         assert error["status"] == 400 and error["error"]["param"] == "temperature"
         assert error["error"]["code"] == "invalid_type"
         assert turn(ws, input="x", max_output_tokens=2)[-1].response.output_text == output_text(2)
+
+
+def test_a_continued_turn_waits_only_the_configured_shares(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The provider's gain from WebSocket mode: naming the connection's last response spares the
+    configured shares of the per-request overhead and the TTFT; a full-context turn on the same
+    socket, or a continuation the socket does not hold, is spared nothing."""
+    waits: list[float] = []
+
+    async def pause(self: object, seconds: float) -> bool:
+        waits.append(round(seconds, 9))
+        return True
+
+    monkeypatch.setattr(ws_module._Client, "pause", pause)
+    profile = get_profile("instant", ttft_ms=200, request_overhead_ms=100, continued_overhead_share=0.2,
+                          continued_ttft_share=0.5)
+    with serve_in_thread(profile) as sim, connect(sim.base_url.replace("http", "ws") + "/responses") as ws:
+        first = turn(ws, input="hello", store=False)[-1].response.id
+        turn(ws, input="again", previous_response_id=first, store=False)
+        turn(ws, input="from scratch", store=False)
+        with connect(sim.base_url.replace("http", "ws") + "/responses") as other:
+            assert turn(other, input="x", previous_response_id=first)[0]["error"]["code"] == "previous_response_not_found"
+    assert waits == [0.3, 0.12, 0.3]  # 100 + 200 ms; 20 + 100 ms; 100 + 200 ms
