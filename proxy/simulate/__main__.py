@@ -21,7 +21,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dialect", choices=DIALECTS)
     p.add_argument("--ttft-ms", type=float)
     p.add_argument("--tokens-per-s", type=float)
+    p.add_argument("--batch-ms", type=float, help="least pause between paced writes (default 10; 0: a write per token)")
     p.add_argument("--default-output-tokens", type=int)
+    p.add_argument("--no-provider-headers", dest="provider_headers", action="store_false", default=None,
+                   help="send no x-ratelimit-*, x-request-id or openai-processing-ms (a self-hosted server)")
     p.add_argument("--model", action="append", default=[], help="extra model id for GET /v1/models (repeatable)")
     return p
 
@@ -31,8 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         profile = get_profile(
             args.profile, rpm=args.rpm, tpm=args.tpm, rpd=args.rpd, dialect=args.dialect, ttft_ms=args.ttft_ms,
-            tokens_per_s=args.tokens_per_s, default_output_tokens=args.default_output_tokens,
-            models=tuple(args.model) or None,
+            tokens_per_s=args.tokens_per_s, batch_ms=args.batch_ms, default_output_tokens=args.default_output_tokens,
+            models=tuple(args.model) or None, provider_headers=args.provider_headers,
         )
     except ValueError as exc:
         print(f"simulate: {exc}", file=sys.stderr)

@@ -20,12 +20,18 @@ class Profile:
     name: str
     ttft_ms: float
     tokens_per_s: float  # 0 = emit every token at once
+    # a paced stream sleeps at least this long between writes (tokens due meanwhile go in one write);
+    # 0: one write per token, as a provider streaming each token as it is generated sends them
+    batch_ms: float = 10.0
     default_output_tokens: int = 16
     rpm: int | None = None
     tpm: int | None = None
     rpd: int | None = None
     dialect: str = "openai"  # "openai" | "cerebras"
     models: tuple[str, ...] = ()  # extra ids listed by GET /v1/models
+    # False: no x-ratelimit-*, x-request-id or openai-processing-ms, as a self-hosted server (vLLM) answers;
+    # limits are still enforced. For benchmarks that compare with the provider's full header set.
+    provider_headers: bool = True
 
     @property
     def instant(self) -> bool:
@@ -59,6 +65,6 @@ def get_profile(name: str, **overrides: object) -> Profile:
     profile = dataclasses.replace(base, **changes)
     if profile.dialect not in DIALECTS:
         raise ValueError(f"unknown dialect {profile.dialect!r}; valid: {', '.join(DIALECTS)}")
-    if profile.ttft_ms < 0 or profile.tokens_per_s < 0 or profile.default_output_tokens < 0:
-        raise ValueError("ttft_ms, tokens_per_s and default_output_tokens must be >= 0")
+    if profile.ttft_ms < 0 or profile.tokens_per_s < 0 or profile.default_output_tokens < 0 or profile.batch_ms < 0:
+        raise ValueError("ttft_ms, tokens_per_s, batch_ms and default_output_tokens must be >= 0")
     return profile
