@@ -15,6 +15,7 @@ from datetime import datetime
 from email.utils import parsedate_to_datetime
 
 _GO_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)(h|ms|us|µs|ns|m|s))")
+_SUB_SECOND = {"ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
 _OPENAI = b"x-ratelimit-"
 _ANTHROPIC = b"anthropic-ratelimit-"
 _FIELDS = ("limit", "remaining", "reset")
@@ -43,6 +44,9 @@ def parse_reset(value: str, now: float) -> float | None:
     value = value.strip()
     if not value:
         return None
+    plain = _plain_duration(value)
+    if plain is not None:
+        return plain
     try:
         return max(0.0, float(value))
     except ValueError:
@@ -54,6 +58,21 @@ def parse_reset(value: str, now: float) -> float | None:
     try:
         return max(0.0, datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() - now)
     except ValueError:
+        return None
+
+
+def _plain_duration(value: str) -> float | None:
+    """A Go duration of one number and one unit ("59.999s", "12ms"), the form a sub-minute reset takes
+    and the one that changes on every response; None for anything else."""
+    if value[-1] != "s":
+        return None
+    scale = _SUB_SECOND.get(value[-2:])
+    number = value[:-2] if scale else value[:-1]
+    if not number.replace(".", "", 1).isdigit():
+        return None
+    try:
+        return float(number) * (scale or 1.0)
+    except ValueError:  # digits float() does not read
         return None
 
 

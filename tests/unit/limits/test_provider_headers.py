@@ -85,7 +85,9 @@ def test_dialects(headers, expected, retry_after):
 @pytest.mark.parametrize(
     "value, seconds",
     [("6m0s", 360.0), ("12ms", 0.012), ("1h2m3.5s", 3723.5), ("250us", 0.00025), ("0s", 0.0), ("33011.38", 33011.38),
-     ("2024-08-01T12:01:00Z", 60.0), ("2024-08-01T11:59:00Z", 0.0), ("soon", None), ("6m0", None), ("", None)],
+     ("2024-08-01T12:01:00Z", 60.0), ("2024-08-01T11:59:00Z", 0.0), ("soon", None), ("6m0", None), ("", None),
+     ("59.999s", 59.999), ("5ns", 5e-9), ("1.5.5s", None), ("infs", None), ("nanms", None), ("-5s", None), (".s", None),
+     ("s", None), ("ms", None)],
 )
 def test_reset_formats(value, seconds):
     got = parse_reset(value, NOW)
