@@ -38,9 +38,10 @@ class _Template:
 
     @classmethod
     def get(cls) -> dict[str, object]:
-        if cls.pid != os.getpid():  # first use, or a forked child: its own process attributes
+        pid = os.getpid()
+        if cls.pid != pid:  # first use, or a forked child: its own process attributes
             record = log.makeRecord(log.name, logging.INFO, __file__, 0, "", None, None)
-            cls.attributes, cls.pid = dict(record.__dict__), record.process
+            cls.attributes, cls.pid = dict(record.__dict__), pid
         return cls.attributes
 
 
