@@ -4,10 +4,19 @@ One run starts a zero-delay simulated provider and `laneway serve` (one worker) 
 it, then measures, alternating direct and proxied blocks so drift hits both alike:
   - latency at concurrency 1 (p50/p99, and the difference)
   - requests/s at concurrency 32
-  - the proxy process's CPU time per non-streaming request (from /proc, over a bounded run)
+  - the proxy process's CPU time per non-streaming request (from /proc), at concurrency 1 and 8
   - streaming: proxy CPU per 256-token stream and added time-to-first-token
+  - paced streaming: proxy CPU per 256-token stream from a second simulator that paces tokens
+    as the fast lane does (1000 tok/s, 50 ms to the first token), at concurrency 1 and 16
 
     .venv/bin/python bench/overhead.py [--requests 3000] [--log-level warning]
+        [--upstream-headers openai|none] [--paced-streams 32] [--proxy-root DIR]
+
+The simulators answer with OpenAI's full header set (``x-request-id``, ``openai-processing-ms``
+and the six ``x-ratelimit-*``), which the proxy reads on every response, unless
+``--upstream-headers none`` (a self-hosted server sending none of them).
+``--proxy-root`` runs ``laneway serve`` from another checkout (say an older commit's worktree)
+behind this checkout's simulator and load generator, for before/after figures.
 
 The body-size profile (instead of the default one) measures proxy CPU and latency per
 non-streaming request at concurrency 1 for request bodies of the given sizes, shaped like a
@@ -50,6 +59,7 @@ from proxy.upstream.http_pool import Origin, OriginPool  # noqa: E402
 CHAT = b'{"model":"%s","messages":[{"role":"user","content":"Say something short about routing."}],"max_tokens":%d%s}'
 TICKS = os.sysconf("SC_CLK_TCK")
 UNLIMITED = ("--rpm", "1000000000", "--tpm", "1000000000000")
+PACED = ("--ttft-ms", "50", "--tokens-per-s", "1000", "--batch-ms", "0")  # the fast lane's pace, a write per token
 
 
 def free_port() -> int:
@@ -154,6 +164,9 @@ async def measure(direct: Target, proxied: Target, proxy_pid: int, n: int) -> di
         out[f"{target.name}_rps_c32"] = await concurrent(target, n, 32)
 
     before = cpu_seconds(proxy_pid)
+    await sequential(proxied, n)
+    out["proxy_cpu_ms_per_request_c1"] = (cpu_seconds(proxy_pid) - before) / n * 1e3
+    before = cpu_seconds(proxy_pid)
     await concurrent(proxied, n, 8)
     out["proxy_cpu_ms_per_request"] = (cpu_seconds(proxy_pid) - before) / n * 1e3
 
@@ -251,6 +264,17 @@ def report_bodies(results: dict[str, dict[str, list[float]]]) -> None:
               f"{statistics.median(latency):15.3f} {pct(latency, 0.99):7.3f}")
 
 
+async def measure_paced(paced: Target, proxy_pid: int, streams: int) -> dict[str, float]:
+    """Proxy CPU per 256-token stream when tokens arrive at the fast lane's pace, one read each."""
+    out: dict[str, float] = {}
+    await concurrent(paced, 16, 16, max_tokens=256, stream=True)  # warm: connections
+    for workers in (1, 16):
+        before = cpu_seconds(proxy_pid)
+        await concurrent(paced, streams, workers, max_tokens=256, stream=True)
+        out[f"proxy_cpu_ms_per_paced_stream_c{workers}"] = (cpu_seconds(proxy_pid) - before) / streams * 1e3
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=3000)
@@ -260,29 +284,35 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="body-size profile: rounds of ten blocks per proxy")
     parser.add_argument("--block", type=int, default=20, help="body-size profile: requests per block")
     parser.add_argument("--against", type=Path, help="body-size profile: also run the proxy of this checkout, alternating")
+    parser.add_argument("--upstream-headers", choices=("openai", "none"), default="openai",
+                        help="what the simulators send besides the body (default openai: OpenAI's full set)")
+    parser.add_argument("--paced-streams", type=int, default=32, help="streams per paced measurement (0: skip)")
+    parser.add_argument("--proxy-root", type=Path, default=ROOT, help="the checkout whose proxy runs (default this one)")
     args = parser.parse_args()
 
-    sim_port, proxy_port = free_port(), free_port()
+    sim_port, paced_port, proxy_port = free_port(), free_port(), free_port()
     policy = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
     policy.write(
         "version: 1\nauth: open\n"
         f"deployments:\n  - {{name: sim, provider: openai, model: sim-instant, base_url: 'http://127.0.0.1:{sim_port}/v1'}}\n"
-        "routes:\n  - {name: bench, candidates: [sim]}\n"
+        f"  - {{name: sim-paced, provider: openai, model: sim-instant, base_url: 'http://127.0.0.1:{paced_port}/v1'}}\n"
+        "routes:\n  - {name: bench, candidates: [sim]}\n  - {name: paced, candidates: [sim-paced]}\n"
     )
     policy.close()
     env = dict(os.environ, PYTHONPATH=_path(ROOT))
     # the provider's rate-limit headers on every answer, as real ones send, with windows no benchmark exhausts
-    sim = subprocess.Popen([sys.executable, "-m", "proxy.simulate", "--profile", "instant", "--port", str(sim_port), *UNLIMITED],
-                           env=env, stdout=subprocess.DEVNULL)
+    sim_args = [sys.executable, "-m", "proxy.simulate", "--profile", "instant", *UNLIMITED,
+                *(("--no-provider-headers",) if args.upstream_headers == "none" else ())]
+    sims = [subprocess.Popen([*sim_args, "--port", str(port), *extra], env=env, stdout=subprocess.DEVNULL)
+            for port, extra in ((sim_port, ()), (paced_port, PACED))]
     log = tempfile.TemporaryFile("w")
-    roots = [ROOT] if args.against is None else [ROOT, args.against.resolve()]
+    roots = [args.proxy_root.resolve()] + ([args.against.resolve()] if args.against is not None else [])
     ports = [proxy_port] + [free_port() for _ in roots[1:]]
     proxies = [subprocess.Popen([sys.executable, "-m", "proxy.cli", "serve", "--policy", policy.name, "--port", str(port),
                                  "--log-level", args.log_level], env=dict(env, PYTHONPATH=_path(root)), stderr=log, cwd=root)
                for root, port in zip(roots, ports)]
     try:
-        wait_listening(sim_port, sim)
-        for port, proc in zip(ports, proxies):
+        for port, proc in ((sim_port, sims[0]), (paced_port, sims[1]), *zip(ports, proxies)):
             wait_listening(port, proc)
         if args.body_kb:
             sizes = [int(kb) for kb in args.body_kb.split(",")]
@@ -295,8 +325,11 @@ def main() -> int:
         direct = Target("direct", f"http://127.0.0.1:{sim_port}/v1", "sim-instant")
         proxied = Target("proxy", f"http://127.0.0.1:{proxy_port}/v1", "bench")
         results = uvloop.run(measure(direct, proxied, proxies[0].pid, args.requests))
+        if args.paced_streams:
+            paced = Target("paced", f"http://127.0.0.1:{proxy_port}/v1", "paced")
+            results.update(uvloop.run(measure_paced(paced, proxies[0].pid, args.paced_streams)))
     finally:
-        for proc in (*proxies, sim):
+        for proc in (*proxies, *sims):
             proc.terminate()
             proc.wait(10)
         os.unlink(policy.name)
@@ -307,9 +340,13 @@ def main() -> int:
     print(
         f"summary: added p50 {results['added_p50_ms']:.3f} ms, p99 {results['added_p99_ms']:.3f} ms (c=1); "
         f"{results['proxy_rps_c32']:.0f} req/s via proxy vs {results['direct_rps_c32']:.0f} direct (c=32); "
-        f"proxy CPU {results['proxy_cpu_ms_per_request']:.3f} ms/request, {results['proxy_cpu_ms_per_stream256']:.2f} ms/256-token stream; "
+        f"proxy CPU {results['proxy_cpu_ms_per_request_c1']:.3f} ms/request (c=1), {results['proxy_cpu_ms_per_request']:.3f} (c=8), "
+        f"{results['proxy_cpu_ms_per_stream256']:.2f} ms/256-token stream; "
         f"added TTFT p50 {results['added_ttft_p50_ms']:.3f} ms"
     )
+    if args.paced_streams:
+        print(f"paced (1000 tok/s, 50 ms TTFT): proxy CPU {results['proxy_cpu_ms_per_paced_stream_c1']:.2f} ms/256-token stream (c=1), "
+              f"{results['proxy_cpu_ms_per_paced_stream_c16']:.2f} (c=16)")
     return 0
 
 

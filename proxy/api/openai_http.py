@@ -97,19 +97,32 @@ class ModelEndpoint:
         return body
 
 
+# A call still running after this long gets a task listening for the client's hang-up; quicker
+# ones (most non-streamed answers) finish without one. A hang-up in the meantime is not lost: the
+# server remembers it, and the listener's first receive() reports it at once.
+WATCH_AFTER_S = 0.05
+
+
 class _ClientWatch:
     """Cancels the relaying task when the client disconnects, so the upstream exchange is aborted
     (the provider stops generating) and the call's slot is freed; ``gone`` tells the relay why."""
 
-    __slots__ = ("gone", "_done", "_relay", "_watcher")
+    __slots__ = ("_done", "_receive", "_relay", "_timer", "_watcher", "gone")
 
     def __init__(self, receive: Receive) -> None:
         """Call it once the request body has been read: what ``receive`` says next is the disconnect."""
         self.gone = False
         self._done = False
+        self._receive = receive
         self._relay = asyncio.current_task()
-        self._watcher = asyncio.ensure_future(receive())
-        self._watcher.add_done_callback(self._on_message)
+        self._watcher: asyncio.Future | None = None
+        self._timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(WATCH_AFTER_S, self._listen)
+
+    def _listen(self) -> None:
+        self._timer = None
+        if not self._done:
+            self._watcher = asyncio.ensure_future(self._receive())
+            self._watcher.add_done_callback(self._on_message)
 
     def _on_message(self, fut: asyncio.Future) -> None:
         if fut.cancelled() or fut.exception() is not None or self._done:
@@ -121,7 +134,11 @@ class _ClientWatch:
     def stop(self) -> None:
         """The response is complete (or failed): a disconnect from now on changes nothing."""
         self._done = True
-        self._watcher.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._watcher is not None:
+            self._watcher.cancel()
 
     def uncancel(self) -> None:
         self._relay.uncancel()

@@ -15,6 +15,7 @@ from datetime import datetime
 from email.utils import parsedate_to_datetime
 
 _GO_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)(h|ms|us|µs|ns|m|s))")
+_SUB_SECOND = {"ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
 _OPENAI = b"x-ratelimit-"
 _ANTHROPIC = b"anthropic-ratelimit-"
 _FIELDS = ("limit", "remaining", "reset")
@@ -43,6 +44,9 @@ def parse_reset(value: str, now: float) -> float | None:
     value = value.strip()
     if not value:
         return None
+    plain = _plain_duration(value)
+    if plain is not None:
+        return plain
     try:
         return max(0.0, float(value))
     except ValueError:
@@ -54,6 +58,21 @@ def parse_reset(value: str, now: float) -> float | None:
     try:
         return max(0.0, datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() - now)
     except ValueError:
+        return None
+
+
+def _plain_duration(value: str) -> float | None:
+    """A Go duration of one number and one unit ("59.999s", "12ms"), the form a sub-minute reset takes
+    and the one that changes on every response; None for anything else."""
+    if value[-1] != "s":
+        return None
+    scale = _SUB_SECOND.get(value[-2:])
+    number = value[:-2] if scale else value[:-1]
+    if not number.replace(".", "", 1).isdigit():
+        return None
+    try:
+        return float(number) * (scale or 1.0)
+    except ValueError:  # digits float() does not read
         return None
 
 
@@ -78,38 +97,67 @@ def _kind(window: str) -> str | None:
     return None
 
 
+def _name(name: bytes) -> tuple[str, str, str] | None:
+    """(window, kind, field) of a rate-limit header name, None for any other header."""
+    if name.startswith(_OPENAI):
+        field, _, window = name[len(_OPENAI):].decode("latin-1").partition("-")
+    elif name.startswith(_ANTHROPIC):
+        window, _, field = name[len(_ANTHROPIC):].decode("latin-1").rpartition("-")
+    else:
+        return None
+    kind = _kind(window)
+    return (window, kind, field) if field in _FIELDS and kind is not None else None
+
+
+# Every response carries the same dozen header names and, for a provider that counts in whole
+# windows, few distinct reset values: both are read once, not on every response. Bounded, since
+# names and values come from the upstream; a reset written as a date depends on ``now`` and is never kept.
+_NAMES: dict[bytes, tuple[str, str, str] | None] = {}
+_RESETS: dict[bytes, float | None] = {}
+_CACHED = 1024
+
+
+def _reset(raw: bytes, now: float) -> float | None:
+    seconds = _RESETS.get(raw, _RESETS)
+    if seconds is not _RESETS:
+        return seconds  # type: ignore[return-value]
+    value = raw.decode("latin-1")
+    seconds = parse_reset(value, now)
+    if len(_RESETS) < _CACHED and not any(c in value for c in "-:T"):  # not a date: the same bytes, the same seconds
+        _RESETS[raw] = seconds
+    return seconds
+
+
 def parse_headers(headers: list[tuple[bytes, bytes]], now: float) -> ProviderReport:
     """Every rate-limit window the headers describe; names must be lower-case bytes (as ASGI/h11 give them)."""
     windows: dict[str, ProviderWindow] = {}
     retry_after = retry_after_ms = None
     for name, raw in headers:
-        if name.startswith(_OPENAI):
-            field, _, window = name[len(_OPENAI):].decode("latin-1").partition("-")
-        elif name.startswith(_ANTHROPIC):
-            window, _, field = name[len(_ANTHROPIC):].decode("latin-1").rpartition("-")
-        elif name == b"retry-after-ms":
+        if name == b"retry-after-ms":
             try:
                 retry_after_ms = max(0.0, float(raw) / 1000)
             except ValueError:
                 pass
             continue
-        elif name == b"retry-after":
+        if name == b"retry-after":
             retry_after = parse_retry_after(raw.decode("latin-1"), now)
             continue
-        else:
+        known = _NAMES.get(name, _NAMES)
+        if known is _NAMES:
+            known = _name(name)
+            if len(_NAMES) < _CACHED:
+                _NAMES[name] = known
+        if known is None:
             continue
-        kind = _kind(window)
-        if field not in _FIELDS or kind is None:
-            continue
+        window, kind, field = known  # type: ignore[misc]
         entry = windows.get(window)
         if entry is None:
             entry = windows[window] = ProviderWindow(window, kind)
-        value = raw.decode("latin-1")
         if field == "reset":
-            entry.reset_s = parse_reset(value, now)
+            entry.reset_s = _reset(raw, now)
         else:
             try:
-                setattr(entry, field, int(float(value)))
+                setattr(entry, field, int(raw) if raw.isdigit() else int(float(raw)))
             except ValueError:
                 pass
     return ProviderReport(list(windows.values()), retry_after_ms if retry_after_ms is not None else retry_after)

@@ -24,6 +24,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dialect", choices=DIALECTS)
     p.add_argument("--ttft-ms", type=float)
     p.add_argument("--tokens-per-s", type=float)
+    p.add_argument("--batch-ms", type=float, help="least pause between paced writes (default 10; 0: a write per token)")
     p.add_argument("--default-output-tokens", type=int)
     p.add_argument("--request-overhead-ms", type=float, help="provider work per fresh request before prefill")
     p.add_argument("--continued-overhead-share", type=float,
@@ -34,6 +35,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="serve HTTPS / wss with a throwaway CA made in this folder (clients trust DIR/ca.pem)")
     p.add_argument("--keep-alive-s", type=int, default=5,
                    help="close idle HTTP connections after this long (uvicorn's 5 s; providers' edges keep minutes)")
+    p.add_argument("--no-provider-headers", dest="provider_headers", action="store_false", default=None,
+                   help="send no x-ratelimit-*, x-request-id or openai-processing-ms (a self-hosted server)")
     p.add_argument("--model", action="append", default=[], help="extra model id for GET /v1/models (repeatable)")
     return p
 
@@ -43,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         profile = get_profile(
             args.profile, rpm=args.rpm, tpm=args.tpm, rpd=args.rpd, dialect=args.dialect, ttft_ms=args.ttft_ms,
-            tokens_per_s=args.tokens_per_s, default_output_tokens=args.default_output_tokens,
-            models=tuple(args.model) or None, request_overhead_ms=args.request_overhead_ms,
+            tokens_per_s=args.tokens_per_s, batch_ms=args.batch_ms, default_output_tokens=args.default_output_tokens,
+            models=tuple(args.model) or None, provider_headers=args.provider_headers, request_overhead_ms=args.request_overhead_ms,
             continued_overhead_share=args.continued_overhead_share, continued_ttft_share=args.continued_ttft_share,
         )
         if args.keep_alive_s < 0:

@@ -30,6 +30,9 @@ class Profile:
     name: str
     ttft_ms: float
     tokens_per_s: float  # 0 = emit every token at once
+    # a paced stream sleeps at least this long between writes (tokens due meanwhile go in one write);
+    # 0: one write per token, as a provider streaming each token as it is generated sends them
+    batch_ms: float = 10.0
     default_output_tokens: int = 16
     rpm: int | None = None
     tpm: int | None = None
@@ -41,6 +44,9 @@ class Profile:
     request_overhead_ms: float = 0.0
     continued_overhead_share: float = 1.0  # of request_overhead_ms, paid by a continued socket turn
     continued_ttft_share: float = 1.0  # of ttft_ms, waited by a continued socket turn
+    # False: no x-ratelimit-*, x-request-id or openai-processing-ms, as a self-hosted server (vLLM) answers;
+    # limits are still enforced. For benchmarks that compare with the provider's full header set.
+    provider_headers: bool = True
 
     @property
     def instant(self) -> bool:
@@ -88,8 +94,8 @@ def get_profile(name: str, **overrides: object) -> Profile:
     profile = dataclasses.replace(base, **changes)
     if profile.dialect not in DIALECTS:
         raise ValueError(f"unknown dialect {profile.dialect!r}; valid: {', '.join(DIALECTS)}")
-    if profile.ttft_ms < 0 or profile.tokens_per_s < 0 or profile.default_output_tokens < 0:
-        raise ValueError("ttft_ms, tokens_per_s and default_output_tokens must be >= 0")
+    if profile.ttft_ms < 0 or profile.tokens_per_s < 0 or profile.default_output_tokens < 0 or profile.batch_ms < 0:
+        raise ValueError("ttft_ms, tokens_per_s, batch_ms and default_output_tokens must be >= 0")
     if not 0 <= profile.request_overhead_ms < math.inf:
         raise ValueError("request_overhead_ms must be a finite number >= 0")
     if not (0 <= profile.continued_overhead_share <= 1 and 0 <= profile.continued_ttft_share <= 1):

@@ -33,7 +33,6 @@ from .store import Stored
 from .text import count_input_tokens, count_text_tokens, embedding, embedding_base64, requested_output
 from .ws import SimulatedSocket
 
-BATCH_S = 0.010  # pace streams with one sleep per ~10 ms of tokens, not one per token
 JSON = b"application/json"
 SSE = b"text/event-stream; charset=utf-8"
 _OPENAI_ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
@@ -209,9 +208,10 @@ class SimulatorApp:
             h.append((b"content-length", b"%d" % length))
         else:
             h.append((b"cache-control", b"no-cache"))
-        h.append((b"x-request-id", ctx.request_id if ctx.request_id is not None else
-                  b"req_sim%016x" % self.state.next_id()))
-        h.append((b"openai-processing-ms", b"%d" % ((time.perf_counter() - ctx.started) * 1000)))
+        if self.profile.provider_headers:
+            h.append((b"x-request-id", ctx.request_id if ctx.request_id is not None else
+                      b"req_sim%016x" % self.state.next_id()))
+            h.append((b"openai-processing-ms", b"%d" % ((time.perf_counter() - ctx.started) * 1000)))
         await ctx.send({"type": "http.response.start", "status": status, "headers": h})
 
     async def _respond(self, ctx: _Ctx, status: int, body: bytes, headers: HeaderSeq = ()) -> None:
@@ -486,7 +486,7 @@ class SimulatorApp:
             await ctx.send({"type": "http.response.body", "body": b"".join([r.token(k) for k in range(i, due)]),
                             "more_body": True})
             i = due
-            if i < limit and not await watch.pause(max(start + i / tps - loop.time(), BATCH_S)):
+            if i < limit and not await watch.pause(max(start + i / tps - loop.time(), self.profile.batch_ms / 1000)):
                 return i, True
         return i, False
 

@@ -73,6 +73,7 @@ class RateLimiter:
         self.tpm = profile.tpm if profile.tpm is not None else tpm
         self.rpd = profile.rpd if profile.rpd is not None else rpd
         self.cerebras = profile.dialect == "cerebras"
+        self.advertise = profile.provider_headers
         self.reset()
 
     def reset(self) -> None:
@@ -117,8 +118,10 @@ class RateLimiter:
         return max(0.0, window[0][0] + span - now) if window else 0.0
 
     def headers(self, now: float) -> Headers:
-        """The dialect's six quota headers as of ``now``."""
+        """The dialect's six quota headers as of ``now`` (none when the profile sends no provider headers)."""
         self._expire(now)
+        if not self.advertise:
+            return []
         return self._cerebras_headers(now) if self.cerebras else self._openai_headers(now)
 
     def _openai_headers(self, now: float) -> Headers:

@@ -30,7 +30,6 @@ from .state import ProviderState
 from .store import Stored
 from .text import count_input_tokens, requested_output
 
-BATCH_S = 0.010
 _ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
                 429: "rate_limit_error", 500: "server_error", 503: "server_error"}
 
@@ -259,7 +258,7 @@ class SimulatedSocket:
                 frame = r.token(k)
                 await send({"type": "websocket.send", "text": frame[frame.index(b"data: ") + 6 : -2].decode()})
             i = due
-            if i < limit and not await client.pause(max(start + i / tps - loop.time(), BATCH_S)):
+            if i < limit and not await client.pause(max(start + i / tps - loop.time(), profile.batch_ms / 1000)):
                 return i, True
         return i, False
 

@@ -136,17 +136,28 @@ class _Connection(asyncio.Protocol):
 
 
 class Response:
-    """Status and headers of an upstream response; the body is read once, then the connection is released."""
+    """Status and headers of an upstream response; the body is read once, then the connection is released.
 
-    __slots__ = ("status", "headers", "_conn", "_idle_s", "_released", "_deadline")
+    One timer at a time bounds the body, for both ``idle_s`` (the reader waited that long for a
+    chunk) and ``total_s``: it is armed no later than either could expire and, when it fires
+    early, re-armed for the next moment one could. A chunk costs no timer of its own; a body that
+    had arrived whole with its headers costs none at all.
+    """
 
-    def __init__(self, conn: _Connection, idle_s: float, deadline: asyncio.TimerHandle | None) -> None:
+    __slots__ = ("status", "headers", "_conn", "_idle_s", "_released", "_deadline", "_timer", "_waiting_since", "_loop")
+
+    def __init__(self, conn: _Connection, idle_s: float, deadline: float | None, loop: asyncio.AbstractEventLoop) -> None:
         self.status = conn.status
         self.headers = conn.headers
         self._conn = conn
         self._idle_s = idle_s
         self._released = False
-        self._deadline = deadline  # ends the exchange at the request's total_s, however busy the stream
+        self._deadline = deadline  # loop time the exchange ends at (the request's total_s), however busy the stream
+        self._loop = loop
+        self._waiting_since: float | None = None  # when the reader began waiting for the next chunk
+        self._timer: asyncio.TimerHandle | None = None
+        if not conn.complete:
+            self._arm(loop.time())
 
     def header(self, name: bytes) -> bytes | None:
         for key, value in self.headers:
@@ -154,14 +165,39 @@ class Response:
                 return value
         return None
 
-    async def iter_body(self) -> AsyncIterator[bytes]:
+    def _arm(self, now: float) -> None:
+        """Arm the body's timer at the earliest moment idle_s (of a wait starting now or earlier) or total_s can expire."""
+        since = self._waiting_since
+        due = (now if since is None else since) + self._idle_s
+        if self._deadline is not None and self._deadline < due:
+            due = self._deadline
+        self._timer = self._loop.call_at(due, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
         conn = self._conn
-        loop = asyncio.get_running_loop()
+        if self._released or conn.complete:
+            return
+        now = self._loop.time()
+        if self._deadline is not None and now >= self._deadline - _TICK_S:
+            _past_deadline(conn)
+            return
+        since, waiter = self._waiting_since, conn._body_waiter
+        if since is not None and waiter is not None and now - since >= self._idle_s - _TICK_S:
+            _expire(waiter, "upstream sent nothing for %.1fs" % self._idle_s)
+            return
+        self._arm(now)
+
+    async def iter_body(self) -> AsyncIterator[bytes]:
+        """The body as it arrives; chunks that arrived together come as one (never held for more)."""
+        conn = self._conn
+        chunks = conn.chunks
+        loop = self._loop
         try:
             while True:
-                if conn.chunks:
-                    chunk = conn.chunks.popleft()
-                    if conn._paused and len(conn.chunks) < 4 and conn.transport:
+                if chunks:
+                    chunk = chunks.popleft() if len(chunks) == 1 else _take_all(chunks)
+                    if conn._paused and conn.transport:
                         conn._paused = False
                         conn.transport.resume_reading()
                     yield chunk
@@ -171,16 +207,22 @@ class Response:
                 if conn.error is not None:
                     raise conn.error
                 waiter = conn._body_waiter = loop.create_future()
-                timer = loop.call_later(self._idle_s, _expire, waiter, "upstream sent nothing for %.1fs" % self._idle_s)
+                self._waiting_since = loop.time()
                 try:
                     await waiter
                 finally:
-                    timer.cancel()
+                    self._waiting_since = None
                     conn._body_waiter = None
         finally:
             self.release()
 
     async def read(self) -> bytes:
+        conn = self._conn
+        if conn.complete:  # arrived whole with its headers, the usual short answer: no generator, no waiting
+            body = b"".join(conn.chunks)
+            conn.chunks.clear()
+            self.release()
+            return body
         parts = [chunk async for chunk in self.iter_body()]
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
@@ -193,7 +235,7 @@ class Response:
         rest = b"".join(conn.chunks)
         conn.chunks.clear()
         self._released = True
-        self._end_deadline()
+        self._end_timer()
         conn.abort()
         return rest
 
@@ -202,22 +244,38 @@ class Response:
         if self._released:
             return
         self._released = True
-        self._end_deadline()
+        self._end_timer()
         conn = self._conn
         if conn.complete and not conn.closed and conn.error is None and conn.keep_alive and not conn.transport.is_closing():
+            if conn._paused:
+                conn.transport.resume_reading()
             conn.pool._put_back(conn)
         else:
             conn.abort()
 
+    def _end_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
-    def _end_deadline(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
+
+# The loop's clock has millisecond steps: a timer may fire up to one early.
+_TICK_S = 0.001
+
+
+def _take_all(chunks: collections.deque[bytes]) -> bytes:
+    joined = b"".join(chunks)
+    chunks.clear()
+    return joined
 
 
 def _expire(waiter: asyncio.Future, message: str) -> None:
     if not waiter.done():
         waiter.set_exception(UpstreamTimeout(message))
+
+
+def _no_first_byte(waiter: asyncio.Future, first_byte_s: float) -> None:
+    _expire(waiter, "upstream sent no response within %.1fs" % first_byte_s)
 
 
 def _past_deadline(conn: _Connection) -> None:
@@ -311,19 +369,21 @@ class OriginPool:
             conn._headers_waiter = None
             conn.abort()
             raise UpstreamClosed(f"connection closed before the request was sent: {exc}") from None
-        timer = loop.call_later(first_byte_s, _expire, waiter, "upstream sent no response within %.1fs" % first_byte_s)
-        total = None if deadline is None else loop.call_at(deadline, _past_deadline, conn)
+        # one timer until the headers: the first byte's bound, or total_s when that comes first
+        first_at = loop.time() + first_byte_s
+        if deadline is not None and deadline <= first_at:
+            timer = loop.call_at(deadline, _past_deadline, conn)
+        else:
+            timer = loop.call_at(first_at, _no_first_byte, waiter, first_byte_s)
         try:
             await waiter
         except BaseException:
-            if total is not None:
-                total.cancel()
             conn.abort()
             raise
         finally:
             timer.cancel()
             conn._headers_waiter = None
-        return Response(conn, idle_s, total)
+        return Response(conn, idle_s, deadline, loop)
 
     def close(self) -> None:
         for conn in self._idle:

@@ -57,17 +57,23 @@ def extract_usage(buf: bytes) -> Usage | None:
 
 
 def _matching_brace(buf: bytes, start: int) -> int:
-    """Index just past the brace closing the object at ``start``; usage objects hold no strings with braces."""
-    depth = 0
-    for i in range(start, len(buf)):
-        c = buf[i]
-        if c == 0x7B:
+    """Index just past the brace closing the object at ``start``; usage objects hold no strings with braces.
+
+    Jumps brace to brace with ``find`` (a byte loop in Python was a tenth of a request's CPU)."""
+    depth, i = 1, start + 1
+    while True:
+        close = buf.find(b"}", i)
+        if close < 0:
+            return -1
+        opened = buf.find(b"{", i, close)
+        if opened >= 0:  # a nested object opens before the next close
             depth += 1
-        elif c == 0x7D:
-            depth -= 1
-            if depth == 0:
-                return i + 1
-    return -1
+            i = opened + 1
+            continue
+        depth -= 1
+        if depth == 0:
+            return close + 1
+        i = close + 1
 
 
 class StreamScanner:

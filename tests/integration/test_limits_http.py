@@ -6,6 +6,7 @@ the shared Redis never carries state from one test into another.
 from __future__ import annotations
 
 import hashlib
+import socket
 import time
 import uuid
 
@@ -174,6 +175,26 @@ def test_client_disconnect_mid_stream_charges_what_was_produced_and_frees_the_sl
         assert after.status_code == 200  # slot released
         charged = limit - int(after.headers["x-ratelimit-remaining-tokens"]) - reservation(5)
         assert 0 < charged < len(orjson.dumps(body)) // 4 + 5000  # what was produced, not the whole reservation
+
+
+def test_client_gone_the_moment_its_body_is_sent_still_frees_the_slot_at_once(limited_proxy, wafer_sim):
+    """The hang-up listener starts only once a call has run for WATCH_AFTER_S: a client that sends its
+    request and closes at once (before the listener exists) is still noticed, the upstream aborted
+    and the slot freed well before the ~1.3 s body would have ended."""
+    with record_outcomes(limited_proxy(key_limits="{concurrency: 1}")) as server:
+        before = httpx.get(wafer_sim.url + "/sim/stats").json()["disconnects"]
+        body = orjson.dumps({"model": "fast", "messages": MESSAGES, "max_tokens": 5000})
+        host, port = server.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port))) as sock:
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+                         b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (KEY.encode(), len(body), body))
+        hung_up = time.monotonic()
+        while not server.outcomes and time.monotonic() - hung_up < 5:
+            time.sleep(0.01)
+        assert server.outcomes[-1].status == 499 and time.monotonic() - hung_up < 0.5
+        assert httpx.get(wafer_sim.url + "/sim/stats").json()["disconnects"] == before + 1
+        settled(server.app.state.limiter)
+        assert post(server, model="fast").status_code == 200  # slot released
 
 
 def test_client_disconnect_while_waiting_for_a_whole_body_cancels_upstream_and_frees_the_slot(limited_proxy, wafer_sim):

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import threading
 
 from proxy.api.access_log import access_log
 from proxy.call import Outcome
@@ -48,3 +50,23 @@ def test_nothing_below_info(caplog):
     with caplog.at_level(logging.WARNING, logger="laneway.access"):
         access_log(outcome())
     assert caplog.records == []
+
+
+def test_the_record_is_what_make_record_builds_but_for_its_own_time_and_thread(caplog):
+    """Records are copied from a per-process template: every attribute a formatter may read must match
+    what logger.makeRecord builds, and the clock and thread must be each record's own."""
+    logger = logging.getLogger("laneway.access")
+    with caplog.at_level(logging.INFO, logger="laneway.access"):
+        access_log(outcome())
+        reference = logger.makeRecord(logger.name, logging.INFO, access_log.__code__.co_filename, 0, "request", None, None)
+        thread = threading.Thread(target=lambda: access_log(outcome(transport="websocket")), name="other")
+        thread.start()
+        thread.join()
+    first, other = caplog.records
+    constant = set(reference.__dict__) - {"created", "msecs", "relativeCreated", "fields", "message", "asctime"}
+    assert {k: first.__dict__[k] for k in constant} == {k: reference.__dict__[k] for k in constant}
+    assert abs(first.created - reference.created) < 1 and first.msecs == int((first.created % 1) * 1000)
+    assert (other.threadName, other.thread, other.getMessage()) == ("other", thread.ident, "turn")
+    assert other.created >= first.created and other.relativeCreated >= first.relativeCreated
+    assert logging.Formatter("%(filename)s %(module)s %(process)d %(levelname)s").format(first) == (
+        f"access_log.py access_log {os.getpid()} INFO")

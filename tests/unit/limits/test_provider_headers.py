@@ -5,6 +5,7 @@ from datetime import datetime, timezone
 
 import pytest
 
+from proxy.limits import provider_headers
 from proxy.limits.provider_headers import parse_headers, parse_reset
 
 NOW = datetime(2024, 8, 1, 12, 0, 0, tzinfo=timezone.utc).timestamp()
@@ -84,7 +85,9 @@ def test_dialects(headers, expected, retry_after):
 @pytest.mark.parametrize(
     "value, seconds",
     [("6m0s", 360.0), ("12ms", 0.012), ("1h2m3.5s", 3723.5), ("250us", 0.00025), ("0s", 0.0), ("33011.38", 33011.38),
-     ("2024-08-01T12:01:00Z", 60.0), ("2024-08-01T11:59:00Z", 0.0), ("soon", None), ("6m0", None), ("", None)],
+     ("2024-08-01T12:01:00Z", 60.0), ("2024-08-01T11:59:00Z", 0.0), ("soon", None), ("6m0", None), ("", None),
+     ("59.999s", 59.999), ("5ns", 5e-9), ("1.5.5s", None), ("infs", None), ("nanms", None), ("-5s", None), (".s", None),
+     ("s", None), ("ms", None)],
 )
 def test_reset_formats(value, seconds):
     got = parse_reset(value, NOW)
@@ -96,3 +99,23 @@ def test_garbage_values_are_ignored_not_fatal():
                              ("x-ratelimit-reset-requests", "whenever"), ("x-ratelimit-limit-bananas", "3")), NOW)
     [window] = report.windows
     assert (window.window, window.limit, window.remaining, window.reset_s) == ("requests", 10, None, None)
+
+
+def test_a_date_reset_is_read_against_each_response_time_not_remembered():
+    """Names and duration resets are remembered between responses; a date's distance from now is not."""
+    first = {w.window: w.reset_s for w in parse_headers(ANTHROPIC, NOW).windows}
+    later = {w.window: w.reset_s for w in parse_headers(ANTHROPIC, NOW + 10).windows}
+    assert later == {window: pytest.approx(max(0.0, seconds - 10)) for window, seconds in first.items()}
+    again = parse_headers(OPENAI, NOW + 10)  # remembered durations: the same figures as the first reading
+    assert {w.window: w.reset_s for w in again.windows} == {"requests": 1.0, "tokens": 360.0}
+
+
+def test_an_upstream_inventing_names_and_values_cannot_grow_memory_or_confuse_later_reads():
+    for i in range(3 * provider_headers._CACHED):
+        parse_headers(h((f"x-ratelimit-limit-requests-{i}", "1"), ("x-ratelimit-reset-requests", f"{i}ms"),
+                        (f"x-junk-{i}", "1")), NOW)
+    assert len(provider_headers._NAMES) <= provider_headers._CACHED
+    assert len(provider_headers._RESETS) <= provider_headers._CACHED
+    report = parse_headers(h(*((k.decode(), v.decode()) for k, v in OPENAI), ("x-ratelimit-reset-requests", "9999ms")), NOW)
+    assert {w.window: (w.limit, w.remaining, w.reset_s) for w in report.windows} == {
+        "requests": (60, 59, pytest.approx(9.999)), "tokens": (150000, 149984, 360.0)}

@@ -331,6 +331,17 @@ def test_cerebras_headers_on_every_answer() -> None:
         assert "." in limited.headers["x-ratelimit-reset-tokens-minute"]
 
 
+def test_no_provider_headers_still_enforces_limits() -> None:
+    """The self-hosted profile (benchmarks' "no headers" upstream) drops the provider's headers, never its limits."""
+    with serve_in_thread(get_profile("instant", provider_headers=False, tpm=100)) as s:
+        ok = post(s, "/chat/completions", {"model": "m", "messages": USER, "max_tokens": 5})
+        limited = post(s, "/chat/completions", {"model": "m", "messages": USER, "max_tokens": 200})
+        assert (ok.status_code, limited.status_code) == (200, 429)
+        for r in (ok, limited):
+            assert not [k for k in r.headers if k.startswith("x-ratelimit") or k in ("x-request-id", "openai-processing-ms")]
+        assert int(limited.headers["retry-after"]) >= 1
+
+
 def test_model_names_are_data_not_templates(fresh: RunningSimulator) -> None:
     body = {"model": "50%d-model", "messages": USER, "max_tokens": 2, "stream": True, "n": 2}
     chunks = [strict(ChatCompletionChunk, e) for e in sse_events(post(fresh, "/chat/completions", body).text)]

@@ -357,3 +357,48 @@ def test_connection_close_is_honoured():
     accepted, bodies = asyncio.run(_exchange_all([_CLOSING, _FIXED]))
     assert bodies == [b"{}", b"{}"]
     assert accepted == 2
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_idle_s_still_bounds_a_silence_after_many_chunks(loop):
+    """One timer serves every wait: after 20 chunks (each a wait shorter than idle_s, none timed on
+    its own) a silence still ends the body within about idle_s, not at the timer's first due time."""
+    def drip_then_stall(upstream: Upstream) -> None:
+        upstream.transport.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        ev = asyncio.get_running_loop()
+        for i in range(20):
+            ev.call_later(0.01 * i, lambda: upstream.transport.is_closing() or upstream.transport.write(b"1\r\nx\r\n"))
+
+    async def main() -> None:
+        async with Server(drip_then_stall) as upstream:
+            ev = asyncio.get_running_loop()
+            response = await upstream.pool.request(GET, b"", connect_s=1, first_byte_s=1, idle_s=0.08)
+            received = b""
+            with pytest.raises(UpstreamTimeout, match="sent nothing for"):
+                async for chunk in response.iter_body():
+                    received += chunk
+                    last = ev.time()
+            assert received == b"x" * 20  # every chunk was relayed before the timeout
+            assert 0.07 <= ev.time() - last < 0.2
+            assert upstream.pool._idle == []
+
+    run(main, loop)
+
+
+def test_a_body_that_came_with_its_headers_arms_no_timer_and_chunks_that_came_together_are_one():
+    def burst(upstream: Upstream) -> None:
+        upstream.transport.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n1\r\nb\r\n")
+        asyncio.get_running_loop().call_later(0.05, upstream.transport.write, b"1\r\nc\r\n0\r\n\r\n")
+
+    async def main() -> None:
+        async with Server(lambda upstream: upstream.transport.write(OK)) as upstream:
+            response = await upstream.pool.request(GET, b"", connect_s=1, first_byte_s=1, idle_s=1, total_s=5)
+            assert response._timer is None and await response.read() == b"{}"
+        async with Server(burst) as upstream:
+            response = await upstream.pool.request(GET, b"", connect_s=1, first_byte_s=1, idle_s=1, total_s=5)
+            assert response._timer is not None  # the body is still coming: bounded
+            chunks = [chunk async for chunk in response.iter_body()]
+            assert chunks == [b"ab", b"c"]  # what was there went as one; nothing waited for what came later
+            assert response._timer is None and len(upstream.pool._idle) == 1
+
+    run(main)

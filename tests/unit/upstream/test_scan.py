@@ -47,6 +47,14 @@ def test_broken_usage_is_no_usage(buf):
     assert extract_usage(buf) is None
 
 
+def test_usage_object_ends_at_its_own_brace_whatever_nests_inside_or_follows():
+    """The brace matcher jumps between braces: nesting before a close, and objects after it, must not fool it."""
+    nested = b'{"usage": {"prompt_tokens_details": {"cached_tokens": 4, "x": {"y": {}}}, "prompt_tokens": 9}, "z": {"w": 1}}'
+    assert extract_usage(nested) == Usage(9, 0, 4)
+    assert extract_usage(b'{"usage": {"prompt_tokens_details": {"cached_tokens": 4}, "prompt_tokens": 9') is None
+    assert extract_usage(b'{"usage": {"prompt_tokens": 3}') == Usage(3, 0)  # its own close suffices
+
+
 def test_usage_quoted_in_generated_text_is_not_usage():
     text = '"usage": {"prompt_tokens": 999999, "completion_tokens": 999999}'
     assert extract_usage(sse(chunk(text))) is None
