@@ -175,6 +175,8 @@ async def _relay_stream(call: Call, attempt: Attempt, req: ModelRequest, headers
                         send: Send) -> None:
     outcome, response = call.outcome, attempt.response
     scanner = StreamScanner(outcome.started)
+    stats, lane = call.runtime.router.live.stats, attempt.deployment.name
+    stats.awaiting(lane, scanner, req.input_estimate)  # its wait tells routing how slow the lane is now
     usage_filter = UsageChunkFilter() if attempt.injected_usage else None
     first = last = previous = b""  # enough of the stream to end it well-formed if it breaks off
     try:
@@ -205,6 +207,7 @@ async def _relay_stream(call: Call, attempt: Attempt, req: ModelRequest, headers
         await send({"type": "http.response.body", "body": _stream_error(req, exc, first, previous, last), "more_body": False})
     finally:
         watch.stop()
+        stats.answered(lane, scanner)
         outcome.first_token_at = scanner.first_token_at
         outcome.take_usage(scanner.usage_or_estimate(req.input_estimate))
 

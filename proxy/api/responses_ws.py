@@ -349,6 +349,8 @@ class _Connection:
         await self._send_event({"type": "laneway.route", "route": outcome.route, "deployment": dep.name,
                                 "lane": dep.hardware, "reason": attempt.reason, **extra})
         scanner = StreamScanner(outcome.started)
+        stats = call.runtime.router.live.stats
+        stats.awaiting(dep.name, scanner, req.input_estimate)  # its wait tells routing how slow the lane is now
         prefix = b'{"stream_id":' + orjson.dumps(stream_id) + b"," if stream_id is not None else None
         completed: bytes | None = None
         first, last = b"", []  # enough of the turn to end it well-formed if the upstream breaks off
@@ -375,6 +377,7 @@ class _Connection:
             raise
         finally:
             response.release()  # aborts the upstream exchange unless it finished cleanly
+            stats.answered(dep.name, scanner)
             outcome.first_token_at = scanner.first_token_at
             outcome.take_usage(scanner.usage_or_estimate(req.input_estimate))
         if completed is not None:

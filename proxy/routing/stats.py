@@ -11,6 +11,11 @@ weight halves every half-life, so a sample arriving after a quiet spell moves th
 most of the way to itself; quantiles use only samples younger than two half-lives; the
 weight other replicas give a figure decays the same way. A lane that was demoted gets no
 samples of its own, so routing sends it a bounded trickle of probes (``probe_due``).
+
+A stream still waiting for its first token is a sample too, a censored one: having waited
+``w`` ms, the lane's time to first token is at least ``w`` for prompts no shorter than its
+own. So a lane that slows down is seen at once, by the streams it is keeping waiting, not
+seconds later when the first of them finally answers (``awaiting`` / ``answered``).
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ from collections.abc import Callable, Mapping
 
 from proxy.call import DEFAULT_OUTPUT_TOKENS, Outcome
 from proxy.config.schema import Learning, Priors
+from proxy.upstream.scan import StreamScanner
 
 # Prompt-size bucket upper bounds in tokens: short turns and long agentic contexts behave differently.
 BUCKETS = (1024, 8192, 32768)
@@ -123,7 +129,7 @@ class DeploymentStats:
     """Everything measured about one deployment by this process."""
 
     __slots__ = ("ttft", "decode", "error_rate", "error_weight", "error_at", "in_flight", "requests", "errors",
-                 "learning", "probed_at", "clock", "peer_ttft", "peer_decode", "peer_errors")
+                 "learning", "probed_at", "clock", "peer_ttft", "peer_decode", "peer_errors", "awaiting")
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.ttft = [Metric() for _ in range(len(BUCKETS) + 1)]
@@ -141,6 +147,9 @@ class DeploymentStats:
         self.peer_ttft: list[tuple[float, float] | None] | None = None
         self.peer_decode: list[tuple[float, float] | None] | None = None
         self.peer_errors: tuple[float, float] | None = None
+        # Streams relayed from this deployment now -> their prompt's bucket; those without a first
+        # token yet bound the lane's TTFT from below (see the module docstring).
+        self.awaiting: dict[StreamScanner, int] = {}
 
     def estimate(self, priors: Priors, input_tokens: int, percentile: float | None = None,
                  now: float | None = None) -> Estimate:
@@ -156,6 +165,8 @@ class DeploymentStats:
         index = bucket_of(input_tokens)
         q = None if percentile is None else percentile / 100.0
         ttft_ms, warm_t = _figure(self.ttft, self.peer_ttft, index, q, priors.ttft_ms, now, half_life)
+        if self.awaiting:
+            ttft_ms = max(ttft_ms, self.longest_wait_ms(index))
         rate, warm_d = _figure(self.decode, self.peer_decode, index, None if q is None else 1.0 - q,
                                priors.tokens_per_s, now, half_life)
         error_rate = self.error_rate
@@ -165,14 +176,28 @@ class DeploymentStats:
             error_rate = (error_rate * mine + rate_peers * weight) / (mine + weight) if mine + weight else error_rate
         return Estimate(ttft_ms, max(rate, 1e-3), self.in_flight, error_rate, warm_t or warm_d)
 
+    def longest_wait_ms(self, index: int) -> float:
+        """How long the longest-waiting stream of a prompt no longer than bucket ``index``'s has
+        waited for its first token so far (0 when none is waiting)."""
+        now = time.perf_counter()  # the scanners' clock
+        oldest = now
+        for scanner, bucket in self.awaiting.items():
+            if bucket <= index and scanner.first_token_at is None and scanner.started < oldest:
+                oldest = scanner.started
+        return (now - oldest) * 1000.0
+
     def probe_due(self, input_tokens: int, now: float, interval: float | None = None) -> bool:
-        """No sample in the prompt's bucket and no probe for ``interval`` (``learning.probe_interval_s``
-        unless given: the idle prober asks with ``learning.idle_probe_s``)."""
+        """No sample in the prompt's bucket, no probe for ``interval`` (``learning.probe_interval_s``
+        unless given: the idle prober asks with ``learning.idle_probe_s``) and no stream of such a
+        prompt waiting for its first token."""
         if interval is None:
             interval = self.learning.probe_interval_s
         if interval <= 0:
             return False
-        metric = _nearest(self.ttft, bucket_of(input_tokens))
+        index = bucket_of(input_tokens)
+        if self.awaiting and self.longest_wait_ms(index) > 0:
+            return False  # a stream still waiting for its first token is the probe: it will tell
+        metric = _nearest(self.ttft, index)
         last = max(self.probed_at, -math.inf if metric is None else metric.at)
         return now - last >= interval
 
@@ -293,6 +318,17 @@ class LatencyStats:
 
     def started(self, name: str) -> None:
         self.get(name).in_flight += 1
+
+    def awaiting(self, name: str, scanner: StreamScanner, input_tokens: int) -> None:
+        """A stream from ``name`` is being relayed; until ``answered``, a first token it has not
+        had yet bounds the lane's TTFT from below."""
+        self.get(name).awaiting[scanner] = bucket_of(input_tokens)
+
+    def answered(self, name: str, scanner: StreamScanner) -> None:
+        """The stream's relay is over (in its ``finally``: however it ended)."""
+        stats = self._by_name.get(name)
+        if stats is not None:
+            stats.awaiting.pop(scanner, None)
 
     def finished(self, outcome: Outcome) -> None:
         """Observer for ProxyState.finish: ends the in-flight count and learns from the outcome."""

@@ -1,6 +1,7 @@
 """Routing end to end: real simulators, a real proxy, the openai SDK and raw HTTP."""
 from __future__ import annotations
 
+import threading
 import time
 
 import httpx
@@ -239,3 +240,26 @@ def test_hedge_for_a_non_streaming_request(proxy, lanes):
     assert time.perf_counter() - started < 2.0
     assert response.status_code == 200 and response.headers["x-laneway-deployment"] == "gpu"
     assert response.json()["usage"]["completion_tokens"] == 5
+
+
+def test_a_stream_kept_waiting_for_its_first_token_moves_the_next_request_off_the_lane(tmp_path):
+    """The wafer lane slowed down (first token after 2.5 s) before any answer told routing so:
+    the next request, sent while the first still waits, goes to the GPU lane."""
+    import threading
+    with simulator("wafer", ttft_ms=2500, tokens_per_s=4000) as wafer, simulator("gpu", ttft_ms=20, tokens_per_s=2000) as gpu, \
+            proxy_from_yaml(tmp_path, POLICY.format(wafer=wafer.url, gpu=gpu.url, dead_port=free_port())) as proxy:
+        first: dict[str, str] = {}
+
+        def waiting_stream() -> None:
+            with httpx.stream("POST", proxy.url + "/v1/chat/completions", timeout=10,
+                              json={"model": "codex", "messages": MESSAGES, "max_tokens": 3, "stream": True}) as response:
+                first["deployment"] = response.headers["x-laneway-deployment"]
+                response.read()
+        thread = threading.Thread(target=waiting_stream)
+        thread.start()
+        time.sleep(0.8)  # the first stream has waited 0.8 s: longer than the GPU lane's 400 ms prior
+        second = httpx.post(proxy.url + "/v1/chat/completions", timeout=10,
+                            json={"model": "codex", "messages": MESSAGES, "max_tokens": 3, "stream": True})
+        thread.join(timeout=10)
+    assert first["deployment"] == "wafer"  # nothing told routing yet: its priors say fast
+    assert second.headers["x-laneway-deployment"] == "gpu"

@@ -1,11 +1,14 @@
 """Statistics that forget: time-decayed averages, fresh quantiles, decayed peer weights, output sizes."""
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from proxy.call import DEFAULT_OUTPUT_TOKENS, Outcome
 from proxy.config.schema import Learning, Priors
 from proxy.routing.stats import DeploymentStats, LatencyStats, Sketch
+from proxy.upstream.scan import StreamScanner
 
 PRIORS = Priors(ttft_ms=60, tokens_per_s=1500)
 LEARNING = Learning(half_life_s=10, probe_interval_s=3)
@@ -133,3 +136,41 @@ def test_other_samples_are_averaged_in(reason, ttft_ms):
     clock.now = 1.0
     served(stats, "wafer", ttft_ms, reason=reason)
     assert lane.estimate(PRIORS, 100).ttft_ms == pytest.approx(3000 + 0.2 * (ttft_ms - 3000), rel=0.01)
+
+
+def test_a_stream_still_waiting_for_its_first_token_bounds_the_lanes_ttft_from_below():
+    clock, stats, lane = wafer()
+    for _ in range(10):
+        served(stats, "wafer", 100)
+    assert lane.estimate(PRIORS, 100).ttft_ms == pytest.approx(100)
+    stuck = StreamScanner(time.perf_counter() - 3.0)  # sent 3 s ago, no token yet: the lane slowed down
+    stats.awaiting("wafer", stuck, 100)
+    assert lane.estimate(PRIORS, 100).ttft_ms >= 3000
+    assert lane.estimate(PRIORS, 100, percentile=95).ttft_ms >= 3000
+    # A long prompt's wait says nothing about short prompts; a short prompt's wait bounds long ones.
+    long_wait = StreamScanner(time.perf_counter() - 9.0)
+    stats.awaiting("wafer", long_wait, 50_000)
+    assert 3000 <= lane.estimate(PRIORS, 100).ttft_ms < 9000
+    assert lane.estimate(PRIORS, 50_000).ttft_ms >= 9000
+    stats.answered("wafer", long_wait)
+    stuck.first_token_at = time.perf_counter()  # the token came: the wait is over, the sample comes with finish
+    assert lane.estimate(PRIORS, 100).ttft_ms == pytest.approx(100)
+    stats.answered("wafer", stuck)
+    stats.answered("wafer", stuck)  # twice (however the relay ended): harmless
+    stats.answered("gpu", stuck)    # a lane never seen: harmless
+    assert lane.awaiting == {} and lane.estimate(PRIORS, 100).ttft_ms == pytest.approx(100)
+
+
+def test_no_probe_is_due_while_a_stream_of_such_a_prompt_still_waits_for_its_first_token():
+    clock, stats, lane = wafer()
+    clock.now = 100.0
+    assert lane.probe_due(100, clock.now)  # never measured: a probe is due
+    waiting = StreamScanner(time.perf_counter() - 0.5)
+    stats.awaiting("wafer", waiting, 100)
+    assert not lane.probe_due(100, clock.now)      # that stream is the probe: it will tell
+    assert not lane.probe_due(50_000, clock.now)   # and it bounds longer prompts too
+    stats.answered("wafer", waiting)
+    assert lane.probe_due(100, clock.now)
+    long_prompt = StreamScanner(time.perf_counter() - 0.5)
+    stats.awaiting("wafer", long_prompt, 50_000)
+    assert lane.probe_due(100, clock.now)  # a long prompt's wait says nothing about short ones
