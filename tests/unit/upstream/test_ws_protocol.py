@@ -16,7 +16,13 @@ import uvloop
 from proxy.call import UpstreamClosed, UpstreamConnectError, UpstreamError
 from proxy.upstream import ws_protocol
 from proxy.upstream.ws_protocol import FrameError, connect
-from tests.unit.upstream.ws_peer import Peer, frame, read_frame, read_frame_bits, switching
+from tests.unit.upstream.ws_peer import (
+    Peer,
+    frame,
+    read_frame,
+    read_frame_bits,
+    switching,
+)
 
 LOOPS = {"uvloop": uvloop.new_event_loop, "asyncio": asyncio.new_event_loop}
 
