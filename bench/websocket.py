@@ -12,6 +12,8 @@ same seeded coding-agent conversation in rounds, interleaving the modes:
   (b+) ws-ws   WebSocket client -> Laneway -> the conversation's pinned upstream socket
                (Laneway forwards previous_response_id + new items)
   (c) http-ws  HTTP client -> Laneway -> pooled upstream socket, full context every turn
+  (b+) no-z, (c) no-z  the same through a deployment with `websocket_compression: none`
+               (upstream sockets without permessage-deflate, which costs CPU per turn)
   (a0) http-new  (a) without the history: each turn carries only what a WebSocket turn carries
                (instructions, tools, the new items). Not a client mode but a floor: (a) - (a0)
                is the per-turn work that depends on re-sending the history, the most any
@@ -233,7 +235,7 @@ def report(samples: dict[str, list[Sample]], args: argparse.Namespace, convo: Co
     rows = {}
     for name, values in samples.items():
         direct = name.startswith("direct")
-        base = floor["direct-ws" if " ws" in name or name == "direct-ws" else "direct-http"]
+        base = floor["direct-ws" if name.startswith("(b") or name == "direct-ws" else "direct-http"]
         extra = [s[1] - base[s[0]] for s in values]
         cpu = [s[3] / 1e6 for s in values]
         rows[name] = (statistics.median(cpu), percentile(cpu, 0.99), statistics.median(extra), percentile(extra, 0.99))
@@ -247,14 +249,15 @@ def report(samples: dict[str, list[Sample]], args: argparse.Namespace, convo: Co
     floor_cut = (1 - rows["(a0) http-new"][0] / a[0]) * 100
     print(f"history-dependent share of (a): {floor_cut:.0f}% of its proxy CPU/turn p50 ((a) {a[0]:.2f} ms, "
           f"(a0) {rows['(a0) http-new'][0]:.2f} ms): the most a transport that skips the history can remove")
-    for name in ("(b) ws", "(b+) ws-ws", "(c) http-ws"):
+    for name in ("(b) ws", "(b+) ws-ws", "(c) http-ws", "(b+) no-z", "(c) no-z"):
         r = rows[name]
         print(f"{name} vs (a): proxy CPU/turn p50 {(r[0] / a[0] - 1) * 100:+.0f}%, p99 {(r[1] / a[1] - 1) * 100:+.0f}%; "
               f"added latency p50 {r[2] * 1e3:.2f} ms vs {a[2] * 1e3:.2f} ms")
-    sockets = ", ".join(f"{name} {rows[name][0]:.2f}" for name in ("(b+) ws-ws", "(c) http-ws"))
-    met = all(rows[name][0] <= a[0] for name in ("(b+) ws-ws", "(c) http-ws"))
-    print(f"upstream sockets: proxy CPU/turn p50 {sockets} vs (a) {a[0]:.2f} ms; goal (b+) and (c) <= (a): "
-          f"{'MET' if met else 'NOT MET'}")
+    for pair in (("(b+) ws-ws", "(c) http-ws"), ("(b+) no-z", "(c) no-z")):
+        sockets = ", ".join(f"{name} {rows[name][0]:.2f}" for name in pair)
+        met = all(rows[name][0] <= a[0] for name in pair)
+        print(f"upstream sockets: proxy CPU/turn p50 {sockets} vs (a) {a[0]:.2f} ms; goal (b+) and (c) <= (a): "
+              f"{'MET' if met else 'NOT MET'}")
     best = max(("(b) ws", "(b+) ws-ws"), key=lambda n: 1 - rows[n][0] / a[0])
     cut = (1 - rows[best][0] / a[0]) * 100
     print(f"SUMMARY: client WebSocket {best} changes Laneway's per-turn overhead (proxy CPU/turn, p50) by {-cut:+.0f}% "
@@ -277,7 +280,10 @@ def main() -> int:
         f"  - {{name: http-wafer, provider: cerebras, model: sim-wafer, base_url: '{sim_url}', hardware: wafer}}\n"
         f"  - {{name: ws-wafer, provider: cerebras, model: sim-wafer, base_url: '{sim_url}', hardware: wafer,"
         " websocket: true}\n"
+        f"  - {{name: ws-wafer-no-z, provider: cerebras, model: sim-wafer, base_url: '{sim_url}', hardware: wafer,"
+        " websocket: true, websocket_compression: none}\n"
         "routes:\n  - {name: plain, candidates: [http-wafer]}\n  - {name: upgraded, candidates: [ws-wafer]}\n"
+        "  - {name: upgraded-no-z, candidates: [ws-wafer-no-z]}\n"
     )
     policy.close()
     env = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -298,6 +304,8 @@ def main() -> int:
             "(b) ws": WsClient(proxy_ws, "plain", convo, pid, args.deflate),
             "(b+) ws-ws": WsClient(proxy_ws, "upgraded", convo, pid, args.deflate),
             "(c) http-ws": HttpClient(proxy_http, "upgraded", convo, pid),
+            "(b+) no-z": WsClient(proxy_ws, "upgraded-no-z", convo, pid, args.deflate),
+            "(c) no-z": HttpClient(proxy_http, "upgraded-no-z", convo, pid),
             "(a0) http-new": HttpClient(proxy_http, "plain", convo, pid, history=False),
         }
         samples = uvloop.run(measure(clients, args.conversations))

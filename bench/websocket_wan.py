@@ -30,8 +30,9 @@ bench/websocket.py (imported, not copied; one conversation per `--seeds` value):
   (a) http      HTTP client -> Laneway -> HTTP upstream
   (b+) ws-ws    WebSocket client -> Laneway -> the conversation's pinned upstream socket
   (c) http-ws   HTTP client -> Laneway -> pooled upstream socket (full context every turn)
-  direct-ws+z   direct-ws with permessage-deflate: not a goal, what compression would do to the
-                bytes (Laneway's upstream sockets do not negotiate it)
+  direct-ws+z   direct-ws with permessage-deflate: not a goal, what compression does to the bytes
+  (b+) no-z, (c) no-z   (b+) and (c) through a deployment with `websocket_compression: none`:
+                the same modes before permessage-deflate on upstream sockets (the default)
 
 Per turn: TTFT and turn time (p50, p95, p99 over every turn of every conversation), proxy CPU,
 the time Laneway added (the turn's time minus the median time of the same turn of the same
@@ -103,7 +104,8 @@ async def measure(clients: dict[str, list], rounds: int, counters) -> dict[str, 
     return runs
 
 
-TWIN = {"(a) http": "direct-http", "(b+) ws-ws": "direct-ws", "(c) http-ws": "direct-http"}
+TWIN = {"(a) http": "direct-http", "(b+) ws-ws": "direct-ws", "(c) http-ws": "direct-http",
+        "(b+) no-z": "direct-ws", "(c) no-z": "direct-http"}
 
 
 def report(runs: dict[str, Run], args: argparse.Namespace, connections: int) -> None:
@@ -147,7 +149,8 @@ def report(runs: dict[str, Run], args: argparse.Namespace, connections: int) -> 
     kept = (http["turn"] - c["turn"]) / gain if gain > 0 else 0.0
     print(f"goal 2 (turn time p50): direct-ws gains {gain:.2f} ms/turn over direct-http ({http['turn']:.2f} -> "
           f"{ws['turn']:.2f}); (c) {c['turn']:.2f} ms keeps {kept * 100:.0f}% (>= 90%): {verdict(kept >= 0.9)}")
-    for sock, base in (("direct-ws", "direct-http"), ("(b+) ws-ws", "(a) http"), ("(c) http-ws", "(a) http")):
+    for sock, base in (("direct-ws", "direct-http"), ("direct-ws+z", "direct-http"), ("(b+) ws-ws", "(a) http"),
+                       ("(c) http-ws", "(a) http"), ("(b+) no-z", "(a) http"), ("(c) no-z", "(a) http")):
         cut = 1 - rows[sock]["up"] / rows[base]["up"]
         print(f"goal 3 (upstream bytes/turn): {sock} {rows[sock]['up'] / 1000:.1f} KB vs {base} "
               f"{rows[base]['up'] / 1000:.1f} KB: {-cut * 100:+.0f}% (<= -80%): {verdict(cut >= 0.8)}")
@@ -190,7 +193,10 @@ def main() -> int:
         f"  - {{name: http-agent, provider: openai, model: sim-agent, base_url: '{provider}', hardware: wafer}}\n"
         f"  - {{name: ws-agent, provider: openai, model: sim-agent, base_url: '{provider}', hardware: wafer,"
         " websocket: true}\n"
+        f"  - {{name: ws-agent-no-z, provider: openai, model: sim-agent, base_url: '{provider}', hardware: wafer,"
+        " websocket: true, websocket_compression: none}\n"
         "routes:\n  - {name: plain, candidates: [http-agent]}\n  - {name: upgraded, candidates: [ws-agent]}\n"
+        "  - {name: upgraded-no-z, candidates: [ws-agent-no-z]}\n"
     )
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     sim = subprocess.Popen([sys.executable, "-m", "proxy.simulate", "--profile", "agent", "--port", str(sim_port),
@@ -218,6 +224,8 @@ def main() -> int:
             "(a) http": [HttpClient(proxy_http, "plain", c, pid) for c in convos],
             "(b+) ws-ws": [WsClient(proxy_ws, "upgraded", c, pid, False) for c in convos],
             "(c) http-ws": [HttpClient(proxy_http, "upgraded", c, pid) for c in convos],
+            "(b+) no-z": [WsClient(proxy_ws, "upgraded-no-z", c, pid, False) for c in convos],
+            "(c) no-z": [HttpClient(proxy_http, "upgraded-no-z", c, pid) for c in convos],
         }
         runs = uvloop.run(measure(clients, args.conversations, counters))
         events = upstream_socket_events(proxy_port)

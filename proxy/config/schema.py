@@ -20,6 +20,7 @@ LITELLM_PROVIDERS = frozenset({"anthropic"})
 PROVIDERS = OPENAI_COMPATIBLE | LITELLM_PROVIDERS
 STRATEGIES = frozenset({"fallback", "latency", "cost", "weighted"})
 MODALITIES = frozenset({"text", "image", "audio"})  # what a request's input may carry
+WEBSOCKET_COMPRESSIONS = frozenset({"deflate", "none"})  # permessage-deflate offered on upstream sockets, or not
 AUTH_MODES = frozenset({"open", "keys"})
 SIMULATOR_PROFILES = frozenset({"wafer", "gpu", "instant"})
 SIMULATOR_DIALECTS = frozenset({"openai", "cerebras"})
@@ -98,6 +99,9 @@ class Deployment:
     reasoning: bool = False  # reasons deeply: preferred for requests asking reasoning effort "high"
     websocket: bool = False  # the provider speaks Responses WebSocket mode: run turns over pooled sockets
     websocket_max_connections: int = 8  # sockets Laneway may hold open to it (the provider's cap)
+    # offer permessage-deflate on its sockets: a turn resends instructions + tools, which the
+    # compressor's window still holds (docs/websocket.md has the bytes and CPU it costs)
+    websocket_compression: str = "deflate"
     limits: Limits | None = None
 
     @property

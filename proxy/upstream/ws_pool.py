@@ -63,11 +63,12 @@ class SocketStats:
 class SocketPool:
     """Idle sockets to one deployment URL with one API key, at most ``limit`` open at once."""
 
-    def __init__(self, url: str, headers: dict[str, str], limit: int, connect_s: float) -> None:
+    def __init__(self, url: str, headers: dict[str, str], limit: int, connect_s: float, deflate: bool = False) -> None:
         self.url = url
         self.headers = headers
         self.limit = limit
         self.connect_s = connect_s
+        self.deflate = deflate  # offer permessage-deflate on its sockets
         self.idle: list[UpstreamSocket] = []
         self.open = 0
         self.stats = SocketStats()
@@ -86,7 +87,7 @@ class SocketPool:
             return None
         self.open += 1
         try:
-            ws = await connect(self.url, self.headers, self.connect_s)
+            ws = await connect(self.url, self.headers, self.connect_s, deflate=self.deflate)
         except UpstreamConnectError as exc:
             self.open -= 1
             self.stats.connect_failures += 1
@@ -156,21 +157,23 @@ class SocketPin:
 
 
 class SocketPools:
-    """One SocketPool per (deployment URL, API key, extra headers); shared across policy reloads like the HTTP pools."""
+    """One SocketPool per (deployment URL, API key, extra headers, compression): its sockets all negotiated
+    alike; shared across policy reloads like the HTTP pools."""
 
     def __init__(self) -> None:
         self.pools: dict[tuple, SocketPool] = {}
 
     def get(self, deployment: Deployment) -> SocketPool:
         url = "ws" + deployment.base_url[4:] + "/responses"  # http(s):// -> ws(s)://
-        key = (url, deployment.api_key, tuple(sorted(deployment.headers.items())))
+        deflate = deployment.websocket_compression == "deflate"
+        key = (url, deployment.api_key, tuple(sorted(deployment.headers.items())), deflate)
         pool = self.pools.get(key)
         if pool is None:
             headers = {"OpenAI-Beta": BETA_HEADER, **deployment.headers}
             if deployment.api_key:
                 headers["Authorization"] = "Bearer " + deployment.api_key
             pool = self.pools[key] = SocketPool(url, headers, deployment.websocket_max_connections,
-                                                deployment.timeouts.connect_s)
+                                                deployment.timeouts.connect_s, deflate)
         else:  # a reloaded policy may change the cap; open sockets stay until they are released
             pool.limit, pool.connect_s = deployment.websocket_max_connections, deployment.timeouts.connect_s
         return pool

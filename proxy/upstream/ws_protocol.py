@@ -10,8 +10,9 @@ relayed as one batch. Client frames are masked with ``websockets.speedups`` (C).
 
 Scope is what a provider's Responses WebSocket mode needs: text and binary messages
 (fragmented or not), ping/pong (answered, and sent every ``PING_INTERVAL_S`` on a quiet
-socket; no pong by the next ping closes it), the close handshake, no extensions (the pool
-never offered per-message-deflate), ``max_size`` per message.
+socket; no pong by the next ping closes it), the close handshake, permessage-deflate when the
+deployment asks for it (``proxy.upstream.ws_deflate``; no other extension), ``max_size`` per
+message (inflated size).
 """
 from __future__ import annotations
 
@@ -28,12 +29,14 @@ from urllib.parse import urlsplit
 from websockets.speedups import apply_mask
 
 from proxy.call import UpstreamClosed, UpstreamConnectError, UpstreamError
+from proxy.upstream.ws_deflate import OFFER, Deflate, InflateError, accept
 
 PING_INTERVAL_S = 20.0
 MAX_SIZE = 64 * 1024 * 1024  # bytes of one message; a Responses event with a whole long answer fits
 _MAX_HEAD = 65536  # bytes of the handshake response's status line and headers
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _TEXT, _BINARY, _CONTINUATION, _CLOSE, _PING, _PONG = 0x1, 0x2, 0x0, 0x8, 0x9, 0xA
+_RSV1 = 0x40  # in the first byte: a compressed message (permessage-deflate)
 _HIGH_WATER = 256  # queued messages before reading pauses (a reader that stopped taking them)
 
 
@@ -48,10 +51,11 @@ class FrameError(UpstreamError):
 class UpstreamSocket(asyncio.Protocol):
     """One client WebSocket connection; ``messages`` holds the complete messages not yet read."""
 
-    __slots__ = ("_buf", "_handshake", "_key", "_need", "_open", "_parts", "_paused", "_ping_timer", "_pinged",
-                 "_size", "_waiter", "error", "hold", "max_size", "messages", "transport")
+    __slots__ = ("_buf", "_handshake", "_inflating", "_key", "_need", "_offered", "_open", "_parts", "_paused",
+                 "_ping_timer", "_pinged", "_size", "_waiter", "deflate", "error", "hold", "max_size", "messages",
+                 "transport")
 
-    def __init__(self, key: bytes, max_size: int) -> None:
+    def __init__(self, key: bytes, max_size: int, offered_deflate: bool = False) -> None:
         self.transport: asyncio.Transport | None = None
         self.messages: collections.deque[bytes] = collections.deque()
         self.error: UpstreamError | None = None  # set once: the connection is over
@@ -62,7 +66,10 @@ class UpstreamSocket(asyncio.Protocol):
         self._buf = bytearray()
         self._need = 0  # bytes the buffered partial frame needs before parsing can progress
         self._parts: list[bytes] | None = None  # frames of a fragmented message so far
-        self._size = 0
+        self._size = 0  # bytes of the fragmented message so far (inflated, if it is compressed)
+        self._inflating = False  # the fragmented message being assembled is compressed
+        self._offered = offered_deflate
+        self.deflate: Deflate | None = None  # set by the handshake when the provider accepted compression
         self._waiter: asyncio.Future | None = None
         self._handshake: asyncio.Future | None = asyncio.get_running_loop().create_future()
         self._key = key
@@ -137,7 +144,10 @@ class UpstreamSocket(asyncio.Protocol):
         """One masked text frame; raises UpstreamClosed if the connection is over (nothing was sent)."""
         if not self.open or self.transport is None or self.transport.is_closing():
             raise self.error or UpstreamClosed("upstream socket is not open")
-        self._write(_TEXT, payload)
+        if self.deflate is not None and (compressed := self.deflate.deflate(payload)) is not None:
+            self._write(_RSV1 | _TEXT, compressed)
+        else:
+            self._write(_TEXT, payload)
 
     def _write(self, opcode: int, payload: bytes) -> None:
         n = len(payload)
@@ -192,7 +202,7 @@ class UpstreamSocket(asyncio.Protocol):
     def _parse(self, buf: bytes) -> int:
         """Queue every complete message in ``buf``, answer control frames; the offset parsed up to
         (``_need``: how many bytes from there the next frame needs at least)."""
-        pos, size, messages = 0, len(buf), self.messages
+        pos, size, messages, max_size = 0, len(buf), self.messages, self.max_size
         while size - pos >= 2:
             b0, n = buf[pos], buf[pos + 1]
             if b0 == 0x81 and n < 127 and self._parts is None:  # a whole text message: nearly every frame
@@ -202,8 +212,8 @@ class UpstreamSocket(asyncio.Protocol):
                         self._need = 4
                         return pos
                     n, head = buf[pos + 2] << 8 | buf[pos + 3], 4
-                if n > self.max_size:
-                    raise FrameError(f"upstream socket message exceeds {self.max_size} bytes", 1009)
+                if n > max_size:
+                    raise FrameError(f"upstream socket message exceeds {max_size} bytes", 1009)
                 end = pos + head + n
                 if end > size:
                     self._need = end - pos
@@ -213,8 +223,10 @@ class UpstreamSocket(asyncio.Protocol):
                 continue
             if n & 0x80:
                 raise FrameError("upstream socket sent a masked frame")
-            if b0 & 0x70:
-                raise FrameError("upstream socket sent a frame with reserved bits set (no extension was negotiated)")
+            opcode, rsv = b0 & 0x0F, b0 & 0x70
+            if rsv and (rsv != _RSV1 or self.deflate is None or opcode not in (_TEXT, _BINARY)):
+                raise FrameError("upstream socket sent a frame with reserved bits set that no negotiated extension "
+                                 "allows")
             n &= 0x7F
             head = 2
             if n >= 126:
@@ -223,9 +235,9 @@ class UpstreamSocket(asyncio.Protocol):
                     self._need = head
                     return pos
                 n = int.from_bytes(buf[pos + 2 : pos + head], "big")
-            opcode = b0 & 0x0F
-            if opcode < _CLOSE and self._size + n > self.max_size:
-                raise FrameError(f"upstream socket message exceeds {self.max_size} bytes", 1009)
+            # a compressed message is held to max_size as it inflates; its frames only buffer whole
+            if opcode < _CLOSE and (0 if rsv or self._inflating else self._size) + n > max_size:
+                raise FrameError(f"upstream socket message exceeds {max_size} bytes", 1009)
             end = pos + head + n
             if end > size:
                 self._need = end - pos
@@ -239,23 +251,31 @@ class UpstreamSocket(asyncio.Protocol):
                 if self.error is not None:
                     return pos
                 continue
+            fin = b0 & 0x80
             if opcode == _CONTINUATION:
                 if self._parts is None:
                     raise FrameError("upstream socket sent a continuation frame outside a message")
-                self._parts.append(payload)
             elif opcode in (_TEXT, _BINARY):
                 if self._parts is not None:
                     raise FrameError("upstream socket started a message inside a fragmented one")
-                if b0 & 0x80:
+                if fin and not rsv:
                     messages.append(payload)
                     continue
-                self._parts = [payload]
+                self._parts, self._inflating = [], bool(rsv)
             else:
                 raise FrameError(f"upstream socket sent an unknown opcode {opcode:#x}")
-            self._size += n
-            if b0 & 0x80:
-                messages.append(b"".join(self._parts))
-                self._parts, self._size = None, 0
+            if self._inflating:
+                try:
+                    payload = self.deflate.inflate(payload, bool(fin), max_size - self._size)  # type: ignore[union-attr]
+                except InflateError as exc:
+                    if exc.code == 1009:
+                        raise FrameError(f"upstream socket message exceeds {max_size} bytes inflated", 1009) from None
+                    raise FrameError(str(exc), exc.code) from None
+            self._parts.append(payload)  # type: ignore[union-attr]
+            self._size += len(payload)
+            if fin:
+                messages.append(self._parts[0] if len(self._parts) == 1 else b"".join(self._parts))  # type: ignore[index]
+                self._parts, self._size, self._inflating = None, 0, False
         self._need = 2
         return pos
 
@@ -295,6 +315,14 @@ class UpstreamSocket(asyncio.Protocol):
         del self._buf[: end + 4]
         waiter, self._handshake = self._handshake, None
         problem = _check_response(head, self._key)
+        if problem is None and (extensions := _header(head, "sec-websocket-extensions")):
+            if not self._offered:
+                problem = "upstream WebSocket handshake: an extension that was not offered"
+            else:
+                try:
+                    self.deflate = accept(extensions)
+                except ValueError as exc:
+                    problem = f"upstream WebSocket handshake: {exc}"
         if problem is not None:
             self.fail(UpstreamConnectError(problem))
             waiter.set_exception(self.error)  # type: ignore[arg-type]
@@ -312,23 +340,28 @@ def _check_response(head: list[str], key: bytes) -> str | None:
     status = head[0].split(" ", 2)
     if len(status) < 2 or status[1] != "101":
         return f"upstream WebSocket handshake answered {' '.join(status[1:]) or 'nothing'}"
-    headers: dict[str, str] = {}
-    for line in head[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    accept = base64.b64encode(hashlib.sha1(key + _GUID).digest()).decode()
-    if headers.get("upgrade", "").lower() != "websocket" or "upgrade" not in headers.get("connection", "").lower():
+    expected = base64.b64encode(hashlib.sha1(key + _GUID).digest()).decode()
+    if _header(head, "upgrade").lower() != "websocket" or "upgrade" not in _header(head, "connection").lower():
         return "upstream WebSocket handshake: 101 without Upgrade: websocket"
-    if headers.get("sec-websocket-accept") != accept:
+    if _header(head, "sec-websocket-accept") != expected:
         return "upstream WebSocket handshake: wrong Sec-WebSocket-Accept"
-    if headers.get("sec-websocket-extensions"):
-        return "upstream WebSocket handshake: an extension that was not offered"
     return None
 
 
+def _header(head: list[str], name: str) -> str:
+    """Every ``name`` header line of the response, joined with ", " (RFC 9110 5.3); "" if none."""
+    values = []
+    for line in head[1:]:
+        key, _, value = line.partition(":")
+        if key.strip().lower() == name:
+            values.append(value.strip())
+    return ", ".join(values)
+
+
 async def connect(url: str, headers: dict[str, str], timeout: float, *, ssl_context: ssl.SSLContext | None = None,
-                  max_size: int = MAX_SIZE) -> UpstreamSocket:
-    """Open a WebSocket to ``url`` (ws:// or wss://) sending ``headers`` on the handshake.
+                  max_size: int = MAX_SIZE, deflate: bool = False) -> UpstreamSocket:
+    """Open a WebSocket to ``url`` (ws:// or wss://) sending ``headers`` on the handshake;
+    ``deflate`` offers permessage-deflate (a provider that declines gets plain frames).
 
     Raises UpstreamConnectError for anything that keeps it from opening within ``timeout``
     (refused, TLS, a non-101 answer, a bad Sec-WebSocket-Accept).
@@ -345,14 +378,15 @@ async def connect(url: str, headers: dict[str, str], timeout: float, *, ssl_cont
     host_header = host if port == (443 if tls else 80) else f"{host}:{port}"
     lines = [f"GET {parts.path or '/'}{'?' + parts.query if parts.query else ''} HTTP/1.1", f"Host: {host_header}",
              "Upgrade: websocket", "Connection: Upgrade", f"Sec-WebSocket-Key: {key.decode()}",
-             "Sec-WebSocket-Version: 13", *(f"{name}: {value}" for name, value in headers.items()),
+             "Sec-WebSocket-Version: 13", *([f"Sec-WebSocket-Extensions: {OFFER}"] if deflate else ()),
+             *(f"{name}: {value}" for name, value in headers.items()),
              "User-Agent: laneway"]
     request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
     loop = asyncio.get_running_loop()
     sock: UpstreamSocket | None = None
     try:
         async with asyncio.timeout(timeout):
-            _, sock = await loop.create_connection(lambda: UpstreamSocket(key, max_size), host, port,
+            _, sock = await loop.create_connection(lambda: UpstreamSocket(key, max_size, deflate), host, port,
                                                    ssl=ssl_context if tls else None,
                                                    server_hostname=host if tls else None)
             sock.transport.write(request)  # type: ignore[union-attr]

@@ -233,6 +233,8 @@ def test_syntax_error_does_not_quote_the_line() -> None:
         ("    candidates: [spark, gpt]\n", "", "<string>:13: routes[0].candidates:", "missing required key 'candidates'"),
         ("  - name: codex", "  - name: spark", "<string>:13: routes[0].name:", "same name as a deployment"),
         ("  - name: codex", "  - name: codex\n    strategy: hedge", "<string>:14: routes[0].strategy:", "valid: cost, fallback, latency, weighted"),
+        ("    model: gpt-5.3-codex\n", "    model: gpt-5.3-codex\n    websocket_compression: gzip\n",
+         "<string>:11: deployments[1].websocket_compression:", "unknown websocket compression 'gzip'; valid: deflate, none"),
         ("deployments:\n", "deployments:\n  - 42\n", "<string>:4: deployments[0]:", "expected a mapping"),
         ("routes:\n", "routes: 3\nx:\n", "<string>:12: routes:", "expected a list, got an integer"),
         ("version: 1\n", "version: 1\nversion: 1\n", "<string>:2: version:", "duplicate key"),

@@ -241,3 +241,39 @@ def test_a_socket_that_spoke_while_idle_is_not_handed_a_turn():
             return ws, again, pool.stats.connects
     ws, again, connects = asyncio.run(main())
     assert again is not ws and connects == 2 and not ws.open
+
+
+@pytest.mark.parametrize(("setting", "negotiated"), [("", True), (", websocket_compression: deflate", True),
+                                                      (", websocket_compression: none", False)])
+def test_the_deployments_compression_setting_reaches_its_sockets_and_the_simulator_agrees(sim, ws_url, setting,
+                                                                                          negotiated):
+    async def scenario():
+        policy = POLICY.replace("websocket_max_connections: 2}}", "websocket_max_connections: 2" + setting + "}}")
+        pools = UpstreamPools()
+        target = build_target(parse_policy(policy.format(url=sim.url)).deployments["ws"], pools, SocketPools())
+        pin = SocketPin()
+        answer = await target.send(turn({"input": "hello " * 2000}, "r1"), pin)
+        body = b"".join([c async for c in answer.iter_body()])
+        sock = pin.ws
+        target.pool.close()
+        pools.close()
+        return sock.deflate is not None, body
+    deflated, body = run(scenario())
+    assert deflated is negotiated
+    assert b'"type":"response.completed"' in body  # a whole turn both ways, compressed or not
+
+
+def test_deployments_that_differ_only_in_compression_get_separate_pools(sim, ws_url):
+    async def scenario():
+        pools = SocketPools()
+        on = parse_policy(POLICY.format(url=sim.url)).deployments["ws"]
+        off = parse_policy(POLICY.replace("2}}", "2, websocket_compression: none}}").format(url=sim.url)).deployments["ws"]
+        deflating, plain = pools.get(on), pools.get(off)
+        assert deflating is not plain and pools.get(on) is deflating  # a reload to the same setting keeps it
+        one, two = await deflating.acquire(), await plain.acquire()
+        deflating.release(one, reusable=True)
+        plain.release(two, reusable=True)
+        sockets = (await deflating.acquire(), await plain.acquire())  # each pool hands back its own kind
+        pools.close()
+        return [s.deflate is not None for s in sockets], sockets == (one, two)
+    assert run(scenario()) == ([True, False], True)

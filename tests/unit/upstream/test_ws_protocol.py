@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import subprocess
+import zlib
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -15,7 +16,13 @@ import uvloop
 from proxy.call import UpstreamClosed, UpstreamConnectError, UpstreamError
 from proxy.upstream import ws_protocol
 from proxy.upstream.ws_protocol import FrameError, connect
-from tests.unit.upstream.ws_peer import Peer, frame, read_frame, switching
+from tests.unit.upstream.ws_peer import (
+    Peer,
+    frame,
+    read_frame,
+    read_frame_bits,
+    switching,
+)
 
 LOOPS = {"uvloop": uvloop.new_event_loop, "asyncio": asyncio.new_event_loop}
 
@@ -132,21 +139,30 @@ def test_a_peer_that_dies_mid_frame_ends_the_read_without_a_hang(loop):
     frame(b"a" * 600, fin=False) + frame(b"b" * 600, opcode=0x0),  # fragments adding up past it
 ], ids=["declared", "fragments"])
 def test_an_oversized_message_fails_the_socket_with_1009(wire):
+    assert failed_by(wire, "exceeds 1000 bytes", max_size=1000) == [(0x8, (1009).to_bytes(2, "big"))]
+
+
+def failed_by(wire: bytes, match: str | None = None, answer: Callable[[bytes], bytes] = switching,
+              **options: object) -> list[tuple[int, bytes]]:
+    """The frames Laneway answers ``wire`` with when a peer sends it behind a good message: that
+    message is still read, then the FrameError (matching ``match``), and the socket is over."""
     closes = []
 
     async def script(reader, writer):
-        writer.write(wire)
+        writer.write(frame(b"ok") + wire)
         closes.append(await read_frame(reader))
         await reader.read()
 
     async def main():
-        async with Peer(script) as peer:
-            ws = await connect(peer.url, {}, 2, max_size=1000)
-            with pytest.raises(FrameError, match="exceeds 1000 bytes"):
+        async with Peer(script, answer=answer) as peer:
+            ws = await connect(peer.url, {}, 2, **options)
+            assert await ws.recv() == b"ok"  # what came before the violation is still read
+            with pytest.raises(FrameError, match=match):
                 await ws.recv()
             await peer.done
+            assert not ws.open
     run(main)
-    assert closes == [(0x8, (1009).to_bytes(2, "big"))]
+    return closes
 
 
 @pytest.mark.parametrize("wire", [
@@ -159,23 +175,7 @@ def test_an_oversized_message_fails_the_socket_with_1009(wire):
     frame(b"p" * 126, opcode=0x9),                # control frame over 125 bytes
 ], ids=["masked", "rsv", "opcode", "continuation", "interleaved", "fragmented-ping", "long-ping"])
 def test_a_protocol_violation_fails_the_socket_with_1002(wire):
-    closes = []
-
-    async def script(reader, writer):
-        writer.write(frame(b"ok") + wire)
-        closes.append(await read_frame(reader))
-        await reader.read()
-
-    async def main():
-        async with Peer(script) as peer:
-            ws = await connect(peer.url, {}, 2)
-            assert await ws.recv() == b"ok"  # what came before the violation is still read
-            with pytest.raises(FrameError):
-                await ws.recv()
-            await peer.done
-            return ws.open
-    assert run(main) is False
-    assert closes == [(0x8, (1002).to_bytes(2, "big"))]
+    assert failed_by(wire) == [(0x8, (1002).to_bytes(2, "big"))]
 
 
 def test_client_frames_are_masked_text_of_every_length_class():
@@ -346,3 +346,175 @@ def test_held_messages_do_not_wake_the_reader_and_a_close_behind_them_is_the_err
     early, first, left = run(main)
     assert early == (False, [b"p1", b"p2"])
     assert first == [b"p1", b"p2", b"out"] and left == [b"p3", b"p4"]
+
+
+# -- permessage-deflate --------------------------------------------------------------------------
+DEFLATE = b"Sec-WebSocket-Extensions: permessage-deflate\r\n"
+
+
+def deflating(extra: bytes = DEFLATE) -> Callable[[bytes], bytes]:
+    return lambda head: switching(head, extra)
+
+
+def compressed(payload: bytes, compressor=None) -> bytes:
+    """A provider's compressed message body: raw deflate, sync-flushed, the 00 00 ff ff tail stripped."""
+    compressor = compressor or zlib.compressobj(6, zlib.DEFLATED, -15)
+    return (compressor.compress(payload) + compressor.flush(zlib.Z_SYNC_FLUSH))[:-4]
+
+
+TURN = b'{"type":"response.create","instructions":"' + b"Be a careful coding agent. " * 1000 + b'"}'
+
+
+def test_deflate_is_offered_only_when_asked_and_accepted_both_ways_with_context_takeover():
+    received = []
+
+    async def script(reader, writer):
+        compressor = zlib.compressobj(6, zlib.DEFLATED, -15)
+        writer.write(frame(compressed(TURN, compressor), rsv=0x40) + frame(compressed(TURN, compressor), rsv=0x40)
+                     + frame(b"plain"))  # compression is per message: a plain one in between is fine
+        inflater = zlib.decompressobj(-15)
+        for _ in range(2):
+            b0, data = await read_frame_bits(reader)
+            received.append((b0, len(data), inflater.decompress(data + b"\x00\x00\xff\xff")))
+        await reader.read()
+
+    async def main():
+        async with Peer(script, answer=deflating()) as peer:
+            ws = await connect(peer.url, {}, 2, deflate=True)
+            got = [await ws.recv() for _ in range(3)]
+            ws.send_text(TURN)
+            ws.send_text(TURN)
+            await asyncio.sleep(0.1)
+            ws.close()
+            await peer.done
+            return peer.heads[0], got
+    head, got = run(main)
+    assert b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits" in head.split(b"\r\n")
+    assert got == [TURN, TURN, b"plain"]
+    (b0, first, one), (_, second, two) = received
+    assert b0 == 0xC1 and one == two == TURN  # FIN + RSV1 + text
+    assert second < first < len(TURN) / 20  # the resent turn is back-references into the window
+
+
+def test_without_the_option_nothing_is_offered():
+    async def main():
+        async with Peer(dribble()) as peer:
+            ws = await connect(peer.url, {}, 2)
+            ws.close()
+            return peer.heads[0], ws.deflate
+    head, deflate = run(main)
+    assert b"sec-websocket-extensions" not in head.lower() and deflate is None
+
+
+def test_a_provider_that_declines_gets_plain_frames_and_may_not_send_compressed_ones():
+    frames, closes = [], []
+
+    async def script(reader, writer):
+        frames.append(await read_frame_bits(reader))
+        writer.write(frame(compressed(b"{}"), rsv=0x40))
+        closes.append(await read_frame(reader))
+        await reader.read()
+
+    async def main():
+        async with Peer(script) as peer:  # a 101 without Sec-WebSocket-Extensions
+            ws = await connect(peer.url, {}, 2, deflate=True)
+            assert ws.deflate is None
+            ws.send_text(b'{"a":1}')
+            with pytest.raises(FrameError, match="reserved bits"):
+                await ws.recv()
+            await peer.done
+    run(main)
+    assert frames == [(0x81, b'{"a":1}')]
+    assert closes == [(0x8, (1002).to_bytes(2, "big"))]
+
+
+@pytest.mark.parametrize(("extra", "match"), [
+    (b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits=99\r\n", "not 8..15"),
+    (b"Sec-WebSocket-Extensions: permessage-deflate; bogus\r\n", "unknown"),
+    (b"Sec-WebSocket-Extensions: permessage-deflate\r\nSec-WebSocket-Extensions: permessage-deflate\r\n",
+     "2 extensions"),
+    (b"Sec-WebSocket-Extensions: x-other\r\n", "not offered"),
+])
+def test_an_answer_to_the_offer_that_breaks_rfc_7692_is_a_connect_error(extra, match):
+    async def main():
+        async with Peer(dribble(), answer=deflating(extra)) as peer:
+            with pytest.raises(UpstreamConnectError, match=match):
+                await connect(peer.url, {}, 1, deflate=True)
+    run(main)
+
+
+def test_server_parameters_are_followed():
+    received = []
+
+    async def script(reader, writer):
+        for _ in range(2):
+            _, data = await read_frame_bits(reader)
+            received.append(zlib.decompressobj(-9).decompress(data + b"\x00\x00\xff\xff"))  # a fresh 9-bit inflater
+        for _ in range(2):  # no context kept on the server's side either: each message a fresh stream
+            writer.write(frame(compressed(TURN), rsv=0x40))
+        await reader.read()
+
+    async def main():
+        extra = (b"Sec-WebSocket-Extensions: permessage-deflate; client_no_context_takeover; "
+                 b"server_no_context_takeover; client_max_window_bits=9\r\n")
+        async with Peer(script, answer=deflating(extra)) as peer:
+            ws = await connect(peer.url, {}, 2, deflate=True)
+            ws.send_text(TURN)
+            ws.send_text(TURN)
+            got = [await ws.recv(), await ws.recv()]
+            ws.close()
+            await peer.done
+            return got
+    assert run(main) == [TURN, TURN]
+    assert received == [TURN, TURN]
+
+
+def test_a_fragmented_compressed_message_with_a_ping_between_fragments():
+    pongs = []
+    data = compressed(TURN)
+    a, b = len(data) // 3, 2 * len(data) // 3
+
+    async def script(reader, writer):
+        writer.write(frame(data[:a], fin=False, rsv=0x40) + frame(b"hi", opcode=0x9))
+        await writer.drain()
+        pongs.append(await read_frame(reader))
+        writer.write(frame(data[a:b], opcode=0x0, fin=False) + frame(data[b:], opcode=0x0) + frame(b"after"))
+        await reader.read()
+
+    async def main():
+        async with Peer(script, answer=deflating()) as peer:
+            ws = await connect(peer.url, {}, 2, deflate=True)
+            got = [await ws.recv(), await ws.recv()]
+            ws.close()
+            return got
+    assert run(main) == [TURN, b"after"]
+    assert pongs == [(0xA, b"hi")]
+
+
+def two_halves() -> bytes:
+    """One compressed message in two fragments of 60,000 inflated bytes each: each alone fits the limit."""
+    compressor = zlib.compressobj(6, zlib.DEFLATED, -15)
+    first = compressor.compress(b"\0" * 60_000) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    second = (compressor.compress(b"\0" * 60_000) + compressor.flush(zlib.Z_SYNC_FLUSH))[:-4]
+    return frame(first, fin=False, rsv=0x40) + frame(second, opcode=0x0)
+
+
+@pytest.mark.parametrize("wire", [
+    frame(compressed(b"\0" * 5_000_000), rsv=0x40),  # ~5 KB on the wire
+    two_halves(),                                     # fragments adding up past it
+], ids=["whole", "fragments"])
+def test_a_zip_bomb_fails_the_socket_with_1009_on_the_inflated_size(wire):
+    closes = failed_by(wire, "exceeds 100000 bytes inflated", deflating(), max_size=100_000, deflate=True)
+    assert closes == [(0x8, (1009).to_bytes(2, "big"))]
+
+
+@pytest.mark.parametrize(("wire", "code"), [
+    (frame(b"a", fin=False, rsv=0x40) + frame(b"b", opcode=0x0, rsv=0x40), 1002),  # RSV1 on a continuation
+    (frame(b"p", opcode=0x9, rsv=0x40), 1002),                                   # on a control frame
+    (frame(b"x", rsv=0x20), 1002),                                               # RSV2: nothing negotiated it
+    (frame(b"\xff\xff\xff\xff not deflate", rsv=0x40), 1007),                    # corrupt
+], ids=["continuation", "ping", "rsv2", "corrupt"])
+def test_misused_compression_fails_the_socket(wire, code):
+    closes = failed_by(wire, "reserved bits set that no negotiated extension allows|corrupt compressed message",
+                       deflating(), deflate=True)
+    assert closes == [(0x8, code.to_bytes(2, "big"))]

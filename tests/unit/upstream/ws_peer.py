@@ -32,6 +32,12 @@ def frame(payload: bytes, opcode: int = 0x1, fin: bool = True, rsv: int = 0, mas
 
 async def read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     """One client frame (opcode, unmasked payload); asserts the client masked it, as RFC 6455 requires."""
+    b0, payload = await read_frame_bits(reader)
+    return b0 & 0x0F, payload
+
+
+async def read_frame_bits(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """One client frame (its whole first byte: FIN, RSV bits, opcode; unmasked payload)."""
     b0, b1 = await reader.readexactly(2)
     assert b1 & 0x80, "client frames must be masked"
     n = b1 & 0x7F
@@ -40,7 +46,7 @@ async def read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     elif n == 127:
         n = int.from_bytes(await reader.readexactly(8), "big")
     mask = await reader.readexactly(4)
-    return b0 & 0x0F, apply_mask(await reader.readexactly(n), mask)
+    return b0, apply_mask(await reader.readexactly(n), mask)
 
 
 def accept(key: bytes) -> bytes:
