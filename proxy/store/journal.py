@@ -44,7 +44,7 @@ class Journal:
     def spill(self, batches: Batches) -> Path:
         """Write ``batches`` to a new file; raises OSError when the directory cannot take it."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        name = f"{PREFIX}{os.getpid()}-{time.time_ns()}.json"
+        name = f"{PREFIX}{time.time_ns():020d}-{os.getpid()}.json"  # oldest first when sorted
         final, partial = self.directory / name, self.directory / ("." + name + ".partial")
         entries = [{"writer": stamp.writer if stamp else None, "seq": stamp.seq if stamp else None,
                     "rows": [[hour, field, amount] for (hour, field), amount in batch.items()]}
@@ -63,15 +63,16 @@ class Journal:
         claimed: Batches = []
         if not self.directory.is_dir():
             return claimed
-        for path in sorted(self.directory.glob(PREFIX + "*.json")):
-            if _read(path).get("store") != self.store_id:
+        for path in sorted(self.directory.glob(PREFIX + "*.json")):  # names start with the spill's time
+            data = _read(path)  # a spill is never written again once renamed into place: read once
+            if data.get("store") != self.store_id:
                 continue  # another store's usage (or unreadable, logged): left for its own ledger
             mine = path.with_name(f".claimed-{os.getpid()}-{path.name}")
             try:
                 os.rename(path, mine)
             except FileNotFoundError:
                 continue  # another worker claimed it first
-            for entry in _read(mine).get("batches", ()):
+            for entry in data["batches"]:
                 stamp = Stamp(entry["writer"], entry["seq"]) if entry["writer"] is not None else None
                 claimed.append((stamp, {(hour, field): amount for hour, field, amount in entry["rows"]}))
             mine.unlink()
