@@ -8,8 +8,8 @@ usage but loses none; rows that would exceed the bound are dropped and counted i
 Each batch carries a ``Stamp`` (this ledger's writer id and the batch's sequence number): a
 store applies a stamp once, so a batch whose write was applied but whose reply was lost is
 not counted twice when it is sent again.
-A shutdown that cannot write spills the buffer to the local journal (proxy/store/journal.py),
-and the next start with the same store writes it.
+A shutdown that cannot write spills its unsent batches, stamps and all, to the local journal
+(proxy/store/journal.py), and the next start with the same store sends them.
 """
 from __future__ import annotations
 
@@ -82,11 +82,11 @@ class Ledger:
     clock: Callable[[], float] = time.time
     counters: LedgerCounters = field(default_factory=LedgerCounters)
     on_row: Callable[[UsageRow], None] | None = None  # sees each recorded request, in the flusher
-    journal: Journal | None = None  # where a shutdown that cannot write leaves the buffer
+    journal: Journal | None = None  # where a shutdown that cannot write leaves its unsent batches
     writer: str = field(default_factory=lambda: uuid.uuid4().hex[:16])  # this ledger's half of every Stamp
     _pending: list[tuple] = field(default_factory=list)
     _buffer: Batch = field(default_factory=dict)   # folded, not yet sent
-    _unsent: list[tuple[Stamp, Batch]] = field(default_factory=list)  # sent and refused (or unanswered): resent as is
+    _unsent: list[tuple[Stamp, Batch]] = field(default_factory=list)  # stamped, not yet taken: (re)sent as is
     _unsent_rows: set = field(default_factory=set)  # the row marks of _unsent's batches
     _rows: int = 0  # distinct rows in _buffer and _unsent (each has a "requests" field)
     _seq: int = 0
@@ -106,14 +106,11 @@ class Ledger:
         ))
 
     def start(self) -> None:
-        """Start the flusher, with what an earlier shutdown spilled to the journal as its first batch."""
+        """Start the flusher, with what an earlier shutdown spilled to the journal as its first batches
+        (under their own stamps, so a batch whose write did land before the restart counts once)."""
         if self.journal is not None:
             try:
-                for stamp, batch in self.journal.claim():
-                    if stamp is None:
-                        self._merge(batch)
-                    else:  # sent before the restart: resent under its own stamp, so it counts once
-                        self._unsent.append((stamp, batch))
+                self._unsent.extend(self.journal.claim())
                 self._recount()
             except OSError as exc:
                 log.error("usage ledger: cannot read its journal in %s (%s)", self.journal.directory, exc)
@@ -143,18 +140,18 @@ class Ledger:
             await self._spill()
 
     async def _spill(self) -> None:
-        """The store could not take the last write: keep the buffer in the journal for the next start."""
+        """The store could not take the last write: keep the unsent batches in the journal for the next start."""
         await self._fold()
+        self._seal()
         rows = self._rows
-        batches: list[tuple[Stamp | None, Batch]] = [*self._unsent, *([(None, self._buffer)] if self._buffer else [])]
-        if self.journal is not None and batches:
+        if self.journal is not None and self._unsent:
             try:
-                path = self.journal.spill(batches)
+                path = self.journal.spill(self._unsent)
             except OSError as exc:
                 log.error("usage ledger: the store is unavailable at shutdown and the journal cannot be written (%s); "
                           "%d rows of usage were not written", exc, rows)
                 return
-            self._buffer, self._unsent = {}, []
+            self._unsent = []
             self._recount()
             log.error("usage ledger: the store is unavailable at shutdown; %d rows of usage were kept in %s and are "
                       "written by the next start with the same store", rows, path)
@@ -177,10 +174,7 @@ class Ledger:
             self._lock = asyncio.Lock()
         async with self._lock:
             await self._fold()
-            if self._buffer:
-                self._seq += 1
-                self._unsent.append((Stamp(self.writer, self._seq), self._buffer))
-                self._buffer = {}
+            self._seal()
             while self._unsent:
                 stamp, batch = self._unsent[0]
                 try:
@@ -204,10 +198,12 @@ class Ledger:
             log.warning("usage ledger: cannot write to its store (%s); %d rows buffered, will retry",
                         type(exc).__name__, self._rows)
 
-    def _merge(self, batch: Batch) -> None:
-        """Add never-sent increments (the journal's) to the buffer."""
-        for item, amount in batch.items():
-            self._buffer[item] = self._buffer.get(item, 0) + amount
+    def _seal(self) -> None:
+        """What was folded becomes the next batch to send, under the next stamp."""
+        if self._buffer:
+            self._seq += 1
+            self._unsent.append((Stamp(self.writer, self._seq), self._buffer))
+            self._buffer = {}
 
     def _recount(self) -> None:
         self._unsent_rows = {item for _, batch in self._unsent for item in batch if item[1].endswith(_ROW_MARK)}

@@ -1,10 +1,9 @@
 """Usage the ledger could not write before its process stopped, kept on local disk for the next start.
 
 A worker that stops while its ledger's store is down (Redis unreachable, a full disk) spills
-the batches it still holds to one file in the state directory, each with the stamp it was
-sent under (if it was sent); the next ledger that starts with the same store claims the file
-and writes its contents with its first flush, a sent batch under its old stamp so that it is
-counted once even if its first write was applied. So an outage that outlasts a restart delays
+the batches it still holds to one file in the state directory, each with its stamp; the next
+ledger that starts with the same store claims the file and sends them with its first flush
+under those stamps, so a batch whose first write was applied after all is counted once. So an outage that outlasts a restart delays
 usage instead of losing it.
 
 - A spill is written to a temporary name, fsynced, then renamed: a file is whole or absent.
@@ -31,7 +30,7 @@ log = logging.getLogger("laneway")
 PREFIX = "unwritten-"
 VERSION = 1
 
-Batches = list[tuple[Stamp | None, Batch]]  # oldest first; None: never sent
+Batches = list[tuple[Stamp, Batch]]  # oldest first
 
 
 class Journal:
@@ -46,7 +45,7 @@ class Journal:
         self.directory.mkdir(parents=True, exist_ok=True)
         name = f"{PREFIX}{time.time_ns():020d}-{os.getpid()}.json"  # oldest first when sorted
         final, partial = self.directory / name, self.directory / ("." + name + ".partial")
-        entries = [{"writer": stamp.writer if stamp else None, "seq": stamp.seq if stamp else None,
+        entries = [{"writer": stamp.writer, "seq": stamp.seq,
                     "rows": [[hour, field, amount] for (hour, field), amount in batch.items()]}
                    for stamp, batch in batches]
         data = json.dumps({"version": VERSION, "store": self.store_id, "batches": entries}).encode()
@@ -73,8 +72,8 @@ class Journal:
             except FileNotFoundError:
                 continue  # another worker claimed it first
             for entry in data["batches"]:
-                stamp = Stamp(entry["writer"], entry["seq"]) if entry["writer"] is not None else None
-                claimed.append((stamp, {(hour, field): amount for hour, field, amount in entry["rows"]}))
+                claimed.append((Stamp(entry["writer"], entry["seq"]),
+                                {(hour, field): amount for hour, field, amount in entry["rows"]}))
             mine.unlink()
         return claimed
 
@@ -83,8 +82,7 @@ def _read(path: Path) -> dict:
     try:
         data = json.loads(path.read_bytes())
         for entry in data["batches"]:
-            stamped = isinstance(entry["writer"], str) and isinstance(entry["seq"], int)
-            if not (stamped or entry["writer"] is None) or not all(
+            if not (isinstance(entry["writer"], str) and isinstance(entry["seq"], int)) or not all(
                     isinstance(h, int) and isinstance(f, str) and isinstance(a, int) for h, f, a in entry["rows"]):
                 raise ValueError("unexpected shape")
         if data.get("version") != VERSION:
