@@ -92,13 +92,16 @@ def check_headers(sim_port: int) -> None:
         raise SystemExit(f"the simulator did not send {', '.join(missing)}")
 
 
-def redis_counts(redis_port: int) -> tuple[int, int, float]:
-    """(socket reads processed, EVALSHA calls, CPU seconds used), from one INFO call."""
-    info = subprocess.run([shutil.which("redis-cli"), "-p", str(redis_port), "info", "everything"],
+def redis_info(port: int) -> dict[str, float]:
+    """Redis CPU seconds, socket reads processed, commands run (scripts' included), EVALSHA calls
+    and their usec, from one INFO call."""
+    info = subprocess.run([shutil.which("redis-cli"), "-p", str(port), "info", "everything"],
                           capture_output=True, text=True, check=True).stdout
     fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
-    evalsha = fields.get("cmdstat_evalsha", "calls=0").split(",")[0].split("=")[1]
-    return int(fields["total_reads_processed"]), int(evalsha), float(fields["used_cpu_sys"]) + float(fields["used_cpu_user"])
+    stat = dict(pair.split("=") for pair in fields.get("cmdstat_evalsha", "calls=0,usec=0").split(",")[:2])
+    return {"cpu_s": float(fields["used_cpu_sys"]) + float(fields["used_cpu_user"]),
+            "reads": int(fields["total_reads_processed"]), "commands": int(fields["total_commands_processed"]),
+            "evalsha": int(stat["calls"]), "evalsha_usec": int(stat["usec"])}
 
 
 async def alternate(targets: list[Target], pids: list[int], n: int, blocks: int = 10) -> tuple[list[list[float]], list[float]]:
@@ -118,14 +121,15 @@ async def alternate(targets: list[Target], pids: list[int], n: int, blocks: int 
 def per_request(redis_port: int, target: Target, n: int, in_flight: int) -> tuple[float, float, float]:
     """What Redis processed per request over ``n`` requests, ``in_flight`` at a time: (round trips,
     EVALSHA calls, Redis CPU us), less the INFO call that reads the counters."""
-    before = redis_counts(redis_port)
+    before = redis_info(redis_port)
     if in_flight == 1:
         uvloop.run(sequential(target, n))
     else:
         uvloop.run(concurrent(target, n, in_flight))
     time.sleep(0.3)  # the last queued writes go out after a short delay
-    after = redis_counts(redis_port)
-    return (after[0] - before[0] - 1) / n, (after[1] - before[1]) / n, (after[2] - before[2]) * 1e6 / n
+    after = redis_info(redis_port)
+    return ((after["reads"] - before["reads"] - 1) / n, (after["evalsha"] - before["evalsha"]) / n,
+            (after["cpu_s"] - before["cpu_s"]) * 1e6 / n)
 
 
 def main() -> int:

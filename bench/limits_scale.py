@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from limits import redis_info
 from overhead import free_port
 
 from proxy.config.loader import parse_policy
@@ -102,16 +103,6 @@ async def worker_loop(text: str, learn: bool, concurrency: int, seconds: float) 
 
 def worker(text: str, learn: bool, concurrency: int, seconds: float, out) -> None:
     out.put(uvloop.run(worker_loop(text, learn, concurrency, seconds)))
-
-
-def redis_info(port: int) -> dict[str, float]:
-    """Redis CPU seconds, EVALSHA calls and their usec, and commands run (scripts' included)."""
-    info = subprocess.run([shutil.which("redis-cli"), "-p", str(port), "info", "everything"],
-                          capture_output=True, text=True, check=True).stdout
-    fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
-    stat = dict(pair.split("=") for pair in fields.get("cmdstat_evalsha", "calls=0,usec=0").split(",")[:2])
-    return {"cpu_s": float(fields["used_cpu_sys"]) + float(fields["used_cpu_user"]), "evalsha": int(stat["calls"]),
-            "evalsha_usec": int(stat["usec"]), "commands": int(fields["total_commands_processed"])}
 
 
 def run_workers(text: str, learn: bool, processes: int, concurrency: int, seconds: float) -> dict:
