@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.support import free_port
+from tests.support import free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
 LANEWAY = [sys.executable, "-m", "proxy.cli"]
@@ -56,7 +56,7 @@ def _listening(port: int) -> bool:
 
 
 def test_serve_demo_policy_then_stop_gracefully_on_sigterm(tmp_path):
-    wafer, gpu, port = free_port(), free_port(), free_port()
+    wafer, gpu, port = free_ports(3)
     demo = (ROOT / "policies" / "demo.yaml").read_text().replace("4101", str(wafer)).replace("4102", str(gpu))
     policy = tmp_path / "demo.yaml"
     policy.write_text(demo)

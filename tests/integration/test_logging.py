@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.redis_support import RedisServer
-from tests.support import free_port
+from tests.support import free_ports
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 POLICY = """\
@@ -50,7 +50,7 @@ def serve(tmp_path: Path, redis: RedisServer, fmt: str) -> list[str]:
     """Run `laneway serve --workers 2`, send REQUESTS chat calls on fresh connections, stop it; its stderr lines."""
     from proxy.config import hash_key
 
-    sim, port = free_port(), free_port()
+    sim, port = free_ports(2)
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY.format(sha=hash_key(KEY), sim=sim, redis=redis.port))
     env = dict(os.environ, PYTHONPATH=str(ROOT), LANEWAY_LOG_FORMAT=fmt, TEST_REDIS_PASSWORD=PASSWORD,
