@@ -7,7 +7,9 @@ with its usage, in a loop for ``--seconds``. Two policies:
 
 - ``realistic``: client and deployment rpm + tpm + concurrency, plus the provider bucket, and
   every answer's OpenAI rate-limit headers learnt (as a real provider sends them);
-- ``minimal``: one rpm bucket on the client key.
+- ``minimal``: one rpm bucket on the client key;
+- ``windows`` and ``slots``: the realistic policy without its concurrency limits, and with only
+  them (the provider bucket and learning in both), so the cost of each kind of bucket shows.
 
 Limits are set high so nothing is refused; Redis's CPU time (INFO cpu) and EVALSHA figures
 (INFO commandstats) over the run give its cost per admission, and admissions per Redis CPU
@@ -57,9 +59,13 @@ deployments:
 routes:
   - {{name: bench, candidates: [sim]}}
 """
+WINDOWS = "rpm: 100000000, tpm: 1000000000000"
 SCENARIOS = {  # name -> (client limits, deployment limits or "", learn the provider's headers)
     "realistic": (HIGH, f", limits: {{{HIGH}}}", True),
     "minimal": ("rpm: 100000000", "", False),
+    # the realistic policy split in two, to price what a quota lease of one kind would leave per request:
+    "windows": (WINDOWS, f", limits: {{{WINDOWS}}}", True),                         # rpm + tpm + provider
+    "slots": ("concurrency: 100000", ", limits: {concurrency: 100000}", True),   # concurrency + provider
 }
 # what OpenAI sends on every answer, windows too big to run out
 HEADERS = [(b"x-ratelimit-limit-requests", b"30000"), (b"x-ratelimit-remaining-requests", b"29999"),
