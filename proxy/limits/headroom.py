@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from proxy.limits.provider_headers import ProviderWindow, parse_headers
+from proxy.limits.provider_headers import MINUTE_S, ProviderWindow, parse_headers
 
 DEFAULT_429_WAIT_S = 1.0  # a bare 429: no retry-after and no window to read a reset from
 
@@ -42,6 +42,7 @@ class Window:
     limit: float | None
     reset_at: float
     provider: bool = True     # the provider's word (debited per request sent), else our configured bucket
+    span_s: float = MINUTE_S  # the period ``limit`` is granted over (pacing reads it)
 
 
 @dataclass(slots=True)
@@ -107,9 +108,11 @@ class HeadroomLearner:
             if w.provider:
                 w.remaining -= 1 if w.kind == "requests" else tokens
 
-    def learn(self, deployment: str, status: int, headers: list[tuple[bytes, bytes]], now: float | None = None) -> None:
-        """Update from one response's headers and status (parsed here, once, for routing and the limiter)."""
-        report = parse_headers(headers, time.time())
+    def learn(self, deployment: str, status: int, headers: list[tuple[bytes, bytes]], now: float | None = None,
+              provider: str = "") -> None:
+        """Update from one response's headers and status (parsed here, once, for routing and the limiter);
+        ``provider`` is the deployment's (its dialect says what period an unsuffixed window has)."""
+        report = parse_headers(headers, time.time(), provider)
         if not report and status != 429:
             return
         now = time.monotonic() if now is None else now
@@ -127,13 +130,13 @@ class HeadroomLearner:
             blocked_s = wait
             room.exhausted_until = max(room.exhausted_until, now + wait)
         for w in windows:
-            room.windows[w.window] = Window(w.kind, w.remaining, w.limit, now + w.reset_s)
+            room.windows[w.window] = Window(w.kind, w.remaining, w.limit, now + w.reset_s, span_s=w.span_s)
         if self.sink is not None:
             self.sink(deployment, windows, max(1, int(blocked_s * 1000)) if status == 429 else 0)
 
     def admitted(self, deployment: str, window: str, kind: str, remaining: float, limit: float, reset_s: float,
-                 now: float | None = None) -> None:
-        """What an admission left in one of our configured windows (``rpm``, ``tpd``, ...)."""
+                 span_s: float = MINUTE_S, now: float | None = None) -> None:
+        """What an admission left in one of our configured windows (``rpm``, ``tpd``, ...) of ``span_s``."""
         now = time.monotonic() if now is None else now
         room = self._by_name.setdefault(deployment, Headroom())
-        room.windows[window] = Window(kind, remaining, limit, now + reset_s, provider=False)
+        room.windows[window] = Window(kind, remaining, limit, now + reset_s, provider=False, span_s=span_s)

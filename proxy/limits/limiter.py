@@ -277,7 +277,8 @@ class Limiter:
             self.stats.remaining[(bucket.owner, bucket.window)] = (left, bucket.limit, now + reset / 1000)
             if bucket.kind in (REQUESTS, COUNTED, TOKENS):  # per-minute and per-day caps alike
                 kind = "tokens" if bucket.kind == TOKENS else "requests"
-                self.learner.admitted(bucket.owner, bucket.window, kind, left, bucket.limit, reset / 1000)
+                self.learner.admitted(bucket.owner, bucket.window, kind, left, bucket.limit, reset / 1000,
+                                      bucket.span_ms / 1000)
 
     def headroom(self, deployment: str) -> Headroom | None:
         """In-process view (no store call): our last admission's windows and the provider's last word."""

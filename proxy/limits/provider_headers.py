@@ -5,7 +5,10 @@ durations (``6m0s``, ``12ms``, ``2m59.56s``). Cerebras: the same prefix with a w
 (``-requests-day``, ``-tokens-minute``) and resets in float seconds (``33011.38``).
 Anthropic: ``anthropic-ratelimit-{requests,tokens,input-tokens,output-tokens}-{limit,remaining,reset}``
 with RFC 3339 reset times. ``retry-after`` (seconds or an HTTP date) and ``retry-after-ms``.
-Each window becomes one ProviderWindow whose reset is in seconds from now.
+Each window becomes one ProviderWindow whose reset is in seconds from now, with the period it
+refills over: a name ending in ``-day`` is per day, and so is Groq's ``requests`` window (Groq's
+``x-ratelimit-*-requests`` is requests per day, OpenAI's the same name per minute: only the
+provider tells them apart); every other window is per minute.
 """
 from __future__ import annotations
 
@@ -19,6 +22,8 @@ _SUB_SECOND = {"ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
 _OPENAI = b"x-ratelimit-"
 _ANTHROPIC = b"anthropic-ratelimit-"
 _FIELDS = ("limit", "remaining", "reset")
+MINUTE_S = 60.0
+DAY_S = 86_400.0
 
 
 @dataclass(slots=True)
@@ -28,6 +33,7 @@ class ProviderWindow:
     limit: int | None = None
     remaining: int | None = None
     reset_s: float | None = None
+    span_s: float = MINUTE_S  # the period the window's limit is granted over
 
 
 @dataclass(slots=True)
@@ -89,6 +95,13 @@ def parse_retry_after(value: str, now: float) -> float | None:
         return None
 
 
+def span_s(window: str, provider: str) -> float:
+    """The period a provider's window is granted over, from its name and who named it."""
+    if window.endswith("-day") or (provider == "groq" and window == "requests"):
+        return DAY_S
+    return MINUTE_S
+
+
 def _kind(window: str) -> str | None:
     if "token" in window:
         return "tokens"
@@ -128,8 +141,9 @@ def _reset(raw: bytes, now: float) -> float | None:
     return seconds
 
 
-def parse_headers(headers: list[tuple[bytes, bytes]], now: float) -> ProviderReport:
-    """Every rate-limit window the headers describe; names must be lower-case bytes (as ASGI/h11 give them)."""
+def parse_headers(headers: list[tuple[bytes, bytes]], now: float, provider: str = "") -> ProviderReport:
+    """Every rate-limit window the headers describe; names must be lower-case bytes (as ASGI/h11 give them);
+    ``provider`` (the deployment's, e.g. "groq") decides what a name without a period means."""
     windows: dict[str, ProviderWindow] = {}
     retry_after = retry_after_ms = None
     for name, raw in headers:
@@ -152,7 +166,7 @@ def parse_headers(headers: list[tuple[bytes, bytes]], now: float) -> ProviderRep
         window, kind, field = known  # type: ignore[misc]
         entry = windows.get(window)
         if entry is None:
-            entry = windows[window] = ProviderWindow(window, kind)
+            entry = windows[window] = ProviderWindow(window, kind, span_s=span_s(window, provider))
         if field == "reset":
             entry.reset_s = _reset(raw, now)
         else:

@@ -85,7 +85,7 @@ class Attempts:
             if ticket is not None:
                 ticket.release(name)
             raise
-        live.headroom.learn(name, response.status, response.headers)  # routing's view and the limiter's store
+        live.headroom.learn(name, response.status, response.headers, provider=dep.provider)  # routing's view and the limiter's store
         if is_failure(response.status):
             if response.status == 429:  # a quota refusal: fall back, but the deployment is not faulty
                 breaker.abandon()

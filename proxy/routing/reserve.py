@@ -6,7 +6,7 @@ front of a long turn. With ``spill.reserve_pace`` the bar is learnt from the lan
 every request a lane with a reserve is predicted fastest for is remembered (when, the ms it
 gains over the next candidate, its tokens). Once a window has less than ``reserve_fraction``
 left, the quota that window grants over as long as the remembered demand spans (its limit per
-minute or per day, pro rata) is handed to the remembered requests in order of gain, and the
+``span_s``, pro rata) is handed to the remembered requests in order of gain, and the
 gain of the first that no longer fits is the bar. So the lane is kept for the requests that
 gain most from it at the rate its quota refills, and nobody is spilled while the demand fits.
 """
@@ -19,16 +19,6 @@ from proxy.limits.headroom import Headroom
 HISTORY_S = 60.0       # demand remembered: a minute window turns over once in this time
 MIN_HISTORY_S = 15.0   # a shorter history counts as this long, so a cold start is not read as a flood
 MAX_RECORDS = 256      # bounded memory (and sorting) per lane
-DAY_S = 86_400.0
-MINUTE_S = 60.0
-
-
-def span_s(window: str) -> float:
-    """How long a quota window takes to refill, from its name: ours (``rpd``/``tpd`` per day,
-    ``rpm``/``tpm`` per minute) or the provider's (``requests-day`` per day; OpenAI's, Anthropic's
-    and Cerebras' ``-minute`` windows per minute). A name that says no period counts as a minute
-    (Groq's ``requests`` window is per day: paced as a minute, it is rationed too little)."""
-    return DAY_S if window in ("rpd", "tpd") or "day" in window else MINUTE_S
 
 
 class Demand:
@@ -53,12 +43,12 @@ class Demand:
         history = max(MIN_HISTORY_S, now - records[0][0])
         ranked: list[tuple[float, float, int]] | None = None
         bar = 0.0
-        for name, window in room.windows.items():
+        for window in room.windows.values():
             if now >= window.reset_at or not window.limit or window.remaining / window.limit >= reserve_fraction:
                 continue
             if ranked is None:
                 ranked = sorted(records, key=lambda r: -r[1])
-            allowance = window.limit * history / span_s(name) + 1  # the oldest record opens the history
+            allowance = window.limit * history / window.span_s + 1  # the oldest record opens the history
             used = 0.0
             for _, gain, tokens in ranked:
                 used += 1 if window.kind == "requests" else tokens

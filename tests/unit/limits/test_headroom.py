@@ -39,6 +39,17 @@ def test_every_window_keeps_its_own_figures(headers, windows):
     assert got == windows
 
 
+@pytest.mark.parametrize("provider, requests_span", [("groq", DAY), ("openai", 60.0), ("", 60.0)])
+def test_each_window_knows_the_period_it_refills_over(provider, requests_span):
+    """Groq's unsuffixed ``requests`` window is per day; OpenAI's (and an unknown provider's) per minute."""
+    learner = HeadroomLearner()
+    learner.learn("lane", 200, GROQ, now=NOW, provider=provider)
+    learner.learn("lane", 200, CEREBRAS, now=NOW, provider=provider)
+    learner.admitted("lane", "rpd", "requests", 10, 500, 30, span_s=DAY, now=NOW)
+    spans = {name: w.span_s for name, w in learner.headroom("lane").windows.items()}
+    assert spans == {"requests": requests_span, "tokens": 60.0, "requests-day": DAY, "tokens-minute": 60.0, "rpd": DAY}
+
+
 def test_anthropic_windows_and_the_tightest_binds():
     learner = HeadroomLearner()
     learner.learn("claude", 200, ANTHROPIC, now=NOW)

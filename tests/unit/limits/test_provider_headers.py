@@ -51,6 +51,17 @@ ANTHROPIC_429 = h(("retry-after", "17"), ("anthropic-ratelimit-requests-remainin
 HTTP_DATE_429 = h(("retry-after", "Thu, 01 Aug 2024 12:00:05 GMT"))
 
 
+@pytest.mark.parametrize("provider, spans", [
+    ("groq", {"requests": 86_400.0, "tokens": 60.0}),
+    ("openai", {"requests": 60.0, "tokens": 60.0}),
+])
+def test_groqs_requests_window_is_per_day(provider, spans):
+    """Groq and OpenAI send the same names; Groq's requests limit is per day (14,400 = RPD), OpenAI's per minute."""
+    assert {w.window: w.span_s for w in parse_headers(GROQ, NOW, provider).windows} == spans
+    assert {w.window: w.span_s for w in parse_headers(CEREBRAS, NOW, provider).windows} == \
+        {"requests-day": 86_400.0, "tokens-minute": 60.0}
+
+
 @pytest.mark.parametrize(
     "headers, expected, retry_after",
     [

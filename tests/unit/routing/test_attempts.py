@@ -96,6 +96,17 @@ def test_a_success_is_admitted_once_learnt_from_and_keeps_its_reservation(parts)
     assert room is not None and room.requests is not None and room.requests <= 7
 
 
+@pytest.mark.parametrize("provider, span_s", [("groq", 86_400.0), ("openai", 60.0)])
+def test_headers_are_read_in_the_deployments_dialect(provider, span_s) -> None:
+    """Groq's ``requests`` window is per day, OpenAI's per minute: the deployment's provider tells them apart."""
+    dep = parse_policy(POLICY.replace("provider: openai", f"provider: {provider}")).deployments["lane"]
+    live = RoutingState()
+    target = FakeTarget(dep)
+    target.next = Answer(200, RATE_HEADERS)
+    run(Attempts(live, {"lane": target}).try_candidate(dep, request(), None, None))
+    assert live.headroom.headroom("lane").windows["requests"].span_s == span_s
+
+
 def test_an_unreachable_upstream_counts_as_a_failure_and_gives_the_reservation_back(parts) -> None:
     dep, live, target, attempts = parts
     target.next = UpstreamError("connect refused")

@@ -6,13 +6,14 @@ import pytest
 from proxy.limits.headroom import Headroom, Window
 from proxy.routing.hints import NO_HINTS
 from proxy.routing.live import RoutingState
-from proxy.routing.reserve import Demand, span_s
+from proxy.routing.reserve import Demand
 from proxy.routing.strategies import order_candidates
 from tests.unit.routing.test_strategies import probed_policy, request
 
 
-def room(remaining: float, limit: float = 30, kind: str = "requests", name: str = "requests") -> Headroom:
-    return Headroom(windows={name: Window(kind, remaining, limit, reset_at=1e9)})
+def room(remaining: float, limit: float = 30, kind: str = "requests", name: str = "requests",
+         span_s: float = 60.0) -> Headroom:
+    return Headroom(windows={name: Window(kind, remaining, limit, reset_at=1e9, span_s=span_s)})
 
 
 def demand(gains: list[float], every_s: float, tokens: int = 1000) -> Demand:
@@ -50,11 +51,22 @@ def test_token_windows_count_tokens():
 
 
 def test_a_day_window_is_paced_over_the_day():
-    assert (span_s("rpd"), span_s("requests-day"), span_s("tpm"), span_s("tokens-minute"), span_s("requests")) == \
-        (86_400.0, 86_400.0, 60.0, 60.0, 60.0)
     d = demand([float(g) for g in range(1, 61)], every_s=1.0)
     # 14,400 a day is 10 a minute: of 60 requests a minute, the 10 that gain most keep the lane
-    assert d.bar_ms(room(remaining=100, limit=14_400, name="requests-day"), 0.8, now=59.0) == 50.0
+    assert d.bar_ms(room(remaining=100, limit=14_400, name="requests-day", span_s=86_400.0), 0.8, now=59.0) == 50.0
+
+
+GROQ_LOW = [(b"x-ratelimit-limit-requests", b"14400"), (b"x-ratelimit-remaining-requests", b"1000"),
+            (b"x-ratelimit-reset-requests", b"22h13m20s")]
+
+
+@pytest.mark.parametrize("provider, bar", [("groq", 50.0), ("openai", 0.0)])
+def test_groqs_requests_window_is_paced_as_a_day_openais_as_a_minute(provider, bar):
+    """The same header names: Groq's is 14,400 a day (10 a minute), OpenAI's 14,400 a minute (no bar)."""
+    live = RoutingState()
+    live.headroom.learn("lane", 200, GROQ_LOW, now=0.0, provider=provider)
+    d = demand([float(g) for g in range(1, 61)], every_s=1.0)
+    assert d.bar_ms(live.headroom.headroom("lane"), 0.8, now=59.0) == bar
 
 
 def test_demand_older_than_the_history_is_forgotten():
