@@ -360,10 +360,8 @@ def _unchained(data: bytes, previous: str) -> bytes:
     its response object's ``previous_response_id`` null. A JSON string cannot hold the bare pattern
     (its quotes are escaped), so the byte replacement touches only the member; an event spelled
     otherwise is re-encoded."""
-    if event_type(data) not in _CHAINED:
-        return data
     member = b'"previous_response_id":' + orjson.dumps(previous)
-    if member in data:
+    if member in data and event_type(data) in _CHAINED:
         return data.replace(member, b'"previous_response_id":null', 1)
     if previous.encode() not in data:
         return data
@@ -372,7 +370,8 @@ def _unchained(data: bytes, previous: str) -> bytes:
     except orjson.JSONDecodeError:
         return data
     response = event.get("response") if isinstance(event, dict) else None
-    if isinstance(response, dict) and response.get("previous_response_id") == previous:
+    if isinstance(response, dict) and response.get("previous_response_id") == previous \
+            and str(event.get("type")).encode() in _CHAINED:
         response["previous_response_id"] = None
         return orjson.dumps(event)
     return data
