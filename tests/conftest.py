@@ -6,6 +6,8 @@ import tempfile
 import httpx
 import pytest
 
+from proxy.simulate import get_profile, serve_in_thread
+from proxy.simulate.tls import make_ca
 from tests.support import ServerThread, free_port, proxy_from_yaml, simulator
 
 os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
@@ -31,6 +33,19 @@ def wafer_sim():
 def gpu_sim():
     with simulator("gpu", ttft_ms=20, tokens_per_s=2000) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory):
+    """A throwaway CA and a certificate for 127.0.0.1 it signed (proxy/simulate/tls.py)."""
+    return make_ca(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="session")
+def tls_sim(tls_files):
+    """The simulator behind TLS, as a provider's HTTPS and wss endpoint."""
+    with serve_in_thread(get_profile("instant"), tls=tls_files) as running:
+        yield running
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 import re
+import ssl
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -288,6 +290,20 @@ def secret_reference(ctx: Context, node: yaml.Node, path: str) -> str:
         "keys do not belong in the policy file: move the value into an environment variable "
         "(and rotate it if this file was ever shared)"
     )
+
+
+def ca_file(ctx: Context, node: yaml.Node, path: str) -> str:
+    """A PEM CA bundle, read now so a missing or empty file fails the load, not the first request;
+    a relative path is taken from the policy file's folder (where it is shipped beside it)."""
+    value = text(ctx, node, path)
+    if not os.path.isabs(value) and not ctx.file.startswith("<"):
+        value = os.path.join(os.path.dirname(os.path.abspath(ctx.file)), value)
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=value)
+    except OSError as exc:  # ssl.SSLError is one: no PEM certificate in the file
+        reason = exc.strerror if exc.strerror and not isinstance(exc, ssl.SSLError) else "no PEM certificate in it"
+        raise Invalid(f"cannot use {value} as a CA bundle: {reason}") from None
+    return value
 
 
 def env_name(ctx: Context, node: yaml.Node, path: str) -> str:

@@ -19,22 +19,21 @@ from types import MappingProxyType
 import yaml
 
 from .errors import FieldError, PolicyError
-from .pricing_specs import LEDGER, budget, prices, team_budgets
 from .fields import (
-    mapping_of,
-    redis_url,
-    boolean,
     Context,
     Field,
     Invalid,
     Record,
     Spec,
+    boolean,
+    ca_file,
     env_name,
     headers,
     http_url,
     is_null,
     kind,
     list_of,
+    mapping_of,
     one_of,
     port,
     positive_float,
@@ -42,15 +41,18 @@ from .fields import (
     positive_int_or_env,
     read,
     record,
+    redis_url,
     secret_reference,
     section,
     sha256_hex,
     suggest,
     text,
 )
+from .pricing_specs import LEDGER, budget, prices, team_budgets
 from .schema import (
     AUTH_MODES,
     MODALITIES,
+    OPENAI_COMPATIBLE,
     PROVIDERS,
     SIMULATOR_DIALECTS,
     SIMULATOR_PROFILES,
@@ -65,8 +67,8 @@ from .schema import (
     Learning,
     LedgerSettings,
     Limits,
-    Priors,
     Policy,
+    Priors,
     Route,
     ServerSettings,
     Simulator,
@@ -210,6 +212,7 @@ DEPLOYMENT = Spec(
         "api_key_env": Field(env_name),
         "timeouts": Field(section(TIMEOUTS)),
         "headers": Field(headers),
+        "ca_file": Field(ca_file),
         "priors": Field(section(PRIORS)),
         "learning": Field(section(LEARNING)),
         "breaker": Field(section(BREAKER)),
@@ -411,6 +414,11 @@ def _cross_check(ctx: Context, top: Record) -> None:
     deployment_names = {r.values["name"] for r in deployments if "name" in r.values}
     for route in routes:
         _check_route(ctx, route, deployment_names)
+    for dep in deployments:  # litellm's clients ignore a per-call CA bundle (seen on 1.103.7)
+        if "ca_file" in dep.values and dep.values.get("provider", "openai") not in OPENAI_COMPATIBLE:
+            line, path = dep.where("ca_file")
+            ctx.error(line, path, f"is for OpenAI-compatible providers; {dep.values['provider']} goes through "
+                      "litellm, which trusts the system store or SSL_CERT_FILE")
     auth = top.values.get("auth")
     if auth == "keys" and not keys:
         line, path = top.where("auth")

@@ -91,6 +91,7 @@ class Deployment:
     api_key: str | None = field(default=None, repr=False)  # resolved at load time; never printed
     timeouts: Timeouts = Timeouts()
     headers: Mapping[str, str] = field(default_factory=dict)  # extra upstream headers, already interpolated
+    ca_file: str | None = None  # PEM CA bundle trusted for its TLS instead of the system store
     priors: Priors = Priors()
     learning: Learning = Learning()
     breaker: BreakerSettings = BreakerSettings()

@@ -277,7 +277,8 @@ def _chat_messages(body: dict[str, Any]) -> None:
                              "empty array instead.", "messages", "empty_array")
     awaiting: list[str] = []  # tool_call ids of the last assistant message not yet answered
     for i, message in enumerate(messages):
-        if (not awaiting and type(message) is dict and message.get("role") in _PLAIN_ROLES
+        if (not awaiting and type(message) is dict and type(message.get("role")) is str
+                and message["role"] in _PLAIN_ROLES
                 and type(message.get("content")) is str and "tool_calls" not in message):
             continue  # the common case, checked in one go
         p = f"messages[{i}]"

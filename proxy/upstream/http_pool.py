@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import httptools
 
 from proxy.call import UpstreamClosed, UpstreamConnectError, UpstreamError, UpstreamTimeout
+from proxy.upstream.tls import client_context
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,9 +291,7 @@ class OriginPool:
         self.origin = origin
         self.max_idle = max_idle
         self._idle: list[_Connection] = []
-        self._ssl = ssl_context if origin.scheme == "https" else None
-        if origin.scheme == "https" and self._ssl is None:
-            self._ssl = ssl.create_default_context()
+        self._ssl = (ssl_context or client_context(None)) if origin.scheme == "https" else None
 
     def _forget(self, conn: _Connection) -> None:
         try:
@@ -392,16 +391,18 @@ class OriginPool:
 
 
 class UpstreamPools:
-    """One OriginPool per origin, created on first use."""
+    """One OriginPool per origin and trust, created on first use."""
 
     def __init__(self) -> None:
-        self._pools: dict[tuple[str, str, int], OriginPool] = {}
+        self._pools: dict[tuple[str, str, int, ssl.SSLContext | None], OriginPool] = {}
 
-    def get(self, origin: Origin) -> OriginPool:
-        key = (origin.scheme, origin.host, origin.port)
+    def get(self, origin: Origin, ca_file: str | None = None) -> OriginPool:
+        """``ca_file``: the deployment's own CA bundle (its pool is not shared with system-trust ones)."""
+        ctx = client_context(ca_file) if origin.scheme == "https" else None
+        key = (origin.scheme, origin.host, origin.port, ctx)
         pool = self._pools.get(key)
         if pool is None:
-            pool = self._pools[key] = OriginPool(origin)
+            pool = self._pools[key] = OriginPool(origin, ssl_context=ctx)
         return pool
 
     def close(self) -> None:

@@ -173,12 +173,27 @@ def _error_response(exc: Exception) -> LitellmResponse:
 
 
 def _upstream_error(exc: Exception) -> UpstreamError:
+    """litellm reports some providers' connect failures as a 500 (Anthropic's: an InternalServerError
+    over aiohttp's ClientConnectorError), so the transport error is looked for in the whole chain."""
+    import httpx  # litellm's transport, loaded with it (imported here to keep startup lazy)
+
     errors = litellm().exceptions
-    if isinstance(exc, errors.Timeout):
+    if isinstance(exc, errors.Timeout) or _caused_by(exc, (TimeoutError, httpx.TimeoutException)):
         return UpstreamTimeout(f"provider timed out: {type(exc).__name__}")
-    if isinstance(exc, errors.APIConnectionError):
+    if isinstance(exc, errors.APIConnectionError) or _caused_by(exc, (OSError, httpx.TransportError)):
         return UpstreamConnectError(f"provider unreachable: {type(exc).__name__}")
     return UpstreamError(f"provider error: {type(exc).__name__}")
+
+
+def _caused_by(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> bool:
+    seen: set[int] = set()
+    cause: BaseException | None = exc.__cause__ or exc.__context__
+    while cause is not None and id(cause) not in seen:  # a chain can loop
+        if isinstance(cause, kinds):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 def _error_type(status: int) -> str:

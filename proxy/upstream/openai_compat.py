@@ -17,7 +17,7 @@ class OpenAICompatTarget:
     def __init__(self, deployment: Deployment, pools: UpstreamPools) -> None:
         self.deployment = deployment
         origin = Origin.parse(deployment.base_url)
-        self._pool = pools.get(origin)
+        self._pool = pools.get(origin, deployment.ca_file)
         self._continuous_usage = deployment.provider == "vllm"  # usage in every chunk: exact even when cancelled
         lines = [b"Host: " + origin.host_header, b"Content-Type: application/json", b"User-Agent: laneway"]
         if deployment.api_key:

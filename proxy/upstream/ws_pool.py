@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from proxy.config.schema import Deployment
 from proxy.upstream.body import rewrite_body
 from proxy.upstream.openai_compat import OpenAICompatTarget
 from proxy.upstream.scan import event_type, response_id
+from proxy.upstream.tls import client_context
 from proxy.upstream.ws_memory import Conversation, Memory, conversation
 from proxy.upstream.ws_protocol import UpstreamSocket, connect
 
@@ -75,12 +77,14 @@ class SocketStats:
 class SocketPool:
     """Idle sockets to one deployment URL with one API key, at most ``limit`` open at once."""
 
-    def __init__(self, url: str, headers: dict[str, str], limit: int, connect_s: float, deflate: bool = False) -> None:
+    def __init__(self, url: str, headers: dict[str, str], limit: int, connect_s: float, deflate: bool = False,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.url = url
         self.headers = headers
         self.limit = limit
         self.connect_s = connect_s
         self.deflate = deflate  # offer permessage-deflate on its sockets
+        self.ssl_context = ssl_context  # None: the system store
         self.idle: list[UpstreamSocket] = []
         # idle sockets whose last turn a resent conversation may continue, the longest remembered first
         self.remembered: dict[UpstreamSocket, Memory] = {}
@@ -102,7 +106,8 @@ class SocketPool:
             return None
         self.open += 1
         try:
-            ws = await connect(self.url, self.headers, self.connect_s, deflate=self.deflate)
+            ws = await connect(self.url, self.headers, self.connect_s, deflate=self.deflate,
+                               ssl_context=self.ssl_context)
         except UpstreamConnectError as exc:
             self.open -= 1
             self.stats.connect_failures += 1
@@ -207,8 +212,8 @@ class SocketPin:
 
 
 class SocketPools:
-    """One SocketPool per (deployment URL, API key, extra headers, compression): its sockets all negotiated
-    alike; shared across policy reloads like the HTTP pools."""
+    """One SocketPool per (deployment URL, API key, extra headers, compression, trust): its sockets all
+    negotiated alike; shared across policy reloads like the HTTP pools."""
 
     def __init__(self) -> None:
         self.pools: dict[tuple, SocketPool] = {}
@@ -216,14 +221,15 @@ class SocketPools:
     def get(self, deployment: Deployment) -> SocketPool:
         url = "ws" + deployment.base_url[4:] + "/responses"  # http(s):// -> ws(s)://
         deflate = deployment.websocket_compression == "deflate"
-        key = (url, deployment.api_key, tuple(sorted(deployment.headers.items())), deflate)
+        ctx = client_context(deployment.ca_file) if url.startswith("wss:") else None
+        key = (url, deployment.api_key, tuple(sorted(deployment.headers.items())), deflate, ctx)
         pool = self.pools.get(key)
         if pool is None:
             headers = {"OpenAI-Beta": BETA_HEADER, **deployment.headers}
             if deployment.api_key:
                 headers["Authorization"] = "Bearer " + deployment.api_key
             pool = self.pools[key] = SocketPool(url, headers, deployment.websocket_max_connections,
-                                                deployment.timeouts.connect_s, deflate)
+                                                deployment.timeouts.connect_s, deflate, ctx)
         else:  # a reloaded policy may change the cap; open sockets stay until they are released
             pool.limit, pool.connect_s = deployment.websocket_max_connections, deployment.timeouts.connect_s
         return pool

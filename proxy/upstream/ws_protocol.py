@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 from websockets.speedups import apply_mask
 
 from proxy.call import UpstreamClosed, UpstreamConnectError, UpstreamError
+from proxy.upstream.tls import client_context
 from proxy.upstream.ws_deflate import OFFER, Deflate, InflateError, accept
 
 PING_INTERVAL_S = 20.0
@@ -373,7 +374,7 @@ async def connect(url: str, headers: dict[str, str], timeout: float, *, ssl_cont
     tls = scheme == "wss"
     host, port = parts.hostname, parts.port or (443 if tls else 80)
     if tls and ssl_context is None:
-        ssl_context = ssl.create_default_context()
+        ssl_context = client_context(None)
     key = base64.b64encode(os.urandom(16))
     host_header = host if port == (443 if tls else 80) else f"{host}:{port}"
     lines = [f"GET {parts.path or '/'}{'?' + parts.query if parts.query else ''} HTTP/1.1", f"Host: {host_header}",

@@ -18,6 +18,7 @@ from proxy.config import (
 )
 from proxy.config.schema import Limits, StoreSettings
 from proxy.limits import Limiter
+from proxy.simulate.tls import make_ca
 
 POLICIES = Path(__file__).resolve().parents[3] / "policies"
 
@@ -586,3 +587,29 @@ def test_a_replica_count_from_the_environment_must_be_a_positive_number(value, s
     """Values under 4 characters are no secrets and are shown; longer ones only by name."""
     found = secret_errors(SECRETS_BASE + "store:\n  replicas: ${N}\n", {"N": value})
     assert found == [f"<string>:9: store.replicas: must be a whole number greater than 0, got {shown}"]
+
+
+def test_ca_file_relative_to_the_policy_file_and_checked_at_load(tmp_path: Path) -> None:
+    (tmp_path / "certs").mkdir()
+    ca = make_ca(tmp_path / "certs").ca
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(BASE.replace("    model: gpt-oss-120b", "    model: gpt-oss-120b\n    ca_file: certs/ca.pem"))
+    assert load_policy(policy).deployments["spark"].ca_file == str(ca)
+    assert load_policy(policy).deployments["gpt"].ca_file is None
+
+
+@pytest.mark.parametrize("content, reason", [(None, "No such file or directory"), ("", "no PEM certificate in it"),
+                                             ("not a certificate\n", "no PEM certificate in it")])
+def test_a_missing_or_empty_ca_file_is_a_field_error(tmp_path: Path, content: str | None, reason: str) -> None:
+    target = tmp_path / "ca.pem"
+    if content is not None:
+        target.write_text(content)
+    text = BASE.replace("    model: gpt-oss-120b", f"    model: gpt-oss-120b\n    ca_file: {target}")
+    has_error(text, "<string>:7: deployments[0].ca_file:", f"cannot use {target} as a CA bundle: {reason}")
+
+
+def test_a_ca_file_on_a_litellm_provider_is_refused(tmp_path: Path) -> None:
+    ca = make_ca(tmp_path).ca
+    text = BASE.replace("    provider: cerebras", "    provider: anthropic").replace(
+        "    model: gpt-oss-120b", f"    model: gpt-oss-120b\n    ca_file: {ca}")
+    has_error(text, "<string>:7: deployments[0].ca_file:", "is for OpenAI-compatible providers; anthropic goes")

@@ -2,6 +2,8 @@
 and code; booleans are not numbers; unknown fields pass; tool names come back for tool_choice checks."""
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from proxy.simulate import validate
@@ -96,3 +98,39 @@ def test_embeddings_refuse_an_empty_input_and_an_unknown_encoding() -> None:
 def test_anthropic_messages_are_refused_in_anthropics_wording(body, message) -> None:
     error = refused(validate.messages, body)
     assert error.message == message and error.param is None and error.code is None
+
+
+_HOSTILE = [None, True, 0, -1, 2**70, 1e308, -0.0, "", "user", "tool", "function", [], {}, [{}], {"a": 1},
+            {"role": "user"}, [{"role": "user", "content": "hi"}], {"type": "function"}]
+_FIELDS = ["model", "messages", "input", "max_tokens", "max_completion_tokens", "max_output_tokens", "stream", "tools",
+           "tool_choice", "temperature", "n", "response_format", "text", "instructions", "role", "content", "type",
+           "tool_calls", "tool_call_id", "function", "name", "arguments", "parameters", "encoding_format", "prompt"]
+
+
+def _hostile(rnd, depth: int = 0):
+    roll = rnd.random()
+    if depth < 4 and roll < 0.1:  # a list of message- or item-shaped objects with hostile members
+        return [{key: _hostile(rnd, depth + 2) for key in rnd.sample(_FIELDS, rnd.randint(1, 4))}
+                for _ in range(rnd.randint(1, 3))]
+    if depth < 4 and roll < 0.2:
+        return {rnd.choice(_FIELDS): _hostile(rnd, depth + 1) for _ in range(rnd.randint(0, 4))}
+    if depth < 4 and roll < 0.35:
+        return [_hostile(rnd, depth + 1) for _ in range(rnd.randint(0, 3))]
+    return rnd.choice(_HOSTILE)
+
+
+@pytest.mark.parametrize("check", [validate.chat, validate.completions, validate.responses, validate.embeddings,
+                                   validate.messages])
+def test_hostile_bodies_get_a_400_never_a_crash(check) -> None:
+    """A provider answers any JSON object with 200 or 400; a crash here would be a simulated 500 that
+    no real provider gives (a dict as a message's role used to raise TypeError: unhashable)."""
+    rnd = random.Random(7)
+    for _ in range(3000):
+        body = {key: _hostile(rnd) for key in rnd.sample(_FIELDS, rnd.randint(1, 6))}
+        if rnd.random() < 0.5:
+            body[rnd.choice(("messages", "input"))] = [{"role": _hostile(rnd, 2), "content": _hostile(rnd, 2)}]
+        body.setdefault("model", "m")
+        try:
+            check(body)
+        except InvalidRequest:
+            pass
