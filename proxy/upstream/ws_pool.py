@@ -352,9 +352,10 @@ class SocketResponse:
         if self._final is None or self._convo is None:
             return None
         try:
-            response = orjson.loads(self._final).get("response")
+            event = orjson.loads(self._final)
         except orjson.JSONDecodeError:
             return None
+        response = event.get("response") if isinstance(event, dict) else None
         rid, output = (response.get("id"), response.get("output")) if isinstance(response, dict) else (None, None)
         if not isinstance(rid, str) or not isinstance(output, list):
             return None
