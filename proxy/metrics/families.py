@@ -132,7 +132,9 @@ upstream_ws_events = Counter(
     "laneway_upstream_websocket_events",
     "Laneway's own WebSocket connections to providers that speak Responses WebSocket mode, by kind: connect, "
     "connect_failure, turn (ran over a socket), http_fallback (no socket could take it), drop (died under a turn), "
-    "continuation (sent as previous_response_id + new items), continuation_miss (provider had forgotten: re-sent in full).",
+    "continuation (sent as previous_response_id + new items: a client socket's turn on its pinned socket, or an HTTP "
+    "client's resent conversation on the socket that served its last turn), continuation_miss (refused by the provider: "
+    "re-sent in full).",
     ("kind",), registry=REGISTRY)
 upstream_ws_open = Gauge(
     "laneway_upstream_websockets_open", "WebSocket connections to providers open now (summed over workers).",

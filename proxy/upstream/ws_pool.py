@@ -10,8 +10,11 @@ goes over keep-alive HTTP instead, so it is never lost.
 A client WebSocket conversation holds one upstream socket (a ``SocketPin``) while it is
 healthy: the provider keeps the last response of a connection in memory, so a turn that
 continues the pinned socket's last response is forwarded as ``previous_response_id`` plus
-only the new input items. Anything else — the socket gone, another deployment served the
-last turn, the provider answering ``previous_response_not_found`` — sends the full context.
+only the new input items. An HTTP client resends its whole conversation each turn; the pool
+remembers (as digests, ``proxy.upstream.ws_memory``) what each idle socket's provider holds,
+and a request whose input is a socket's last turn plus new items takes that socket and sends
+only those. Anything else — the socket gone, another deployment served the last turn, other
+parameters, the provider refusing the continuation — sends the full context.
 
 The target keeps the HTTP relay's interface: ``send(req)`` returns a response whose
 ``iter_body()`` yields SSE bytes (each frame re-wrapped as ``event:``/``data:``).
@@ -27,12 +30,18 @@ from dataclasses import dataclass
 
 import orjson
 
-from proxy.call import ModelRequest, UpstreamConnectError, UpstreamError, UpstreamTimeout
+from proxy.call import (
+    ModelRequest,
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamTimeout,
+)
 from proxy.config.schema import Deployment
 from proxy.upstream.body import rewrite_body
 from proxy.upstream.openai_compat import OpenAICompatTarget
 from proxy.upstream.scan import event_type, response_id
 from proxy.upstream.tls import client_context
+from proxy.upstream.ws_memory import Conversation, Memory, conversation
 from proxy.upstream.ws_protocol import UpstreamSocket, connect
 
 log = logging.getLogger("laneway")
@@ -42,6 +51,9 @@ _TERMINAL = frozenset({b"response.completed", b"response.failed", b"response.inc
 # Events before any output: held back so a socket dying during prefill can still hand the turn to HTTP.
 _PRELUDE = frozenset({b"response.created", b"response.queued", b"response.in_progress",
                       b"response.output_item.added", b"response.content_part.added"})
+# Events whose response object names previous_response_id: a continuation the client did not ask for hides it.
+_CHAINED = frozenset({b"response.created", b"response.queued", b"response.in_progress", b"response.completed",
+                      b"response.failed", b"response.incomplete"})
 _BACKOFF_MIN_S = 0.5
 _BACKOFF_MAX_S = 30.0
 _SSE_CHUNKS, _EVENT_LISTS, _WHOLE = 0, 1, 2  # what SocketResponse._batches yields
@@ -58,8 +70,8 @@ class SocketStats:
     turns: int = 0          # turns that ran over a socket
     http_fallbacks: int = 0  # turns sent over HTTP because no socket could take them
     drops: int = 0          # sockets that died under a turn
-    continued: int = 0      # turns sent as previous_response_id + new items on a pinned socket
-    continue_misses: int = 0  # of those, answered previous_response_not_found and re-sent in full context
+    continued: int = 0      # turns sent as previous_response_id + new items (a client socket's or an HTTP client's)
+    continue_misses: int = 0  # of those, refused by the provider (400/404) and re-sent in full context
 
 
 class SocketPool:
@@ -74,15 +86,18 @@ class SocketPool:
         self.deflate = deflate  # offer permessage-deflate on its sockets
         self.ssl_context = ssl_context  # None: the system store
         self.idle: list[UpstreamSocket] = []
+        # idle sockets whose last turn a resent conversation may continue, the longest remembered first
+        self.remembered: dict[UpstreamSocket, Memory] = {}
         self.open = 0
         self.stats = SocketStats()
         self._down_until = 0.0
         self._backoff = 0.0
 
     async def acquire(self) -> UpstreamSocket | None:
-        """An open socket, or None when the cap is reached or the provider is backing off."""
-        while self.idle:
-            ws = self.idle.pop()
+        """An open socket for a turn that continues none: an idle one no conversation can continue,
+        else a new one while under the cap, else the idle one remembered longest (its conversation's
+        next turn goes in full); None when the cap is reached or the provider is backing off."""
+        while (ws := self._spare(self.open < self.limit and time.monotonic() >= self._down_until)) is not None:
             if ws.open and not ws.messages:  # a message while idle answers no turn: not this socket
                 return ws
             self.open -= 1
@@ -100,7 +115,7 @@ class SocketPool:
             self._down_until = time.monotonic() + self._backoff
             log.warning("upstream WebSocket %s unavailable (%s); HTTP for %.1fs", self.url.split("?")[0],
                         exc, self._backoff)
-            return None
+            return await self.acquire() if self.idle else None  # backing off now: a remembered idle socket
         except BaseException:
             self.open -= 1
             raise
@@ -108,17 +123,52 @@ class SocketPool:
         self.stats.connects += 1
         return ws
 
-    def release(self, ws: UpstreamSocket, reusable: bool) -> None:
+    def claim(self, convo: Conversation) -> tuple[UpstreamSocket, Memory] | None:
+        """The idle socket whose last turn ``convo`` continues (the longest such), taken out of the
+        pool. Synchronous: two requests of one conversation cannot both take it."""
+        if not self.remembered:
+            return None
+        prefixes = convo.prefixes(memory.count for memory in self.remembered.values())
+        best = None
+        for ws, memory in self.remembered.items():
+            if prefixes.get(memory.count) == memory.digest and ws.open and not ws.messages:
+                if best is None or memory.count > best[1].count:
+                    best = ws, memory
+        if best is not None:
+            del self.remembered[best[0]]
+            self.idle.remove(best[0])
+        return best
+
+    def release(self, ws: UpstreamSocket, reusable: bool, memory: Memory | None = None) -> None:
+        """Back to the idle sockets (with what its provider now remembers, if a conversation may
+        continue it), or closed."""
         if reusable and ws.open and not ws.messages:
             self.idle.append(ws)
+            if memory is not None:
+                self.remembered[ws] = memory
             return
         self.open -= 1
         ws.abort()
+
+    def _spare(self, may_open: bool) -> UpstreamSocket | None:
+        """An idle socket taken out of the pool for a fresh turn: the most recent one nothing is
+        remembered of; a remembered one only when no new socket ``may_open``."""
+        idle, remembered = self.idle, self.remembered
+        for i in range(len(idle) - 1, -1, -1):
+            if idle[i] not in remembered:
+                return idle.pop(i)
+        if not idle or may_open:
+            return None
+        ws = next(iter(remembered))
+        del remembered[ws]
+        idle.remove(ws)
+        return ws
 
     def close(self) -> None:
         for ws in self.idle:
             ws.close()
         self.idle.clear()
+        self.remembered.clear()
         self.open = 0
 
 
@@ -193,14 +243,17 @@ class SocketResponse:
     """A turn running on a pooled socket, presented like an HTTP response carrying SSE."""
 
     __slots__ = ("status", "headers", "_pool", "_ws", "_held", "_stream", "_idle_s", "_done", "_released", "_pin",
-                 "_completed", "_watchdog")
+                 "_completed", "_watchdog", "_convo", "_unchain", "_final")
 
     def __init__(self, pool: SocketPool, ws: UpstreamSocket, held: list[bytes], stream: bool, idle_s: float,
-                 pin: SocketPin | None = None) -> None:
+                 pin: SocketPin | None = None, convo: Conversation | None = None, unchain: str | None = None) -> None:
         self.status = 200
         self.headers = _SSE if stream else _JSON
         self._pool = pool
         self._ws = ws
+        self._unchain = unchain  # the previous_response_id Laneway added, hidden from the client
+        if unchain is not None:
+            held = [_unchained(data, unchain) for data in held]
         self._held = held  # events received before the first output: response_id() reads the first
         ws.messages.extendleft(reversed(held))  # relayed with what arrived behind them, in one chunk
         self._stream = stream
@@ -210,6 +263,8 @@ class SocketResponse:
         self._pin = pin  # a client conversation keeps the socket after the turn
         self._completed = False
         self._watchdog: _IdleWatchdog | None = None
+        self._convo = convo  # the request's digests: what the socket's provider remembers after the turn
+        self._final: bytes | None = None  # response.completed, read for that
 
     def iter_body(self) -> AsyncIterator[bytes]:
         """SSE; the events that arrived in one read as one chunk (one write to the client). Not
@@ -240,13 +295,18 @@ class SocketResponse:
                 while messages:
                     data = messages.popleft()
                     kind = event_type(data)
+                    terminal = kind in _TERMINAL
+                    if terminal and self._unchain is not None:
+                        data = _unchained(data, self._unchain)
                     if sse:
                         out += (b"event: ", kind, b"\ndata: ", data, b"\n\n")
                     elif shape == _EVENT_LISTS:
                         out.append(data)
-                    if kind in _TERMINAL:
+                    if terminal:
                         self._done = True
                         self._completed = kind == b"response.completed"
+                        if self._completed and self._convo is not None:
+                            self._final = data
                         if shape == _WHOLE:
                             yield orjson.dumps(orjson.loads(data).get("response") or {})
                         else:
@@ -278,13 +338,50 @@ class SocketResponse:
                 self._watchdog.cancel()
             pin = self._pin
             if pin is None:
-                self._pool.release(self._ws, self._done)
+                self._pool.release(self._ws, self._done, self._memory())
                 return
             pin.busy = False
             if self._done and self._ws.open:
                 pin.keep(self._pool, self._ws, response_id(self._held[0]) if self._completed else None)
             else:
                 self._pool.release(self._ws, False)
+
+
+    def _memory(self) -> Memory | None:
+        """What the provider remembers of the completed turn, for the next request to continue."""
+        if self._final is None or self._convo is None:
+            return None
+        try:
+            event = orjson.loads(self._final)
+        except orjson.JSONDecodeError:
+            return None
+        response = event.get("response") if isinstance(event, dict) else None
+        rid, output = (response.get("id"), response.get("output")) if isinstance(response, dict) else (None, None)
+        if not isinstance(rid, str) or not isinstance(output, list):
+            return None
+        return self._convo.memory(rid, output)
+
+
+def _unchained(data: bytes, previous: str) -> bytes:
+    """An event of a turn Laneway continued, as the full send the client made would have answered it:
+    its response object's ``previous_response_id`` null. A JSON string cannot hold the bare pattern
+    (its quotes are escaped), so the byte replacement touches only the member; an event spelled
+    otherwise is re-encoded."""
+    member = b'"previous_response_id":' + orjson.dumps(previous)
+    if member in data and event_type(data) in _CHAINED:
+        return data.replace(member, b'"previous_response_id":null', 1)
+    if previous.encode() not in data:
+        return data
+    try:
+        event = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return data
+    response = event.get("response") if isinstance(event, dict) else None
+    if isinstance(response, dict) and response.get("previous_response_id") == previous \
+            and str(event.get("type")).encode() in _CHAINED:
+        response["previous_response_id"] = None
+        return orjson.dumps(event)
+    return data
 
 
 def _in_prelude(data: bytes) -> bool:
@@ -300,6 +397,17 @@ async def _until_output(ws: UpstreamSocket) -> list[bytes]:
         held.append(data)
         if not _in_prelude(data):
             return held
+
+
+def _refused(data: bytes) -> bool:
+    """An ``error`` event refusing the request itself (400/404), which a full send may not get."""
+    if event_type(data) != b"error":
+        return False
+    try:
+        event = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(event, dict) and event.get("status") in (400, 404)
 
 
 def _first_byte_timeout(ws: UpstreamSocket, first_byte_s: float) -> None:
@@ -382,17 +490,37 @@ class SocketTarget:
             response = await self._send_pinned(pin, req)
             if response is not None:
                 return response
+        convo = conversation(req.body, self.deployment.model) if pin is None else None
+        if convo is not None:
+            response = await self._send_continued(convo, req)
+            if response is not None:
+                return response
         frame = self._frame(req)
         for _ in range(2):  # a pooled socket may have died while idle: one more try on a fresh one
             ws = await self.pool.acquire()
             if ws is None:
                 break
-            response = await self._start(ws, frame, req.stream)
+            response = await self._start(ws, frame, req, convo=convo)
             if response is not None:
                 self.pool.stats.turns += 1
                 return response
         self.pool.stats.http_fallbacks += 1
         return await self.http.send(req)
+
+    async def _send_continued(self, convo: Conversation, req: ModelRequest):
+        """A resent conversation's turn on the idle socket whose last turn it continues, as
+        ``previous_response_id`` + the items after that turn's; None when no socket remembers it
+        or the socket died before any output (the caller sends the full context)."""
+        claimed = self.pool.claim(convo)
+        if claimed is None:
+            return None
+        ws, memory = claimed
+        self.pool.stats.continued += 1
+        frame = self._continuation(req, memory.response_id, convo.items[memory.count:])
+        response = await self._start(ws, frame, req, continued=memory.response_id, convo=convo)
+        if response is not None:
+            self.pool.stats.turns += 1
+        return response
 
     async def _send_pinned(self, pin: SocketPin, req: ModelRequest):
         """A client conversation's turn on its own socket: continued when the socket served the
@@ -408,8 +536,8 @@ class SocketTarget:
                     return None
             pin.ws = pin.response_id = None  # held by this turn; SocketResponse pins it again after a clean turn
             self.pool.stats.continued += continued
-            response = await self._start(ws, self._continuation(req, pin) if continued else self._frame(req),
-                                         req.stream, pin, req if continued else None)
+            frame = self._continuation(req, pin.previous, pin.delta or []) if continued else self._frame(req)
+            response = await self._start(ws, frame, req, pin, pin.previous if continued else None)
         finally:
             if not isinstance(response, SocketResponse):
                 pin.busy = False
@@ -418,9 +546,9 @@ class SocketTarget:
         self.pool.stats.turns += 1
         return response
 
-    def _continuation(self, req: ModelRequest, pin: SocketPin) -> bytes:
+    def _continuation(self, req: ModelRequest, previous: str, items: list) -> bytes:
         """``response.create`` naming the previous response and carrying only the new input items."""
-        body = dict(req.body, input=pin.delta or [], previous_response_id=pin.previous)
+        body = dict(req.body, input=items, previous_response_id=previous)
         body.pop("stream", None)
         return b'{"type":"response.create",' + rewrite_body(None, body, self.deployment.model, False)[1:]
 
@@ -433,12 +561,13 @@ class SocketTarget:
         raw = rewrite_body(raw, body, self.deployment.model, False).lstrip()
         return b"".join((b'{"type":"response.create",', memoryview(raw)[1:]))  # one copy of a large body
 
-    async def _start(self, ws: UpstreamSocket, frame: bytes, stream: bool, pin: SocketPin | None = None,
-                     full: ModelRequest | None = None):
+    async def _start(self, ws: UpstreamSocket, frame: bytes, req: ModelRequest, pin: SocketPin | None = None,
+                     continued: str | None = None, convo: Conversation | None = None):
         """Send the turn and hold its events until the first output (or the end); None when the
         socket died before then — nothing has reached the client, so HTTP can still take the turn.
-        ``full``: the request a continuation stands for, re-sent once with its whole context if the
-        provider no longer knows the previous response."""
+        ``continued``: the previous response ``frame`` names; if the provider refuses that (it no
+        longer knows the response, or anything else a 400/404 says) ``req`` is re-sent once with its
+        whole context. ``convo``: an HTTP client's digests, remembered with the socket after the turn."""
         t = self.deployment.timeouts
         # past first_byte_s the socket fails with the timeout: a timer, cheaper than a timeout scope
         deadline = asyncio.get_running_loop().call_later(t.first_byte_s, _first_byte_timeout, ws, t.first_byte_s)
@@ -446,9 +575,10 @@ class SocketTarget:
         try:
             ws.send_text(frame)
             held = await _until_output(ws)
-            if full is not None and event_type(held[0]) == b"error" and b'"previous_response_not_found"' in held[0]:
+            if continued is not None and _refused(held[0]):
                 self.pool.stats.continue_misses += 1
-                ws.send_text(self._frame(full))
+                continued = None
+                ws.send_text(self._frame(req))
                 held = await _until_output(ws)
         except UpstreamTimeout:
             self.pool.release(ws, False)
@@ -472,4 +602,6 @@ class SocketTarget:
                 return ErrorResponse(orjson.loads(held[0]))
             except orjson.JSONDecodeError:
                 return ErrorResponse({})
-        return SocketResponse(self.pool, ws, held, stream, t.idle_s, pin)
+        # a client socket named the previous response itself; an HTTP client's answer must not show it
+        unchain = continued if pin is None else None
+        return SocketResponse(self.pool, ws, held, req.stream, t.idle_s, pin, convo, unchain)

@@ -307,3 +307,215 @@ routes:
             assert proxy.outcomes[-1].error_code == "upstream_stream_error"
             target = proxy.app.state.runtime.router.targets["ws-slow"]
             assert target.pool.open == 0 and not target.pool.idle
+
+
+# --- continuing an HTTP client's resent conversation on a pooled upstream socket ----------------
+
+TOOLS = [{"type": "function", "name": "shell", "description": "Run a command.", "strict": False,
+          "parameters": {"type": "object", "properties": {"cmd": {"type": "string"}}, "required": ["cmd"]}}]
+AGENT = {"instructions": "You are a careful coding agent.", "tools": TOOLS, "store": False, "max_output_tokens": 3}
+
+
+def _http_turn(client: openai.OpenAI, items: list, **fields):
+    """One Responses turn over HTTP with the whole conversation, streamed: the final response."""
+    params = {**AGENT, **fields}
+    events = list(client.responses.create(model="fast", input=items, stream=True, **params))
+    assert events[-1].type == "response.completed", events[-1]
+    assert events[0].response.previous_response_id is None, "the client never chained; its answer must not say so"
+    return events[-1].response
+
+
+def _shape(response) -> dict:
+    """A response as the client sees it, minus what differs between any two sends (ids, clock)."""
+    data = response.model_dump(mode="json", exclude_unset=True)
+    data.pop("id"), data.pop("created_at", None), data.pop("completed_at", None)
+    for item in data["output"]:
+        item.pop("id", None)
+    return data
+
+
+def _plain(items: list) -> list:
+    """Items as they went over the wire (the SDK's output objects encoded as the SDK encodes them)."""
+    return [i.model_dump(mode="json", exclude_unset=True) if hasattr(i, "model_dump") else i for i in items]
+
+
+def _full_send(sim, items: list, **fields):
+    """The same turn sent straight to the provider over HTTP: what Laneway must answer."""
+    direct = openai.OpenAI(base_url=sim.url + "/v1", api_key="x", max_retries=0)
+    return direct.responses.create(model="sim-spark", input=items, **{**AGENT, **fields})
+
+
+def test_http_conversation_continues_on_the_pooled_socket_with_only_the_new_items(proxy, ws_sim):
+    sock, client = ws_sim.app.websocket, sdk(proxy)
+    items: list = [{"role": "user", "content": "fix the tests"}]
+    first = _http_turn(client, items)
+    assert "previous_response_id" not in sock.last_request and sock.last_request["input"] == _plain(items)
+    for n, new in enumerate(("now run them", "and commit"), start=1):
+        previous = first
+        items = items + first.output + [{"role": "user", "content": new}]  # the SDK echoes the output objects
+        first = _http_turn(client, items)
+        assert sock.last_request["previous_response_id"] == previous.id
+        assert sock.last_request["input"] == [{"role": "user", "content": new}], "only the new item went upstream"
+        assert sock.last_request["instructions"] == AGENT["instructions"] and sock.last_request["tools"] == TOOLS
+        assert sock.continued == n
+        full = _full_send(ws_sim, items)
+        assert _shape(first) == _shape(full), "the answer a full send gets, usage included"
+    # billed for the whole conversation, as the provider reports it
+    assert proxy.outcomes[-1].input_tokens == full.usage.input_tokens and proxy.outcomes[-1].usage_reported
+    stats = pool(proxy).stats
+    assert (stats.continued, stats.continue_misses, stats.connects, stats.http_fallbacks) == (2, 0, 1, 0)
+
+
+def test_non_streaming_http_turns_continue_too_and_answer_like_a_full_send(proxy, ws_sim):
+    client = sdk(proxy)
+    items: list = [{"role": "user", "content": "hello"}]
+    first = client.responses.create(model="fast", input=items, **AGENT)
+    items = items + first.output + [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": "more"}]}]
+    second = client.responses.create(model="fast", input=items, **AGENT)
+    assert ws_sim.app.websocket.last_request["previous_response_id"] == first.id
+    assert second.previous_response_id is None
+    assert _shape(second) == _shape(_full_send(ws_sim, items))
+
+
+@pytest.mark.parametrize("change", ["instructions", "tools", "earlier item", "other model params", "store"])
+def test_anything_but_new_items_sends_the_full_context(proxy, ws_sim, change):
+    sock, client = ws_sim.app.websocket, sdk(proxy)
+    items: list = [{"role": "user", "content": "fix the tests"}]
+    first = _http_turn(client, items)
+    items = items + first.output + [{"role": "user", "content": "again"}]
+    fields: dict = {}
+    if change == "instructions":
+        fields["instructions"] = AGENT["instructions"] + " Be brief."
+    elif change == "tools":
+        fields["tools"] = [{**TOOLS[0], "description": "Run a shell command."}]
+    elif change == "earlier item":
+        items[0] = {"role": "user", "content": "fix the tests!"}
+    elif change == "other model params":
+        fields["temperature"] = 0.5
+    else:
+        fields["store"] = True  # a stored continuation would name a response the client never saw
+    second = _http_turn(client, items, **fields)
+    assert "previous_response_id" not in sock.last_request and sock.last_request["input"] == _plain(items)
+    assert sock.continued == 0 and pool(proxy).stats.continued == 0
+    assert _shape(second) == _shape(_full_send(ws_sim, items, **fields))
+
+
+def test_key_order_and_whitespace_do_not_break_the_continuation(proxy, ws_sim):
+    sock = ws_sim.app.websocket
+    items: list = [{"role": "user", "content": "fix the tests"}]
+    first = _http_turn(sdk(proxy), items)
+    echoed = [{k: v for k, v in reversed(list(item.model_dump(mode="json", exclude_unset=True).items()))}
+              for item in first.output]
+    body = {"model": "fast", "stream": False, "input": items + echoed + [{"content": "again", "role": "user"}],
+            **{k: AGENT[k] for k in reversed(list(AGENT))}}
+    raw = json.dumps(body, indent=3, separators=(" ,  ", " :  "))  # valid JSON, spaced and reordered
+    answer = httpx.post(proxy.url + "/v1/responses", content=raw, headers={"content-type": "application/json"})
+    assert answer.status_code == 200 and answer.json()["previous_response_id"] is None
+    assert sock.last_request["previous_response_id"] == first.id and len(sock.last_request["input"]) == 1
+
+
+def test_a_value_that_differs_only_in_a_string_s_whitespace_is_a_different_conversation(proxy, ws_sim):
+    items: list = [{"role": "user", "content": "fix the tests"}]
+    first = _http_turn(sdk(proxy), items)
+    echoed = [item.model_dump(mode="json", exclude_unset=True) for item in first.output]
+    echoed[0]["content"][0]["text"] += " "
+    _http_turn(sdk(proxy), items + echoed + [{"role": "user", "content": "again"}])
+    assert "previous_response_id" not in ws_sim.app.websocket.last_request
+
+
+def test_a_provider_that_forgot_the_socket_s_turn_gets_the_full_context_on_it(proxy, ws_sim):
+    sock, client = ws_sim.app.websocket, sdk(proxy)
+    items: list = [{"role": "user", "content": "fix the tests"}]
+    first = _http_turn(client, items)
+    sock.forget()  # the provider restarted, or the turn landed on a replica that never saw it
+    items = items + first.output + [{"role": "user", "content": "again"}]
+    second = _http_turn(client, items)
+    assert "previous_response_id" not in sock.last_request and sock.last_request["input"] == _plain(items)
+    assert _shape(second) == _shape(_full_send(ws_sim, items))
+    stats = pool(proxy).stats
+    assert (stats.continued, stats.continue_misses, stats.connects, stats.http_fallbacks) == (1, 1, 1, 0)
+    third = _http_turn(client, items + second.output + [{"role": "user", "content": "once more"}])
+    assert sock.last_request["previous_response_id"] == second.id, "the full re-send is remembered in turn"
+    assert third.usage.input_tokens > second.usage.input_tokens
+
+
+def test_an_upstream_socket_dropped_between_turns_means_a_full_resend_elsewhere(proxy, ws_sim):
+    sock, client = ws_sim.app.websocket, sdk(proxy)
+    items: list = [{"role": "user", "content": "fix the tests"}]
+    first = _http_turn(client, items)
+    sock.down = True  # the remembered socket dies at the next turn; no new one opens
+    try:
+        items = items + first.output + [{"role": "user", "content": "again"}]
+        second = _http_turn(client, items)
+    finally:
+        sock.down = False
+    assert _shape(second) == _shape(_full_send(ws_sim, items)), "over HTTP, with the whole conversation"
+    stats = pool(proxy).stats
+    assert (stats.continued, stats.drops, stats.http_fallbacks) == (1, 1, 1) and sock.continued == 0
+    assert proxy.outcomes[-1].status == 200
+    time.sleep(0.6)  # past the reconnect backoff: a fresh socket knows nothing and gets everything
+    items = items + second.output + [{"role": "user", "content": "once more"}]
+    third = _http_turn(client, items)
+    assert "previous_response_id" not in sock.last_request and sock.last_request["input"] == _plain(items)
+    _http_turn(client, items + third.output + [{"role": "user", "content": "last"}])
+    assert sock.last_request["previous_response_id"] == third.id, "continued again on the fresh socket"
+
+
+def test_two_requests_of_one_conversation_in_flight_never_share_a_continuation(make_upstream_proxy, ws_sim):
+    with make_upstream_proxy(cap=4) as server:
+        sock, client = ws_sim.app.websocket, sdk(server)
+        items: list = [{"role": "user", "content": "fix the tests"}]
+        long = {"max_output_tokens": 400}  # 0.1 s a turn: the four overlap
+        first = _http_turn(client, items, **long)
+        items = items + first.output + [{"role": "user", "content": "again"}]
+        barrier, answers = threading.Barrier(4), []
+
+        def one() -> None:
+            barrier.wait()
+            answers.append(_http_turn(client, items, **long))
+
+        threads = [threading.Thread(target=one) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert len(answers) == 4
+        full = _shape(_full_send(ws_sim, items, **long))
+        assert all(_shape(a) == full for a in answers)
+        assert sock.continued == 1 and pool(server).stats.continued == 1, "one socket remembered the turn: one claim"
+        assert all(o.status == 200 for o in server.outcomes)
+
+
+def test_two_conversations_keep_their_own_sockets(proxy, ws_sim):
+    sock, client = ws_sim.app.websocket, sdk(proxy)
+    a: list = [{"role": "user", "content": "conversation a"}]
+    b: list = [{"role": "user", "content": "conversation b"}]
+    ra, rb = _http_turn(client, a), _http_turn(client, b)
+    for turn in range(2):
+        a = a + ra.output + [{"role": "user", "content": f"a{turn}"}]
+        ra = _http_turn(client, a)
+        b = b + rb.output + [{"role": "user", "content": f"b{turn}"}]
+        rb = _http_turn(client, b)
+    assert sock.continued == 4 and sock.connections == 2
+
+
+@pytest.mark.parametrize("hostile", ["many items", "deep item", "bad items", "huge string"])
+def test_hostile_inputs_never_fail_the_proxy(proxy, ws_sim, hostile):
+    items: list = [{"role": "user", "content": "fix the tests"}]
+    first = _http_turn(sdk(proxy), items)
+    items = items + [o.model_dump(mode="json", exclude_unset=True) for o in first.output]
+    if hostile == "many items":
+        items += [{"role": "user", "content": str(i)} for i in range(30_000)]
+    elif hostile == "deep item":
+        deep: object = "x"
+        for _ in range(400):
+            deep = [deep]
+        items.append({"role": "user", "content": deep})
+    elif hostile == "bad items":
+        items += [17, None, "text", [], {"type": "nonsense"}]
+    else:
+        items.append({"role": "user", "content": "é\u2028\x00" * 200_000})
+    answer = httpx.post(proxy.url + "/v1/responses", json={"model": "fast", "input": items, **AGENT}, timeout=60)
+    assert answer.status_code in (200, 400), answer.text
+    assert "error" in answer.json() if answer.status_code == 400 else answer.json()["status"] == "completed"
+    assert _http_turn(sdk(proxy), [{"role": "user", "content": "still fine"}]).status == "completed"

@@ -10,9 +10,16 @@ import pytest
 from proxy.call import ModelRequest, UpstreamClosed, UpstreamTimeout
 from proxy.config.loader import parse_policy
 from proxy.upstream.http_pool import UpstreamPools
-from proxy.upstream.targets import build_target
-from proxy.upstream.ws_pool import ErrorResponse, SocketPin, SocketPool, SocketPools
 from proxy.upstream.scan import event_type
+from proxy.upstream.targets import build_target
+from proxy.upstream.ws_memory import Memory, conversation
+from proxy.upstream.ws_pool import (
+    ErrorResponse,
+    SocketPin,
+    SocketPool,
+    SocketPools,
+    _unchained,
+)
 from tests.support import free_port, simulator
 from tests.unit.upstream.ws_peer import Peer, frame, read_frame
 
@@ -277,3 +284,83 @@ def test_deployments_that_differ_only_in_compression_get_separate_pools(sim, ws_
         pools.close()
         return [s.deflate is not None for s in sockets], sockets == (one, two)
     assert run(scenario()) == ([True, False], True)
+
+
+# --- what the pool remembers of its idle sockets, for HTTP clients' resent conversations ------------
+
+BODY = {"model": "ws", "store": False, "instructions": "x"}
+ITEM = {"role": "user", "content": "hi"}
+REPLY = {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "yo"}]}
+
+
+def test_fresh_turns_leave_remembered_sockets_to_their_conversations(sim, ws_url):
+    async def scenario():
+        pool = SocketPool(ws_url, {}, limit=3, connect_s=1)
+        a, b = await pool.acquire(), await pool.acquire()
+        pool.release(a, True, Memory("resp_a", 2, b"a"))
+        pool.release(b, True)
+        assert await pool.acquire() is b, "an idle socket nothing is remembered of, first"
+        c = await pool.acquire()
+        assert c not in (a, b) and pool.stats.connects == 3, "then a new socket while under the cap"
+        pool.release(b, True, Memory("resp_b", 2, b"b"))
+        assert await pool.acquire() is a, "at the cap: the socket remembered longest"
+        assert list(pool.remembered) == [b]
+        pool.close()
+        assert pool.remembered == {}
+    run(scenario())
+
+
+def test_a_remembered_socket_is_claimed_once_and_only_by_its_conversation(sim, ws_url):
+    async def scenario():
+        pool = SocketPool(ws_url, {}, limit=2, connect_s=1)
+        ws = await pool.acquire()
+        memory = conversation({**BODY, "input": [ITEM]}, "m").memory("resp_1", [REPLY])
+        pool.release(ws, True, memory)
+        other = conversation({**BODY, "instructions": "y", "input": [ITEM, REPLY, ITEM]}, "m")
+        assert pool.claim(other) is None and pool.idle == [ws]
+        claimed = pool.claim(conversation({**BODY, "input": [ITEM, REPLY, ITEM]}, "m"))
+        assert claimed == (ws, memory) and pool.idle == [] and pool.remembered == {}
+        assert pool.claim(conversation({**BODY, "input": [ITEM, REPLY, ITEM]}, "m")) is None, "taken: not twice"
+        pool.release(ws, False)
+        pool.close()
+    run(scenario())
+
+
+def test_an_unchained_event_reads_as_the_full_sends_answer():
+    created = b'{"type":"response.created","response":{"id":"resp_2","instructions":"say \\"previous_response_id\\":\\"resp_1\\"",' \
+              b'"previous_response_id":"resp_1","status":"in_progress"}}'
+    out = _unchained(created, "resp_1")
+    assert orjson.loads(out)["response"]["previous_response_id"] is None
+    assert orjson.loads(out)["response"]["instructions"] == orjson.loads(created)["response"]["instructions"]
+    spaced = b'{"type": "response.completed", "response": {"id": "resp_2", "previous_response_id": "resp_1"}}'
+    assert orjson.loads(_unchained(spaced, "resp_1"))["response"]["previous_response_id"] is None
+    delta = b'{"type":"response.output_text.delta","delta":"resp_1"}'
+    assert _unchained(delta, "resp_1") is delta
+    other = b'{"type":"response.completed","response":{"id":"resp_1","previous_response_id":null}}'
+    assert _unchained(other, "resp_1") == other
+
+
+def test_a_refused_continuation_is_resent_in_full_on_the_same_socket():
+    frames = []
+
+    async def script(reader, writer):
+        frames.append(orjson.loads((await read_frame(reader))[1]))
+        writer.write(frame(b'{"type":"error","status":400,"error":{"type":"invalid_request_error",'
+                           b'"code":"previous_response_not_found","message":"gone","param":null}}'))
+        frames.append(orjson.loads((await read_frame(reader))[1]))
+        writer.write(b"".join(frame(e) for e in [CREATED, *DELTAS, COMPLETED]))
+        await reader.read()
+
+    async def main():
+        async with Peer(script) as peer:
+            target = await peer_target(peer)
+            ws = await target.pool.acquire()
+            target.pool.release(ws, True, conversation({**BODY, "input": [ITEM]}, "m").memory("resp_0", [REPLY]))
+            req = turn({**BODY, "input": [ITEM, REPLY, {"role": "user", "content": "more"}]}, "r1")
+            body = b"".join([c async for c in (await target.send(req)).iter_body()])
+            return body, target.pool.stats
+    body, stats = asyncio.run(asyncio.wait_for(main(), 10))
+    assert frames[0]["previous_response_id"] == "resp_0" and frames[0]["input"] == [{"role": "user", "content": "more"}]
+    assert "previous_response_id" not in frames[1] and len(frames[1]["input"]) == 3
+    assert b"tok3" in body and b'"type":"error"' not in body
+    assert (stats.continued, stats.continue_misses, stats.turns) == (1, 1, 1)
