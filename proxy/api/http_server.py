@@ -17,6 +17,10 @@ a request the parser rejects gets a text/plain 400. Here, per connection:
 
 A timer is armed only while a request is still incomplete at the end of a read, so a
 request that arrives whole (the usual case) costs no timer at all.
+
+Each request's scope also carries a ``ClientStream`` (``scope["extensions"][CLIENT_STREAM]``):
+a streamed response's body chunks written straight to the connection, so a relay can write
+them from the upstream's read callback instead of waking a task and an ASGI ``send`` per chunk.
 """
 from __future__ import annotations
 
@@ -26,12 +30,44 @@ from collections.abc import Callable
 from typing import Any
 
 import httptools
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
 from proxy.config.schema import ServerSettings
 from proxy.api.errors import ProxyError
 
 _IDLE, _HEADERS, _BODY = 0, 1, 2
+CLIENT_STREAM = "laneway.client_stream"
+
+
+class ClientStream:
+    """The body of one streamed response, written to the client's connection without ASGI messages.
+
+    Usable once the app has sent ``http.response.start`` through ASGI for a chunked response
+    (``ready``) and until it sends the last ``http.response.body`` through ASGI, as usual.
+    ``write`` never blocks: it says whether the client is keeping up, and ``drain`` waits until it is.
+    """
+
+    __slots__ = ("_cycle",)
+
+    def __init__(self, cycle: RequestResponseCycle) -> None:
+        self._cycle = cycle
+
+    def ready(self) -> bool:
+        cycle = self._cycle
+        return cycle.response_started and cycle.chunked_encoding is True and not cycle.response_complete
+
+    def write(self, chunk: bytes) -> bool:
+        """Send one non-empty chunk (dropped once the client is gone); False: wait for ``drain``."""
+        cycle = self._cycle
+        if cycle.disconnected:
+            return True  # as ASGI send does; the disconnect reaches the app through receive()
+        cycle.transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+        return not cycle.flow.write_paused
+
+    async def drain(self) -> None:
+        cycle = self._cycle
+        if cycle.flow.write_paused and not cycle.disconnected:
+            await cycle.flow.drain()
 
 
 class EdgeHttpProtocol(HttpToolsProtocol):
@@ -95,6 +131,12 @@ class EdgeHttpProtocol(HttpToolsProtocol):
         self._stage = _BODY
         self._header_bytes = 0
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle.scope is self.scope:  # a request (not an upgrade) the app is about to see
+            extensions = self.scope.get("extensions")
+            if extensions is None:
+                extensions = self.scope["extensions"] = {}
+            extensions[CLIENT_STREAM] = ClientStream(cycle)
 
     def on_message_complete(self) -> None:
         self._stage = _IDLE

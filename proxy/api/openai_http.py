@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 import orjson
 
@@ -22,6 +23,7 @@ from proxy.api.asgi import (
     send_error,
 )
 from proxy.api.errors import ProxyError, http_error
+from proxy.api.http_server import CLIENT_STREAM, ClientStream
 from proxy.api.pipeline import Call, Pipeline, read_hints
 from proxy.api.responses_events import (
     failure_events,
@@ -31,6 +33,7 @@ from proxy.api.responses_events import (
 from proxy.call import ModelRequest, Outcome, UpstreamError, Usage
 from proxy.errors import Refused
 from proxy.routing.attempts import Attempt
+from proxy.upstream.http_pool import Response as PooledResponse
 from proxy.upstream.scan import StreamScanner, UsageChunkFilter, extract_usage, response_id
 
 log = logging.getLogger("laneway")
@@ -79,7 +82,7 @@ class ModelEndpoint:
         headers = _response_headers(attempt, rid, relay_rate_limits=not own) + own
         try:
             if req.stream and attempt.response.status == 200:
-                await _relay_stream(call, attempt, req, headers, watch, send)
+                await _relay_stream(call, attempt, req, headers, watch, send, _client_stream(scope))
             else:
                 await _relay_whole(call, attempt, req, headers, watch, send)
         finally:
@@ -172,28 +175,28 @@ async def _relay_whole(call: Call, attempt: Attempt, req: ModelRequest, headers:
 
 
 async def _relay_stream(call: Call, attempt: Attempt, req: ModelRequest, headers: list, watch: _ClientWatch,
-                        send: Send) -> None:
+                        send: Send, client: ClientStream | None) -> None:
     outcome, response = call.outcome, attempt.response
     scanner = StreamScanner(outcome.started)
     stats, lane = call.runtime.router.live.stats, attempt.deployment.name
     stats.awaiting(lane, scanner, req.input_estimate)  # its wait tells routing how slow the lane is now
     usage_filter = UsageChunkFilter() if attempt.injected_usage else None
-    first = last = previous = b""  # enough of the stream to end it well-formed if it breaks off
+    edges = _StreamEdges()
     try:
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", _content_type(attempt)), *headers]})
-        async for chunk in response.iter_body():
-            scanner.feed(chunk)
-            if not first:
-                first = chunk
-            previous, last = last, chunk
-            out = usage_filter.feed(chunk) if usage_filter else chunk
-            if out:
-                await send({"type": "http.response.body", "body": out, "more_body": True})
+        out = client if client is not None and client.ready() else _AsgiStream(send)
+        sink = _sink(scanner, usage_filter, edges, out.write)
+        if isinstance(response, PooledResponse):  # chunks written from the upstream's read callback
+            await response.relay(sink, out.drain)
+        else:  # LiteLLM, upstream sockets, a hedge's replay
+            async for chunk in response.iter_body():
+                if not sink(chunk):
+                    await out.drain()
         tail = usage_filter.flush() if usage_filter else b""
         watch.stop()
         if req.endpoint == "responses":
-            call.response_id = response_id(first)
+            call.response_id = response_id(edges.first)
         await send({"type": "http.response.body", "body": tail, "more_body": False})
     except asyncio.CancelledError:
         if not watch.gone:
@@ -204,12 +207,61 @@ async def _relay_stream(call: Call, attempt: Attempt, req: ModelRequest, headers
     except UpstreamError as exc:
         watch.stop()
         outcome.status, outcome.error_code = 502, "upstream_stream_error"
-        await send({"type": "http.response.body", "body": _stream_error(req, exc, first, previous, last), "more_body": False})
+        await send({"type": "http.response.body", "more_body": False,
+                    "body": _stream_error(req, exc, edges.first, edges.previous, edges.last)})
     finally:
         watch.stop()
         stats.answered(lane, scanner)
         outcome.first_token_at = scanner.first_token_at
         outcome.take_usage(scanner.usage_or_estimate(req.input_estimate))
+
+
+class _StreamEdges:
+    """The first and the last two chunks relayed: enough to end a stream well-formed if it breaks off."""
+
+    __slots__ = ("first", "previous", "last")
+
+    def __init__(self) -> None:
+        self.first = self.previous = self.last = b""
+
+
+def _sink(scanner: StreamScanner, usage_filter: UsageChunkFilter | None, edges: _StreamEdges,
+          write: Callable[[bytes], bool]) -> Callable[[bytes], bool]:
+    """What runs per upstream chunk (in the upstream's read callback): scan, keep the edges, filter, write."""
+    def sink(chunk: bytes) -> bool:
+        scanner.feed(chunk)
+        if not edges.first:
+            edges.first = chunk
+        edges.previous, edges.last = edges.last, chunk
+        out = usage_filter.feed(chunk) if usage_filter is not None else chunk
+        return write(out) if out else True
+    return sink
+
+
+class _AsgiStream:
+    """The ClientStream interface over plain ASGI ``send``, for servers that offer none: a write
+    queues and asks for ``drain``, which sends what queued (one task wake-up per upstream read)."""
+
+    __slots__ = ("_send", "_queued")
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self._queued: list[bytes] = []
+
+    def write(self, chunk: bytes) -> bool:
+        self._queued.append(chunk)
+        return False
+
+    async def drain(self) -> None:
+        if self._queued:
+            body = b"".join(self._queued)
+            self._queued.clear()
+            await self._send({"type": "http.response.body", "body": body, "more_body": True})
+
+
+def _client_stream(scope: Scope) -> ClientStream | None:
+    extensions = scope.get("extensions")
+    return extensions.get(CLIENT_STREAM) if extensions else None
 
 
 def _hung_up(outcome: Outcome, usage: Usage) -> None:

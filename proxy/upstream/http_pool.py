@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -48,7 +48,7 @@ class _Connection(asyncio.Protocol):
 
     __slots__ = (
         "transport", "parser", "pool", "status", "headers", "chunks", "complete", "keep_alive",
-        "closed", "error", "_headers_waiter", "_body_waiter", "_paused", "_got_bytes",
+        "closed", "error", "_headers_waiter", "_body_waiter", "_paused", "_got_bytes", "sink", "body_at", "_clock",
     )
 
     _HIGH_WATER = 32
@@ -56,6 +56,7 @@ class _Connection(asyncio.Protocol):
     def __init__(self, pool: "OriginPool") -> None:
         self.pool = pool
         self.transport: asyncio.Transport | None = None
+        self._clock = asyncio.get_running_loop().time
         self.closed = False
         self.error: UpstreamError | None = None
         self._reset()
@@ -71,6 +72,8 @@ class _Connection(asyncio.Protocol):
         self._body_waiter: asyncio.Future | None = None
         self._paused = False
         self._got_bytes = False
+        self.sink: Callable[[bytes], bool] | None = None  # set while Response.relay hands chunks on as they are parsed
+        self.body_at = 0.0  # loop time of the last chunk given to the sink
 
     # -- asyncio.Protocol ---------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -104,6 +107,13 @@ class _Connection(asyncio.Protocol):
             waiter.set_result(None)
 
     def on_body(self, body: bytes) -> None:
+        sink = self.sink
+        if sink is not None:
+            self.body_at = self._clock()
+            if not sink(body):  # the client is not keeping up: the relay waits for it, chunks queue meanwhile
+                self.sink = None
+                self._wake_body()
+            return
         self.chunks.append(body)
         if len(self.chunks) > self._HIGH_WATER and not self._paused and self.transport:
             self._paused = True
@@ -145,7 +155,8 @@ class Response:
     had arrived whole with its headers costs none at all.
     """
 
-    __slots__ = ("status", "headers", "_conn", "_idle_s", "_released", "_deadline", "_timer", "_waiting_since", "_loop")
+    __slots__ = ("status", "headers", "_conn", "_idle_s", "_released", "_deadline", "_timer", "_waiting_since", "_loop",
+                 "_relaying")
 
     def __init__(self, conn: _Connection, idle_s: float, deadline: float | None, loop: asyncio.AbstractEventLoop) -> None:
         self.status = conn.status
@@ -157,6 +168,7 @@ class Response:
         self._loop = loop
         self._waiting_since: float | None = None  # when the reader began waiting for the next chunk
         self._timer: asyncio.TimerHandle | None = None
+        self._relaying = False  # relay() waits while the sink takes chunks: the last one's time is conn.body_at
         if not conn.complete:
             self._arm(loop.time())
 
@@ -168,7 +180,7 @@ class Response:
 
     def _arm(self, now: float) -> None:
         """Arm the body's timer at the earliest moment idle_s (of a wait starting now or earlier) or total_s can expire."""
-        since = self._waiting_since
+        since = self._conn.body_at if self._relaying else self._waiting_since
         due = (now if since is None else since) + self._idle_s
         if self._deadline is not None and self._deadline < due:
             due = self._deadline
@@ -183,7 +195,8 @@ class Response:
         if self._deadline is not None and now >= self._deadline - _TICK_S:
             _past_deadline(conn)
             return
-        since, waiter = self._waiting_since, conn._body_waiter
+        since = conn.body_at if self._relaying else self._waiting_since
+        waiter = conn._body_waiter
         if since is not None and waiter is not None and now - since >= self._idle_s - _TICK_S:
             _expire(waiter, "upstream sent nothing for %.1fs" % self._idle_s)
             return
@@ -197,11 +210,7 @@ class Response:
         try:
             while True:
                 if chunks:
-                    chunk = chunks.popleft() if len(chunks) == 1 else _take_all(chunks)
-                    if conn._paused and conn.transport:
-                        conn._paused = False
-                        conn.transport.resume_reading()
-                    yield chunk
+                    yield _take_queued(conn)
                     continue
                 if conn.complete:
                     return
@@ -214,6 +223,37 @@ class Response:
                 finally:
                     self._waiting_since = None
                     conn._body_waiter = None
+        finally:
+            self.release()
+
+    async def relay(self, sink: Callable[[bytes], bool], drain: Callable[[], Awaitable[None]]) -> None:
+        """Hand the body to ``sink`` as it arrives, from the upstream connection's read callback:
+        no task wake-up, iterator step or queue per chunk. ``sink`` returns False when its client
+        is not keeping up; then the relay awaits ``drain()`` while chunks queue (reading pauses
+        past the high-water mark, so a stalled client stalls the upstream, never fills memory).
+        Timeouts, errors and release are as for ``iter_body``."""
+        conn = self._conn
+        chunks = conn.chunks
+        loop = self._loop
+        try:
+            while True:
+                if chunks:
+                    if not sink(_take_queued(conn)):
+                        await drain()
+                    continue
+                if conn.complete:
+                    return
+                if conn.error is not None:
+                    raise conn.error
+                waiter = conn._body_waiter = loop.create_future()
+                conn.body_at = loop.time()
+                conn.sink, self._relaying = sink, True
+                try:
+                    await waiter
+                finally:
+                    conn.sink, self._relaying, conn._body_waiter = None, False, None
+                if not conn.complete:  # woken by a sink that said "not now"
+                    await drain()
         finally:
             self.release()
 
@@ -264,10 +304,18 @@ class Response:
 _TICK_S = 0.001
 
 
-def _take_all(chunks: collections.deque[bytes]) -> bytes:
-    joined = b"".join(chunks)
-    chunks.clear()
-    return joined
+def _take_queued(conn: _Connection) -> bytes:
+    """What queued on ``conn``, as one chunk; reading resumes if the queue had paused it."""
+    chunks = conn.chunks
+    if len(chunks) == 1:
+        chunk = chunks.popleft()
+    else:
+        chunk = b"".join(chunks)
+        chunks.clear()
+    if conn._paused and conn.transport:
+        conn._paused = False
+        conn.transport.resume_reading()
+    return chunk
 
 
 def _expire(waiter: asyncio.Future, message: str) -> None:

@@ -13,7 +13,7 @@ from openai.types.responses import ResponseStreamEvent
 from pydantic import TypeAdapter
 
 from tests.conftest import ALICE_KEY
-from tests.support import proxy_from_yaml, simulator
+from tests.support import proxy_from_yaml, record_outcomes, simulator
 
 MESSAGES = [{"role": "user", "content": "write a haiku about latency"}]
 
@@ -286,3 +286,94 @@ def test_anthropic_deployment_through_litellm(proxy, gpu_sim):
     assert all(c.choices for c in chunks)
     assert "".join(c.choices[0].delta.content or "" for c in chunks).split() == [f"tok{i}" for i in range(1, 7)]
     assert sim_stats(gpu_sim)["by_model"]["claude-sim"]["output_tokens"] == 12
+
+
+class _FloodingUpstream:
+    """An OpenAI-shaped upstream that streams chat chunks as fast as the proxy takes them, forever,
+    counting the bytes the proxy accepted: a relay that buffers for a stalled client shows up here."""
+
+    CHUNK = b'data: {"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"%s"}}]}\n\n'
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+        self.sent = 0
+        self.closed = threading.Event()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = "http://127.0.0.1:%d" % self._listener.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        conn, _ = self._listener.accept()
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+        piece = self.CHUNK % (b"x" * 900)
+        framed = b"%x\r\n%s\r\n" % (len(piece), piece) * 16
+        try:
+            while True:
+                conn.sendall(framed)
+                self.sent += len(framed)
+        except OSError:
+            self.closed.set()
+        finally:
+            conn.close()
+            self._listener.close()
+
+
+def test_a_client_that_stops_reading_stalls_the_upstream_and_its_hang_up_cancels_it(tmp_path):
+    """Backpressure through the relay: with the client not reading, the proxy stops reading the
+    upstream (what the upstream got rid of stays at socket-buffer scale, and stops growing) instead
+    of buffering the stream in memory; when the client then hangs up, the upstream exchange is cut
+    and the request is settled as a client disconnect."""
+    import socket
+    upstream = _FloodingUpstream()
+    policy = ("version: 1\nauth: open\ndeployments:\n"
+              f"  - {{name: f, provider: openai, model: flood, base_url: '{upstream.url}/v1'}}\n")
+    with record_outcomes(proxy_from_yaml(tmp_path, policy)) as server:
+        client = socket.socket()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        client.connect(("127.0.0.1", int(server.url.rsplit(":", 1)[1])))
+        body = orjson.dumps({"model": "f", "messages": MESSAGES, "stream": True})
+        client.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\n"
+                       b"content-length: %d\r\n\r\n%s" % (len(body), body))
+        assert client.recv(4096).startswith(b"HTTP/1.1 200")  # then it stops reading
+        time.sleep(1.5)
+        stalled = upstream.sent
+        time.sleep(1.0)
+        assert upstream.sent - stalled < 256 * 1024, "the proxy kept reading for a client that does not"
+        assert stalled < 32 * 1024 * 1024  # socket buffers and a bounded queue, not the stream
+        client.close()
+        assert upstream.closed.wait(5), "the upstream exchange outlived the client"
+        deadline = time.monotonic() + 5
+        while not server.outcomes:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    outcome = server.outcomes[0]
+    assert (outcome.status, outcome.error_code) == (499, "client_disconnected")
+    assert outcome.output_tokens > 0  # what was relayed is counted
+
+
+@pytest.mark.parametrize("http", ["edge", "httptools"])
+def test_sdk_streams_alike_whether_the_server_offers_the_direct_client_stream_or_only_asgi_send(tmp_path, http):
+    """The relay writes chunks straight to the connection under Laneway's edge protocol and through
+    plain ASGI ``send`` under any other server: the openai SDK sees the same stream, usage and end,
+    and the call is settled with the usage and first-token time either way."""
+    with simulator("wafer", ttft_ms=20, tokens_per_s=2000, batch_ms=0) as upstream:
+        policy = ("version: 1\nauth: open\ndeployments:\n"
+                  f"  - {{name: w, provider: openai, model: sim-wafer, base_url: '{upstream.url}/v1'}}\n")
+        proxy = record_outcomes(proxy_from_yaml(tmp_path, policy))
+        if http == "httptools":
+            proxy.server.config.http = "httptools"
+        with proxy as server:
+            stream = sdk(server).chat.completions.create(model="w", messages=MESSAGES, max_tokens=64, stream=True,
+                                                         stream_options={"include_usage": True})
+            chunks = list(stream)
+            plain = list(sdk(server).chat.completions.create(model="w", messages=MESSAGES, max_tokens=8, stream=True))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.count("tok") == 64 and chunks[-1].usage.completion_tokens == 64
+    assert all(c.choices for c in plain)  # the usage-only chunk it did not ask for is held back
+    first, second = server.outcomes
+    assert (first.status, first.output_tokens, second.output_tokens) == (200, 64, 8)
+    assert first.first_token_at is not None and first.first_token_at - first.started >= 0.015

@@ -179,3 +179,41 @@ def test_a_websocket_outlives_the_header_timeout(server):
         time.sleep(LIMITS.header_timeout_s + LIMITS.body_timeout_s + 0.2)
         ws.send("still here")
         assert ws.recv(timeout=2) == "still here"
+
+
+def test_client_stream_writes_chunks_of_a_chunked_response_between_asgi_messages_and_keeps_the_connection():
+    """The scope's ClientStream: not ready before the response starts or for a sized one; once a
+    chunked response started, its writes are well-framed chunks in order with what ASGI send wrote,
+    and the connection stays usable for the next request (keep-alive)."""
+    from proxy.api.http_server import CLIENT_STREAM
+    seen = []
+
+    async def app(scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return
+        await receive()
+        stream = scope["extensions"][CLIENT_STREAM]
+        seen.append(stream.ready())
+        sized = scope["path"] == "/sized"
+        headers = [(b"content-length", b"2")] if sized else []
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        seen.append(stream.ready())
+        if sized:
+            await send({"type": "http.response.body", "body": b"ok"})
+            return
+        await send({"type": "http.response.body", "body": b"a", "more_body": True})
+        seen.append(stream.write(b"bb") and stream.write(b"ccc"))
+        await stream.drain()
+        await send({"type": "http.response.body", "body": b"dddd", "more_body": False})
+        seen.append(stream.ready())
+
+    with ServerThread(app, lifespan="off", server=LIMITS) as running, socket.create_connection(("127.0.0.1", running.port)) as sock:
+        sock.sendall(b"GET /chunked HTTP/1.1\r\nhost: t\r\n\r\nGET /sized HTTP/1.1\r\nhost: t\r\n\r\n")
+        sock.settimeout(3)
+        received = b""
+        while not received.endswith(b"\r\n\r\nok"):
+            received += sock.recv(65536)
+    first, _, second = received.partition(b"0\r\n\r\n")
+    assert first.split(b"\r\n\r\n", 1)[1] == b"1\r\na\r\n2\r\nbb\r\n3\r\nccc\r\n4\r\ndddd\r\n"
+    assert second.startswith(b"HTTP/1.1 200")
+    assert seen == [False, True, True, False, False, False]

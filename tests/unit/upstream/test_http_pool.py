@@ -402,3 +402,121 @@ def test_a_body_that_came_with_its_headers_arms_no_timer_and_chunks_that_came_to
             assert response._timer is None and len(upstream.pool._idle) == 1
 
     run(main)
+
+
+# -- Response.relay: chunks handed on from the read callback ------------------------------------
+
+@pytest.mark.parametrize("loop", sorted(LOOPS))
+def test_relay_hands_each_chunk_to_the_sink_from_the_read_callback_in_order(loop):
+    """The sink runs inside data_received (no task step between a read and the sink), and every
+    chunk, those that came with the headers included, arrives once and in order."""
+    def drip(upstream: Upstream) -> None:
+        upstream.transport.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nc0\r\n")
+        ev = asyncio.get_running_loop()
+        for i in range(1, 30):
+            ev.call_later(0.002 * i, upstream.transport.write, b"2\r\nc%d\r\n" % (i % 10))
+        ev.call_later(0.07, upstream.transport.write, b"0\r\n\r\n")
+
+    async def main() -> None:
+        async with Server(drip) as upstream:
+            response = await upstream.pool.request(GET, b"", connect_s=1, first_byte_s=1, idle_s=1)
+            received, in_callback = [], []
+
+            def sink(chunk: bytes) -> bool:
+                received.append(chunk)
+                in_callback.append(response._conn.sink is sink)
+                return True
+
+            async def drain() -> None:
+                raise AssertionError("a sink that keeps up is never drained")
+
+            await response.relay(sink, drain)
+            assert b"".join(received) == b"".join(b"c%d" % (i % 10) for i in range(30))
+            assert sum(in_callback) >= 20  # all but the chunks that came with the headers or raced the install
+            assert len(upstream.pool._idle) == 1 and response._conn.sink is None
+
+    run(main, loop)
+
+
+def test_relay_waits_for_a_stalled_sink_and_pauses_the_upstream_meanwhile():
+    """A sink that says "not now" gets nothing more until drain() returns; the 4 MiB that keep
+    coming queue only until reading pauses (a read past the high-water mark): the upstream stalls,
+    memory does not grow; after the drain everything arrives, in order."""
+    chunk_count, piece = 4000, b"%04d" + b"." * 1020
+
+    async def send(upstream: Upstream) -> None:
+        upstream.transport.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for i in range(0, chunk_count, 100):
+            upstream.transport.write(b"".join(b"400\r\n" + piece % n + b"\r\n" for n in range(i, i + 100)))
+            await asyncio.sleep(0.001)
+        upstream.transport.write(b"0\r\n\r\n")
+
+    def flood(upstream: Upstream) -> None:
+        tasks.append(asyncio.get_running_loop().create_task(send(upstream)))
+
+    tasks: list[asyncio.Task] = []
+
+    async def main() -> None:
+        async with Server(flood) as upstream:
+            response = await upstream.pool.request(GET, b"", connect_s=1, first_byte_s=1, idle_s=1)
+            received: list[bytes] = []
+            gate = asyncio.Event()
+            stalled_at = []
+
+            def sink(chunk: bytes) -> bool:
+                assert not stalled_at or gate.is_set(), "the sink was fed while it waited for drain"
+                received.append(chunk)
+                # "not now" from inside the read callback (past the chunks that came with the headers)
+                return gate.is_set() or response._conn.sink is not sink
+
+            async def drain() -> None:
+                if not gate.is_set():
+                    stalled_at.append(len(received))
+                    await asyncio.sleep(0.2)  # the upstream sends everything it can meanwhile
+                    conn = response._conn
+                    assert conn._paused and not conn.complete
+                    assert sum(map(len, conn.chunks)) < 512 * 1024  # of 4 MiB
+                    gate.set()
+
+            await response.relay(sink, drain)
+            assert len(stalled_at) == 1
+            assert b"".join(received) == b"".join(piece % i for i in range(chunk_count))
+            assert len(upstream.pool._idle) == 1
+
+    run(main)
+
+
+def test_relay_keeps_idle_s_and_raises_a_drop_after_the_chunks_that_came():
+    def stall(upstream: Upstream) -> None:
+        upstream.transport.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        ev = asyncio.get_running_loop()
+        for i in range(10):
+            ev.call_later(0.02 * i, upstream.transport.write, b"1\r\nx\r\n")
+
+    def drop(upstream: Upstream) -> None:
+        upstream.transport.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        ev = asyncio.get_running_loop()
+        ev.call_later(0.01, upstream.transport.write, b"1\r\ny\r\n")
+        ev.call_later(0.03, upstream.transport.close)
+
+    async def drain() -> None:
+        return None
+
+    async def main() -> None:
+        ev = asyncio.get_running_loop()
+        async with Server(stall) as upstream:
+            response = await upstream.pool.request(GET, b"", connect_s=1, first_byte_s=1, idle_s=0.08)
+            received, times = [], []
+            with pytest.raises(UpstreamTimeout, match="sent nothing for"):
+                await response.relay(lambda c: received.append(c) or times.append(ev.time()) or True, drain)
+            assert b"".join(received) == b"x" * 10  # 20 ms apart: each gap under idle_s
+            assert 0.07 <= ev.time() - times[-1] < 0.2
+            assert upstream.pool._idle == []
+        async with Server(drop) as upstream:
+            response = await upstream.pool.request(GET, b"", connect_s=1, first_byte_s=1, idle_s=1)
+            received = []
+            with pytest.raises(UpstreamClosed):
+                await response.relay(lambda c: received.append(c) or True, drain)
+            assert received == [b"y"]
+
+    run(main)
