@@ -446,7 +446,7 @@ class UpstreamPools:
 
     def get(self, origin: Origin, ca_file: str | None = None) -> OriginPool:
         """``ca_file``: the deployment's own CA bundle (its pool is not shared with system-trust ones)."""
-        ctx = client_context(ca_file) if origin.scheme == "https" else None
+        ctx = client_context(ca_file) if ca_file and origin.scheme == "https" else None  # shared per file
         key = (origin.scheme, origin.host, origin.port, ctx)
         pool = self._pools.get(key)
         if pool is None:

@@ -221,7 +221,7 @@ class SocketPools:
     def get(self, deployment: Deployment) -> SocketPool:
         url = "ws" + deployment.base_url[4:] + "/responses"  # http(s):// -> ws(s)://
         deflate = deployment.websocket_compression == "deflate"
-        ctx = client_context(deployment.ca_file) if url.startswith("wss:") else None
+        ctx = client_context(deployment.ca_file) if deployment.ca_file and url.startswith("wss:") else None
         key = (url, deployment.api_key, tuple(sorted(deployment.headers.items())), deflate, ctx)
         pool = self.pools.get(key)
         if pool is None:

@@ -11,11 +11,12 @@ import openai
 import pytest
 
 from proxy.call import UpstreamConnectError
+from proxy.config.schema import Deployment
 from proxy.simulate.server import RunningSimulator
 from proxy.simulate.tls import TlsFiles, make_ca
 from proxy.upstream.http_pool import Origin, UpstreamPools
 from proxy.upstream.tls import client_context
-from proxy.upstream.ws_pool import SocketPool
+from proxy.upstream.ws_pool import SocketPool, SocketPools
 from tests.support import proxy_from_yaml
 
 pytestmark = pytest.mark.timeout(60)
@@ -92,3 +93,21 @@ routes:
         assert turn.status == "completed"
         pools = proxy.app.state.sockets.pools  # the turn ran on a socket, not the HTTP fallback
         assert sum(pool.stats.turns for pool in pools.values()) == 1
+
+
+def test_deployments_of_one_origin_and_trust_share_a_pool(tls_files: TlsFiles, tmp_path: Path) -> None:
+    """Keep-alive connections are shared per origin across deployments and reloads; only another
+    trust gets a pool of its own."""
+    other = tmp_path / "other.pem"
+    shutil.copy(tls_files.ca, other)
+    pools = UpstreamPools()
+    origin = Origin.parse("https://api.example.com/v1")
+    assert pools.get(origin) is pools.get(origin)
+    assert pools.get(origin, str(tls_files.ca)) is pools.get(origin, str(tls_files.ca))
+    assert pools.get(origin, str(tls_files.ca)) is not pools.get(origin)
+    assert pools.get(origin, str(other)) is not pools.get(origin, str(tls_files.ca))
+    sockets = SocketPools()
+    plain = Deployment("a", "openai", "m", "https://api.example.com/v1", websocket=True)
+    private = Deployment("b", "openai", "m", "https://api.example.com/v1", websocket=True, ca_file=str(other))
+    assert sockets.get(plain) is sockets.get(plain) and sockets.get(private) is sockets.get(private)
+    assert sockets.get(plain) is not sockets.get(private)
