@@ -346,7 +346,6 @@ class SocketResponse:
             else:
                 self._pool.release(self._ws, False)
 
-
     def _memory(self) -> Memory | None:
         """What the provider remembers of the completed turn, for the next request to continue."""
         if self._final is None or self._convo is None:
