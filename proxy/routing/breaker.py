@@ -35,7 +35,7 @@ class Breaker:
 
     def state_at(self, now: float) -> str:
         """The state a request arriving at ``now`` would meet (open past its cooldown is half-open)."""
-        if self.state == OPEN and now - self.opened_at >= self.settings.cooldown_s:
+        if self.state == OPEN and self._cooled(now):
             return HALF_OPEN
         return self.state
 
@@ -44,16 +44,21 @@ class Breaker:
         if self.state == CLOSED:
             return True
         if self.state == OPEN:
-            return now - self.opened_at >= self.settings.cooldown_s
+            return self._cooled(now)
         return self.probes < self.settings.half_open_probes
 
     def begin(self, now: float) -> None:
         """A request is being sent; in open-after-cooldown or half-open it is a probe."""
-        if self.state == OPEN and now - self.opened_at >= self.settings.cooldown_s:
+        if self.state == OPEN and self._cooled(now):
             self.state = HALF_OPEN
             self.probes = 0
         if self.state == HALF_OPEN:
             self.probes += 1
+
+    def _cooled(self, now: float) -> bool:
+        """The cooldown has passed: compared as a deadline (``now - opened_at`` can round to just under
+        ``cooldown_s`` at the very instant it ends)."""
+        return now >= self.opened_at + self.settings.cooldown_s
 
     def abandon(self) -> None:
         """A request was cancelled before it said anything: give back its half-open probe slot."""

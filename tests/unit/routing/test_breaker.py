@@ -39,3 +39,14 @@ def test_opening_and_closing_are_logged_once_each_as_events(caplog):
         breaker.success()  # already closed: nothing to say
     events = [(r.levelname, r.fields["event"], r.fields["deployment"]) for r in caplog.records]
     assert events == [("WARNING", "breaker_open", "wafer"), ("INFO", "breaker_closed", "wafer")]
+
+
+def test_the_cooldown_ends_at_its_exact_instant_whatever_the_clock_reads():
+    """At some clock values ``(t + 30) - t`` rounds to just under 30: the breaker must still read
+    half-open at ``opened_at + cooldown_s`` (the routing test that asks this flaked 1 run in ~500)."""
+    b = Breaker(BreakerSettings(failures=1, cooldown_s=30.0), "d")
+    opened = 4082.1962638625105
+    assert (opened + 30.0) - opened < 30.0  # such a clock value
+    b.failure(opened)
+    assert b.state_at(opened + 30.0) == HALF_OPEN and b.allows(opened + 30.0)
+    assert b.state_at(opened + 29.999) == OPEN and not b.allows(opened + 29.999)
