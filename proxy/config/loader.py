@@ -65,6 +65,7 @@ from .schema import (
     Deployment,
     Hedge,
     Learning,
+    LeaseSettings,
     LedgerSettings,
     Limits,
     Policy,
@@ -187,6 +188,36 @@ LIMITS = Spec(
 )
 
 
+def _lease_requests(ctx: Context, node: yaml.Node, path: str) -> int:
+    value = positive_int(ctx, node, path)
+    if value > 1000:
+        raise Invalid(f"must be at most 1000 requests per lease, got {value}")
+    return value
+
+
+def _lease_ms(ctx: Context, node: yaml.Node, path: str) -> int:
+    value = positive_int(ctx, node, path)
+    if value > 1000:  # window logs keep a second of expiry slack for entries stamped at a lease's end
+        raise Invalid(f"must be at most 1000 ms, got {value}")
+    return value
+
+
+def _lease_share(ctx: Context, node: yaml.Node, path: str) -> float:
+    value = positive_float(ctx, node, path)
+    if value > 1:
+        raise Invalid(f"must be a share of each limit, above 0 and at most 1 (e.g. 0.1), got {value:g}")
+    return value
+
+
+LEASES = Spec(
+    {
+        "requests": Field(_lease_requests),
+        "duration_ms": Field(_lease_ms),
+        "share": Field(_lease_share),
+    },
+    LeaseSettings,
+)
+
 STORE = Spec(
     {
         "redis_url": Field(redis_url),
@@ -196,6 +227,7 @@ STORE = Spec(
         "timeout_ms": Field(positive_int),
         "lease_s": Field(positive_float),
         "max_connections": Field(positive_int),
+        "leases": Field(section(LEASES)),
         "sqlite_path": Field(text),
     },
     StoreSettings,

@@ -92,6 +92,17 @@ class AdmitResult:
 
 
 @dataclass(slots=True)
+class LeaseGrant:
+    """A quota lease's answer: ``result`` as an admission's (refused, or each bucket's remaining and
+    reset after the lease), and how many requests, tokens and concurrency slots it borrowed."""
+
+    result: AdmitResult
+    requests: int = 0
+    tokens: int = 0
+    slots: int = 0
+
+
+@dataclass(slots=True)
 class SpendResult:
     """A budget reservation's answer: ``refused`` is the index of the first counter whose hard
     limit it would pass (-1: reserved in all); ``spent`` is each counter's total before it (micro-USD)."""

@@ -47,7 +47,9 @@ for kind, limit, span in string.gmatch(ARGV[2], '(%a):(%d+):(%d+)') do
 end
 """
 
-ADMIT = _PRELUDE + """
+# What ADMIT and LEASE share: the amounts checked, then check() finds the first bucket that
+# cannot take ``amounts`` (its index and wait) or fills ``used`` and ``provider`` for the writes.
+_CHECKS = _PRELUDE + """
 if not whole(tokens_arg, 0) then return bad('tokens', 0) end
 for i = 1, n do
   if amounts[i] < 1 then return bad('tokens', 1) end  -- a token or provider bucket takes at least one
@@ -134,16 +136,24 @@ local function provider_wait(i)
 end
 
 local used, provider = {}, {}
-for i = 1, n do
-  if kinds[i] == 'p' then
-    local wait, state = provider_wait(i)
-    if wait > 0 then return {i - 1, wait} end
-    provider[i] = state
-  else
-    used[i] = used_in(i)
-    if used[i] + amounts[i] > limits[i] then return {i - 1, wait_for(i, used[i])} end
+local function check()
+  for i = 1, n do
+    if kinds[i] == 'p' then
+      local wait, state = provider_wait(i)
+      if wait > 0 then return {i - 1, wait} end
+      provider[i] = state
+    else
+      used[i] = used_in(i)
+      if used[i] + amounts[i] > limits[i] then return {i - 1, wait_for(i, used[i])} end
+    end
   end
+  return nil
 end
+"""
+
+ADMIT = _CHECKS + """
+local refused = check()
+if refused then return refused end
 
 local out = {-1, 0}
 for i = 1, n do
@@ -190,6 +200,128 @@ end
 return out
 """
 
+# A quota lease: one call borrows up to ARGV[4] requests, ARGV[5] tokens and ARGV[6] concurrency
+# slots of every bucket (ARGV[3], the first request's tokens, is the least it may take: the checks
+# run with it, so a refusal answers as ADMIT would). Each bucket grants what it has room for, the
+# lease takes the smallest grant of each kind; member j >= 2 of the lease is ``rid#j``. Its window
+# entries are stamped ARGV[7] ms ahead (the lease's end), so they count at least as long as any
+# request admitted under it. Answers {-1, 0, requests, tokens, slots, remaining, reset, ...}.
+LEASE = _CHECKS + """
+local want_requests, want_tokens, want_slots, ahead = whole(ARGV[4], 1), whole(ARGV[5], 1), whole(ARGV[6], 1), whole(ARGV[7], 0)
+if not (want_requests and want_tokens and want_slots and ahead) then return bad('a lease', 1) end
+if want_tokens < tokens then return bad('a lease', tokens) end
+local refused = check()
+if refused then return refused end
+
+local grant = {r = want_requests, t = want_tokens, c = want_slots}
+local function cap(what, room) if room < grant[what] then grant[what] = room end end
+for i = 1, n do
+  local kind = kinds[i]
+  if kind == 'p' then
+    for field, value in pairs(provider[i]) do
+      if string.sub(field, -2) == ':e' and tonumber(value) > now then
+        local w = string.sub(field, 1, -3)
+        cap((provider[i][w .. ':k'] == 'requests') and 'r' or 't', tonumber(provider[i][w .. ':r'] or '0'))
+      end
+    end
+  elseif kind == 'n' or kind == 'm' then cap('r', limits[i] - used[i])
+  else cap(kind, limits[i] - used[i]) end
+end
+
+-- ZADD arguments for members from..count of this lease, all at score
+local function members(score, from, count)
+  local args = {}
+  for j = from, count do
+    args[#args + 1] = score
+    args[#args + 1] = (j == 1) and rid or (rid .. '#' .. j)
+  end
+  return args
+end
+
+local stamp = now + ahead
+local out = {-1, 0, grant.r, grant.t, grant.c}
+for i = 1, n do
+  local kind, key = kinds[i], logs[i]
+  local took = (kind == 't') and grant.t or ((kind == 'c') and grant.c or grant.r)
+  if kind == 'p' then
+    for field, value in pairs(provider[i]) do
+      if string.sub(field, -2) == ':e' and tonumber(value) > now then
+        local w = string.sub(field, 1, -3)
+        redis.call('HINCRBY', key, w .. ':r', -((provider[i][w .. ':k'] == 'requests') and grant.r or grant.t))
+      end
+    end
+    out[#out + 1] = -1; out[#out + 1] = -1
+  elseif kind == 'c' then
+    redis.call('ZADD', key, unpack(members(now + spans[i], 1, grant.c)))
+    redis.call('PEXPIRE', key, spans[i] + 1000)
+    out[#out + 1] = limits[i] - used[i] - grant.c; out[#out + 1] = 0
+  else
+    if kind == 'm' then  -- requests 2.. of the lease, 0 tokens each, in its token window's log
+      if grant.r > 1 then
+        redis.call('ZADD', key, unpack(members(stamp, 2, grant.r)))
+        local zeros = {}
+        for j = 2, grant.r do zeros[#zeros + 1] = rid .. '#' .. j; zeros[#zeros + 1] = 0 end
+        redis.call('HSET', hashes[i], unpack(zeros))
+      end
+    elseif kind == 'n' then
+      redis.call('ZADD', key, unpack(members(stamp, 1, grant.r)))
+      redis.call('PEXPIRE', key, spans[i] + ahead + 1000)
+    else
+      redis.call('ZADD', key, stamp, rid)
+      local ttl = 2 * spans[i] + ahead + 1000
+      redis.call('HSET', hashes[i], rid, grant.t, '_x', now + ttl)
+      redis.call('HINCRBY', hashes[i], '_t', grant.t)
+      redis.call('PEXPIRE', key, ttl)
+      redis.call('PEXPIRE', hashes[i], ttl)
+    end
+    out[#out + 1] = limits[i] - used[i] - took; out[#out + 1] = 0  -- its reset once every log is written, below
+  end
+end
+for i = 1, n do
+  if kinds[i] ~= 'p' and kinds[i] ~= 'c' then
+    local first = redis.call('ZRANGE', logs[i], 0, 0, 'WITHSCORES')
+    out[2 * i + 5] = math.max(0, tonumber(first[2]) + spans[i] - now)
+  end
+end
+return out
+"""
+
+# A lease's end: ARGV[3] its tokens used (and still reserved), ARGV[4] the requests it kept of
+# ARGV[5] granted, ARGV[6] the slots still held of ARGV[7] granted. Unused requests and free slots
+# leave the logs; the token entry becomes ARGV[3] (or goes, with every request unused).
+END_LEASE = _PRELUDE + """
+local kept, granted, held, slots = whole(ARGV[4], 0), whole(ARGV[5], 1), whole(ARGV[6], 0), whole(ARGV[7], 1)
+if not (whole(tokens_arg, 0) and kept and granted and held and slots) then return bad('a lease end', 0) end
+local function name(j) return (j == 1) and rid or (rid .. '#' .. j) end
+local function drop(key, hash, from, count)
+  local gone = {}
+  for j = from, count do gone[#gone + 1] = name(j) end
+  if #gone == 0 then return end
+  redis.call('ZREM', key, unpack(gone))
+  if hash then redis.call('HDEL', hash, unpack(gone)) end
+end
+for i = 1, n do
+  local kind, key = kinds[i], logs[i]
+  if kind == 'n' then drop(key, nil, kept + 1, granted)
+  elseif kind == 'm' then drop(key, hashes[i], math.max(2, kept + 1), granted)
+  elseif kind == 'c' then drop(key, nil, held + 1, slots)
+  elseif kind == 't' then
+    local old = redis.call('HGET', hashes[i], rid)
+    if old then
+      if kept == 0 then
+        redis.call('HDEL', hashes[i], rid)
+        redis.call('ZREM', key, rid)
+        redis.call('HINCRBY', hashes[i], '_t', -tonumber(old))
+      else
+        redis.call('HSET', hashes[i], rid, tokens)
+        redis.call('HINCRBY', hashes[i], '_t', tokens - tonumber(old))
+      end
+    end
+  end
+end
+return 0
+"""
+
 # ARGV[3] is the real token count, or '-' to undo the reservation entirely.
 SETTLE = _PRELUDE + """
 local undo = tokens_arg == '-'
@@ -215,9 +347,18 @@ end
 return 0
 """
 
+# ARGV[4], when given, is how many slots ``rid`` holds (a lease's: rid, rid#2, ...).
 RENEW = _PRELUDE + """
+local count = tonumber(ARGV[4] or '1')
 for i = 1, n do
-  if kinds[i] == 'c' then redis.call('ZADD', logs[i], 'XX', now + spans[i], rid) end
+  if kinds[i] == 'c' then
+    local args = {}
+    for j = 1, count do
+      args[#args + 1] = now + spans[i]
+      args[#args + 1] = (j == 1) and rid or (rid .. '#' .. j)
+    end
+    if count > 0 then redis.call('ZADD', logs[i], 'XX', unpack(args)) end
+  end
 end
 return 0
 """
