@@ -21,6 +21,7 @@ import yaml
 from .errors import FieldError, PolicyError
 from .fields import (
     Context,
+    Converter,
     Field,
     Invalid,
     Record,
@@ -188,32 +189,24 @@ LIMITS = Spec(
 )
 
 
-def _lease_requests(ctx: Context, node: yaml.Node, path: str) -> int:
-    value = positive_int(ctx, node, path)
-    if value > 1000:
-        raise Invalid(f"must be at most 1000 requests per lease, got {value}")
-    return value
+def _at_most(convert: Converter, most: float, unit: str) -> Converter:
+    """``convert``, then refuse values above ``most``."""
 
+    def check(ctx: Context, node: yaml.Node, path: str) -> float:
+        value = convert(ctx, node, path)
+        if value > most:
+            raise Invalid(f"must be at most {most:g}{unit}, got {value:g}")
+        return value
 
-def _lease_ms(ctx: Context, node: yaml.Node, path: str) -> int:
-    value = positive_int(ctx, node, path)
-    if value > 1000:  # window logs keep a second of expiry slack for entries stamped at a lease's end
-        raise Invalid(f"must be at most 1000 ms, got {value}")
-    return value
-
-
-def _lease_share(ctx: Context, node: yaml.Node, path: str) -> float:
-    value = positive_float(ctx, node, path)
-    if value > 1:
-        raise Invalid(f"must be a share of each limit, above 0 and at most 1 (e.g. 0.1), got {value:g}")
-    return value
+    return check
 
 
 LEASES = Spec(
     {
-        "requests": Field(_lease_requests),
-        "duration_ms": Field(_lease_ms),
-        "share": Field(_lease_share),
+        "requests": Field(_at_most(positive_int, 1000, " requests per lease")),
+        # window logs keep a second of expiry slack for entries stamped at a lease's end
+        "duration_ms": Field(_at_most(positive_int, 1000, " ms")),
+        "share": Field(_at_most(positive_float, 1, " (the share of each limit one lease may take, e.g. 0.1)")),
     },
     LeaseSettings,
 )

@@ -473,7 +473,7 @@ def test_store_leases_are_off_unless_set_and_take_their_defaults():
         ({"store": "store: {leases: {duration_ms: 5000}}"}, "p.yaml:3: store.leases.duration_ms: must be at most 1000 ms"),
         ({"store": "store: {leases: {requests: 0}}"}, "p.yaml:3: store.leases.requests: must be greater than 0"),
         ({"store": "store: {leases: {requests: 5000}}"}, "p.yaml:3: store.leases.requests: must be at most 1000"),
-        ({"store": "store: {leases: {share: 1.5}}"}, "p.yaml:3: store.leases.share: must be a share of each limit"),
+        ({"store": "store: {leases: {share: 1.5}}"}, "p.yaml:3: store.leases.share: must be at most 1 (the share"),
         ({"store": "store: {leases: {size: 5}}"}, "p.yaml:3: store.leases.size: unknown key 'size'"),
     ],
 )
