@@ -32,7 +32,7 @@ class LeaseStore(Protocol):
     async def end_lease(self, rid: str, buckets: Sequence[Bucket], tokens: int, kept: int, granted: int,
                         held: int, slots: int) -> None: ...
 
-    async def renew(self, rid: str, buckets: Sequence[Bucket], slots: int = 1) -> None: ...
+    async def renew(self, rid: str, buckets: Sequence[Bucket]) -> None: ...
 
 
 @dataclass(eq=False, slots=True)
@@ -192,7 +192,7 @@ class Leases:
         """Keep the slots of leases still holding them from expiring (a crashed replica's expire)."""
         for lease in self._holding:
             held = [b for b in lease.buckets if b.kind == CONCURRENCY]
-            self._spawn(self.store.renew(lease.rid, held, lease.slots))
+            self._spawn(self.store.renew(lease.rid, held))
 
     def retire_all(self) -> None:
         """Every current lease ends (a policy reload may have changed its buckets; shutdown)."""

@@ -63,13 +63,14 @@ class Bucket:
     @property
     def amounts_key(self) -> str:
         """Token windows keep each entry's amount (and the running total) in a hash beside the log
-        (a COUNTED window's key is its token window's, so it names the same hash)."""
+        (a COUNTED window's key is its token window's, so it names the same hash); a concurrency
+        set keeps there the slots of quota leases, one entry holding several."""
         return self.key + ":a"
 
     @property
     def logged(self) -> bool:
-        """A window over a token log and its amounts hash (TOKENS, or COUNTED beside one)."""
-        return self.kind == TOKENS or self.kind == COUNTED
+        """A bucket with an amounts hash beside its sorted set (every kind but REQUESTS and PROVIDER)."""
+        return self.kind == TOKENS or self.kind == COUNTED or self.kind == CONCURRENCY
 
 
 @dataclass(slots=True)

@@ -246,9 +246,8 @@ class RedisStore:
             elif isinstance(result, Exception):  # an error reply (a caller's bad amount): Redis is fine
                 self.dropped_writes += 1
 
-    async def renew(self, rid: str, buckets: Sequence[Bucket], slots: int = 1) -> None:
-        """``slots``: how many concurrency slots ``rid`` holds in each bucket (a lease holds several)."""
-        await self._each_group(self._renew, rid, buckets, None, slots)
+    async def renew(self, rid: str, buckets: Sequence[Bucket]) -> None:
+        await self._each_group(self._renew, rid, buckets, None)
 
     async def lease(self, rid: str, buckets: Sequence[Bucket], tokens: int, requests: int, lease_tokens: int,
                     slots: int, ahead_ms: int) -> LeaseGrant:
@@ -292,13 +291,13 @@ class RedisStore:
         except _FAILURES as exc:
             raise StoreError(f"{type(exc).__name__}: {exc}") from None
 
-    async def _each_group(self, script, rid: str, buckets: Sequence[Bucket], extra, *more) -> None:
+    async def _each_group(self, script, rid: str, buckets: Sequence[Bucket], extra) -> None:
         groups = _by_tag(buckets) if self.cluster else [range(len(buckets))]
         calls = []
         for idx in groups:
             group = [buckets[i] for i in idx]
             keys, args = _call_args(rid, group, 0 if extra is None else extra)
-            calls.append(self._eval(script, keys, [*args, *more]))
+            calls.append(self._eval(script, keys, args))
         try:
             await asyncio.gather(*calls)
         except _FAILURES as exc:

@@ -467,3 +467,27 @@ def test_a_lease_takes_what_each_bucket_has_room_for_and_gives_back_what_it_did_
         await store.aclose()
 
     run(main())
+
+
+def test_a_leases_one_entry_counts_all_its_requests_and_slots_until_they_leave(shared_store):
+    """A lease is one entry per log however much it holds: the window counts its requests, the
+    wait reads them, and they leave with the window (its slots with their lease time) in full."""
+
+    async def main():
+        store = shared_store()
+        owner = uuid.uuid4().hex[:8]
+        tokens = Bucket(f"lw:{{t:{owner}}}:tpm", TOKENS, 10_000, 400, "client", owner, "tpm")
+        buckets = [Bucket(tokens.key, COUNTED, 6, 400, "client", owner, "rpm"), tokens,
+                   Bucket(f"lw:{{t:{owner}}}:conc", CONCURRENCY, 4, 300, "client", owner, "concurrency")]
+        grant = await store.lease("L", buckets, 10, 5, 50, 3, 0)
+        assert (grant.requests, grant.slots) == (5, 3)
+        assert (await store.admit("a", buckets, bucket_amounts(buckets, 10))).remaining[:1] == [0]
+        refused = await store.admit("b", buckets, bucket_amounts(buckets, 10))
+        assert refused.refused == 0 and 300 < refused.retry_ms <= 400  # when the lease's entry leaves
+        await store.settle("a", buckets, 10)
+        await asyncio.sleep(0.45)  # the window and the slots' lease time have passed; nothing was ended
+        results = [await store.admit(f"c{i}", buckets, bucket_amounts(buckets, 10)) for i in range(5)]
+        assert [r.admitted for r in results] == [True] * 4 + [False]  # 4 slots free again, none held by the lease
+        await store.aclose()
+
+    run(main())
