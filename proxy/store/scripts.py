@@ -66,6 +66,7 @@ end
 
 -- Drop entries older than the window; return what is left in use.
 local trimmed, firsts = {}, {}  -- token logs already trimmed in this call; their oldest entry's time
+local states = {}  -- token hash -> its '_t', '_x', '_n', read once per call
 local kept_until = {}  -- a token window's '_x': when its log and hash expire (refreshed only when near)
 local function used_in(i)
   local kind, key = kinds[i], logs[i]
@@ -100,15 +101,16 @@ local function used_in(i)
     redis.call('HDEL', hashes[i], unpack(old))
     redis.call('ZREM', key, unpack(old))
   end
-  if counted > 0 then redis.call('HINCRBY', hashes[i], '_n', -counted) end
   trimmed[key] = true
-  if kind == 'm' then
-    if freed > 0 then redis.call('HINCRBY', hashes[i], '_t', -freed) end
-    return redis.call('ZCARD', key) + tonumber(redis.call('HGET', hashes[i], '_n') or '0')
+  if freed > 0 then redis.call('HINCRBY', hashes[i], '_t', -freed) end
+  if counted > 0 then redis.call('HINCRBY', hashes[i], '_n', -counted) end
+  local state = states[key]
+  if not state then  -- one read serves a token window and the request window that counts its log
+    state = redis.call('HMGET', hashes[i], '_t', '_x', '_n')
+    states[key] = state
   end
-  local state = redis.call('HMGET', hashes[i], '_t', '_x')
+  if kind == 'm' then return redis.call('ZCARD', key) + tonumber(state[3] or '0') end
   kept_until[i] = tonumber(state[2] or '0')
-  if freed > 0 then return redis.call('HINCRBY', hashes[i], '_t', -freed) end
   return tonumber(state[1] or '0')
 end
 
