@@ -84,9 +84,9 @@ class Leases:
         self.borrowed = 0                        # leases granted
         self.answers = 0                         # store replies (grants and refusals): the store is reachable
 
-    async def take(self, buckets: tuple[Bucket, ...], tokens: int) -> tuple[Lease | None, AdmitResult]:
+    async def take(self, buckets: tuple[Bucket, ...], tokens: int) -> Lease | AdmitResult:
         """Admit one request of ``tokens`` from the scope's current lease, borrowing a new one when
-        it cannot: (the lease, its view) or (None, the refusal). StoreError propagates."""
+        it cannot: the lease it came from, or the store's refusal. StoreError propagates."""
         scope = buckets[0].tag
         loop = asyncio.get_running_loop()
         average = self._per_request.get(scope, float(tokens))
@@ -95,7 +95,7 @@ class Leases:
             lease = self._current.get(scope)
             if lease is not None and lease.fits(tokens, loop.time()):
                 self._admit(scope, lease, tokens)
-                return lease, lease.result
+                return lease
             pending = self._fetching.get(scope)
             if pending is not None:  # one borrow at a time per scope: wait for it, then try its lease
                 await pending
@@ -109,7 +109,7 @@ class Leases:
                 grant = await self._borrow(rid, scope, buckets, tokens)
                 self.answers += 1
                 if not grant.result.admitted:
-                    return None, grant.result
+                    return grant.result
                 lease = Lease(rid, buckets, grant.requests, grant.tokens, grant.slots,
                               any(b.kind == CONCURRENCY for b in buckets), ends_at, grant.result)
                 self.borrowed += 1
@@ -122,7 +122,7 @@ class Leases:
                 loop.call_at(ends_at, self._retire, scope, lease)
                 if lease.fits(tokens, loop.time()):  # before the waiters: the one who borrowed is served
                     self._admit(scope, lease, tokens)
-                    return lease, lease.result
+                    return lease
             finally:
                 del self._fetching[scope]
                 done.set_result(None)

@@ -235,20 +235,20 @@ class Limiter:
         of the second hands the first's request back to its lease."""
         took = None
         if client:
-            took, result = await self.leases.take(client, ticket.tokens)
-            if took is None:
-                return self._refused(ticket, deployment, client[result.refused], result.retry_ms)
+            took = await self.leases.take(client, ticket.tokens)
+            if isinstance(took, AdmitResult):
+                return self._refused(ticket, deployment, client[took.refused], took.retry_ms)
         if own:
             try:
-                lease, result = await self.leases.take(own, ticket.tokens)
+                lease = await self.leases.take(own, ticket.tokens)
             except BaseException:
                 if took is not None:
                     self.leases.untake(took, ticket.tokens)
                 raise
-            if lease is None:
+            if isinstance(lease, AdmitResult):
                 if took is not None:
                     self.leases.untake(took, ticket.tokens)
-                return self._refused(ticket, deployment, own[result.refused], result.retry_ms)
+                return self._refused(ticket, deployment, own[lease.refused], lease.retry_ms)
             ticket.leases[deployment] = lease
             self._note_remaining(own, lease.remaining())
         if took is not None:
