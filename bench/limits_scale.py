@@ -51,7 +51,7 @@ HIGH = "rpm: 100000000, tpm: 1000000000000, concurrency: 100000"
 POLICY = """\
 version: 1
 auth: keys
-store: {{redis_url: '{redis_url}', timeout_ms: 200, on_store_error: fail_closed}}
+store: {{redis_url: '{redis_url}', timeout_ms: 200, on_store_error: fail_closed{store}}}
 keys:
   - {{name: {key}, sha256: {sha}, limits: {{{client}}}}}
 deployments:
@@ -60,12 +60,14 @@ routes:
   - {{name: bench, candidates: [sim]}}
 """
 WINDOWS = "rpm: 100000000, tpm: 1000000000000"
-SCENARIOS = {  # name -> (client limits, deployment limits or "", learn the provider's headers)
-    "realistic": (HIGH, f", limits: {{{HIGH}}}", True),
-    "minimal": ("rpm: 100000000", "", False),
-    # the realistic policy split in two, to price what a quota lease of one kind would leave per request:
-    "windows": (WINDOWS, f", limits: {{{WINDOWS}}}", True),                         # rpm + tpm + provider
-    "slots": ("concurrency: 100000", ", limits: {concurrency: 100000}", True),   # concurrency + provider
+LEASES = ", leases: {requests: 256, duration_ms: 1000, share: 0.1}"
+SCENARIOS = {  # name -> (client limits, deployment limits or "", learn the provider's headers, store settings)
+    "realistic": (HIGH, f", limits: {{{HIGH}}}", True, ""),
+    "leased": (HIGH, f", limits: {{{HIGH}}}", True, LEASES),   # the realistic policy with quota leases
+    "minimal": ("rpm: 100000000", "", False, ""),
+    # the realistic policy split in two, to price what each kind of bucket costs per request:
+    "windows": (WINDOWS, f", limits: {{{WINDOWS}}}", True, ""),                         # rpm + tpm + provider
+    "slots": ("concurrency: 100000", ", limits: {concurrency: 100000}", True, ""),   # concurrency + provider
 }
 # what OpenAI sends on every answer, windows too big to run out
 HEADERS = [(b"x-ratelimit-limit-requests", b"30000"), (b"x-ratelimit-remaining-requests", b"29999"),
@@ -74,10 +76,10 @@ HEADERS = [(b"x-ratelimit-limit-requests", b"30000"), (b"x-ratelimit-remaining-r
 INPUT_TOKENS, MAX_OUTPUT, USED = 100, 20, 110
 
 
-def policy_text(redis_url: str, key: str, client: str, deployment: str) -> str:
+def policy_text(redis_url: str, key: str, client: str, deployment: str, store: str = "") -> str:
     """Each run names its own key (its buckets start empty) and the same deployment."""
     return POLICY.format(redis_url=redis_url, key=key, sha=hashlib.sha256(key.encode()).hexdigest(), client=client,
-                         deployment=deployment)
+                         deployment=deployment, store=store)
 
 
 async def worker_loop(text: str, learn: bool, concurrency: int, seconds: float) -> dict:
@@ -138,9 +140,10 @@ def main() -> int:
     try:
         while subprocess.run([shutil.which("redis-cli"), "-p", str(port), "ping"], capture_output=True, check=False).returncode:
             time.sleep(0.05)
-        for name, (client, deployment, learn) in SCENARIOS.items():
+        for name, (client, deployment, learn, store) in SCENARIOS.items():
             before, started = redis_info(port), time.monotonic()
-            counts = run_workers(policy_text(url, name, client, deployment), learn, args.processes, args.concurrency, args.seconds)
+            counts = run_workers(policy_text(url, name, client, deployment, store), learn, args.processes, args.concurrency,
+                                 args.seconds)
             elapsed, after = time.monotonic() - started, redis_info(port)
             admitted = counts["admitted"]
             cpu_s = after["cpu_s"] - before["cpu_s"]
@@ -153,11 +156,13 @@ def main() -> int:
                 "evalsha_usec_per_call": round((after["evalsha_usec"] - before["evalsha_usec"]) / max(1, calls), 2),
                 "redis_commands_per_admission": round((after["commands"] - before["commands"]) / admitted, 1),
             }
-        client, deployment, learn = SCENARIOS["realistic"]
-        client = client.replace("rpm: 100000000", f"rpm: {args.burst_rpm}")
-        burst = run_workers(policy_text(url, "burst", client, deployment), learn, args.processes, args.concurrency, 1.0)
-        rows["burst"] = {"rpm": args.burst_rpm, "admitted": burst["admitted"], "refused": burst["refused"],
-                         "exact": burst["admitted"] <= args.burst_rpm}
+        for name in ("realistic", "leased"):
+            client, deployment, learn, store = SCENARIOS[name]
+            client = client.replace("rpm: 100000000", f"rpm: {args.burst_rpm}")
+            burst = run_workers(policy_text(url, f"burst-{name}", client, deployment, store), learn, args.processes,
+                                args.concurrency, 1.0)
+            rows[f"burst-{name}"] = {"rpm": args.burst_rpm, "admitted": burst["admitted"], "refused": burst["refused"],
+                                     "exact": burst["admitted"] <= args.burst_rpm}
     finally:
         redis.terminate()
         redis.wait(10)

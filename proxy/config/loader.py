@@ -21,6 +21,7 @@ import yaml
 from .errors import FieldError, PolicyError
 from .fields import (
     Context,
+    Converter,
     Field,
     Invalid,
     Record,
@@ -65,6 +66,7 @@ from .schema import (
     Deployment,
     Hedge,
     Learning,
+    LeaseSettings,
     LedgerSettings,
     Limits,
     Policy,
@@ -187,6 +189,28 @@ LIMITS = Spec(
 )
 
 
+def _at_most(convert: Converter, most: float, unit: str) -> Converter:
+    """``convert``, then refuse values above ``most``."""
+
+    def check(ctx: Context, node: yaml.Node, path: str) -> float:
+        value = convert(ctx, node, path)
+        if value > most:
+            raise Invalid(f"must be at most {most:g}{unit}, got {value:g}")
+        return value
+
+    return check
+
+
+LEASES = Spec(
+    {
+        "requests": Field(_at_most(positive_int, 1000, " requests per lease")),
+        # window logs keep a second of expiry slack for entries stamped at a lease's end
+        "duration_ms": Field(_at_most(positive_int, 1000, " ms")),
+        "share": Field(_at_most(positive_float, 1, " (the share of each limit one lease may take, e.g. 0.1)")),
+    },
+    LeaseSettings,
+)
+
 STORE = Spec(
     {
         "redis_url": Field(redis_url),
@@ -196,6 +220,7 @@ STORE = Spec(
         "timeout_ms": Field(positive_int),
         "lease_s": Field(positive_float),
         "max_connections": Field(positive_int),
+        "leases": Field(section(LEASES)),
         "sqlite_path": Field(text),
     },
     StoreSettings,

@@ -185,6 +185,16 @@ class WebSocketSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class LeaseSettings:
+    """Quota leases: a replica borrows a slice of each scope's windows and concurrency in one Redis
+    call and admits locally until it is spent (docs/limits.md); off unless the policy sets them."""
+
+    requests: int = 256  # at most this many requests per lease (it grows from 1 with the demand it sees)
+    duration_ms: int = 1000  # an unused lease goes back after this long (at most 1000)
+    share: float = 0.1  # at most this share of any one limit per lease, so other replicas keep the rest
+
+
+@dataclass(frozen=True, slots=True)
 class StoreSettings:
     """Where rate-limit state lives: Redis shared by every replica, or in-process when no URL is set."""
 
@@ -195,6 +205,7 @@ class StoreSettings:
     timeout_ms: int = 50  # bound on one Redis call, connect included
     lease_s: float = 30.0  # a concurrency slot of a crashed replica frees after this long
     max_connections: int = 64  # per Redis node per worker; more concurrent calls wait for a free one
+    leases: LeaseSettings | None = None  # quota leases (shared store only)
     sqlite_path: str | None = None  # without Redis: the ledger's file (default $LANEWAY_STATE_DIR or ./.laneway)
 
 

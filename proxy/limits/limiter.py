@@ -7,7 +7,9 @@ rate-limit tickets. ``Ticket.admit(deployment)`` checks and reserves the client'
 store call; a deployment that refuses is skipped by routing (DeploymentLimited), a client
 that refuses is refused (ClientLimited). Giving back replaces the token reservation with the
 real usage and frees concurrency slots; leases of live requests are renewed in the background so a crashed
-replica's slots expire on their own. Store trouble follows ``store.on_store_error``.
+replica's slots expire on their own. With ``store.leases`` set, a shared store is asked for quota
+leases instead (proxy/limits/leases.py) and most admissions need no store call at all. Store
+trouble follows ``store.on_store_error``.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from proxy.config.schema import Policy, StoreSettings
 from proxy.errors import ClientLimited
 from proxy.limits.buckets import limit_buckets, provider_bucket
 from proxy.limits.headroom import Headroom, HeadroomLearner
+from proxy.limits.leases import Lease, Leases, LeaseStore
 from proxy.limits.provider_headers import ProviderWindow
 from proxy.store.base import CONCURRENCY, COUNTED, REQUESTS, TOKENS, AdmitResult, AmountError, Bucket, ProviderWindowState, Store, StoreError, bucket_amounts
 from proxy.store.failover import Failover
@@ -58,7 +61,8 @@ class ClientWindow:
 
 @dataclass(slots=True)
 class Ticket:
-    """One request's reservations: ``held`` maps "" (the client) and deployment names to buckets in ``store``."""
+    """One request's reservations: ``held`` maps "" (the client) and deployment names to buckets in
+    ``store``; ``leases`` maps them to the quota leases they were admitted from instead."""
 
     limiter: "Limiter"
     rid: str
@@ -68,6 +72,7 @@ class Ticket:
     tokens: int = 0                  # reserved per token bucket
     client_held: bool = False
     held: dict[str, tuple[Bucket, ...]] = field(default_factory=dict)
+    leases: dict[str, Lease] = field(default_factory=dict)
     store: Store | None = None
     deployment: str | None = None    # the last deployment admitted
     retry_ms: int = 0                # shortest wait a refusing deployment named
@@ -125,6 +130,9 @@ class Limiter:
         self._deployments: dict[str, tuple[tuple[Bucket, ...], tuple[Bucket, ...]]] = {}
         self._reserve: dict[str, int] = {}
         self._provider_buckets: dict[str, Bucket] = {}
+        self.leases: Leases | None = None
+        if settings.leases is not None and store is not None and isinstance(store, LeaseStore):
+            self.leases = Leases(settings.leases, store, self._spawn)
 
     @classmethod
     def from_policy(cls, policy: Policy) -> "Limiter":
@@ -151,6 +159,8 @@ class Limiter:
             for name, dep in policy.deployments.items() if dep.limits is not None
         }
         self._reserve = {name: dep.limits.reserve_output_tokens for name, dep in policy.deployments.items() if dep.limits is not None}
+        if self.leases is not None:  # leases of the old limits end; new ones are borrowed under the new
+            self.leases.retire_all()
 
     # --- admission -----------------------------------------------------------------
 
@@ -186,9 +196,14 @@ class Limiter:
             return True
         if not ticket.client_held:
             ticket.tokens = ticket.input_tokens + (ticket.max_output or self._reserve.get(deployment, DEFAULT_OUTPUT_TOKENS))
-        amounts = bucket_amounts(buckets, ticket.tokens)
         try:
-            result = await store.admit(ticket.rid, buckets, amounts)
+            if self.leases is not None and store is self.store and not self.failover.serving_locally:
+                answers = self.leases.answers
+                admitted = await self._admit_leased(ticket, deployment, client, own)
+                if self.leases.answers != answers:  # not when every part came from leases already held
+                    self.failover.answered()
+                return admitted
+            result = await store.admit(ticket.rid, buckets, bucket_amounts(buckets, ticket.tokens))
         except StoreError as exc:
             self.failover.failed(exc)  # fail_closed: raises StoreUnavailable
             ticket.held = {}  # what it holds is in the failed store: settling there may fail too; let it expire
@@ -211,10 +226,48 @@ class Limiter:
         if ticket.spilled:
             self.stats.spills[deployment] += 1
         if any(b.kind == CONCURRENCY for b in buckets):
-            self._live[ticket.rid] = ticket
-            if self._renewer is None or self._renewer.done():
-                self._renewer = asyncio.get_running_loop().create_task(self._renew_leases())
+            self._track(ticket)
         return True
+
+    async def _admit_leased(self, ticket: Ticket, deployment: str, client: tuple[Bucket, ...],
+                            own: tuple[Bucket, ...]) -> bool:
+        """``admit`` from quota leases: the client's scope first, then the deployment's; a refusal
+        of the second hands the first's request back to its lease."""
+        took = None
+        if client:
+            took = await self.leases.take(client, ticket.tokens)
+            if isinstance(took, AdmitResult):
+                return self._refused(ticket, deployment, client[took.refused], took.retry_ms)
+        if own:
+            try:
+                lease = await self.leases.take(own, ticket.tokens)
+            except BaseException:
+                if took is not None:
+                    self.leases.untake(took, ticket.tokens)
+                raise
+            if isinstance(lease, AdmitResult):
+                if took is not None:
+                    self.leases.untake(took, ticket.tokens)
+                return self._refused(ticket, deployment, own[lease.refused], lease.retry_ms)
+            ticket.leases[deployment] = lease
+            self._note_remaining(own, lease.remaining())
+        if took is not None:
+            ticket.client_held = True
+            ticket.leases[""] = took
+            ticket.client_windows = _client_windows(client, took.remaining())
+        ticket.store = self.store
+        ticket.deployment = deployment
+        if ticket.spilled:
+            self.stats.spills[deployment] += 1
+        if any(lease.has_slots for lease in ticket.leases.values()):
+            self._track(ticket)
+        return True
+
+    def _track(self, ticket: Ticket) -> None:
+        """A live request holding concurrency slots: renewed until it is given back."""
+        self._live[ticket.rid] = ticket
+        if self._renewer is None or self._renewer.done():
+            self._renewer = asyncio.get_running_loop().create_task(self._renew_leases())
 
     def _refused(self, ticket: Ticket, deployment: str, bucket: Bucket, retry_ms: int) -> bool:
         self.stats.rejections[(bucket.scope, bucket.owner)] += 1
@@ -227,6 +280,9 @@ class Limiter:
 
     def release(self, ticket: Ticket, deployment: str) -> None:
         """``deployment`` failed before answering (or lost a hedge): give back its part of the reservation."""
+        lease = ticket.leases.pop(deployment, None)
+        if lease is not None:
+            self.leases.untake(lease, ticket.tokens)
         own = ticket.held.pop(deployment, None)
         if own and ticket.store is not None:
             self._spawn(ticket.store.settle(ticket.rid, own, None))
@@ -238,12 +294,16 @@ class Limiter:
             return
         ticket.finished = True
         self._live.pop(ticket.rid, None)
-        if not ticket.held or ticket.store is None:
-            return
-        if ticket.deployment in ticket.held:
+        if ticket.leases:
+            for lease in ticket.leases.values():
+                self.leases.finish(lease, ticket.tokens, used_tokens)
+        if ticket.deployment in ticket.held or ticket.deployment in ticket.leases:
             row = self.stats.reservation_error.setdefault(ticket.deployment, [0, 0])
             row[0] += ticket.tokens - used_tokens
             row[1] += 1
+        ticket.leases = {}
+        if not ticket.held or ticket.store is None:
+            return
         buckets = [b for group in ticket.held.values() for b in group]
         ticket.held = {}
         self._spawn(ticket.store.settle(ticket.rid, buckets, used_tokens))
@@ -304,12 +364,16 @@ class Limiter:
         interval = self.settings.lease_s / 3
         while self._live:
             await asyncio.sleep(interval)
+            if self.leases is not None:
+                self.leases.renew()
             for ticket in list(self._live.values()):
                 if ticket.store is not None:
                     leases = [b for group in ticket.held.values() for b in group if b.kind == CONCURRENCY]
                     self._spawn(ticket.store.renew(ticket.rid, leases))
 
     async def aclose(self) -> None:
+        if self.leases is not None:
+            self.leases.retire_all()
         if self._renewer is not None:
             self._renewer.cancel()
         if self._tasks:

@@ -63,13 +63,14 @@ class Bucket:
     @property
     def amounts_key(self) -> str:
         """Token windows keep each entry's amount (and the running total) in a hash beside the log
-        (a COUNTED window's key is its token window's, so it names the same hash)."""
+        (a COUNTED window's key is its token window's, so it names the same hash); a concurrency
+        set keeps there the slots of quota leases, one entry holding several."""
         return self.key + ":a"
 
     @property
     def logged(self) -> bool:
-        """A window over a token log and its amounts hash (TOKENS, or COUNTED beside one)."""
-        return self.kind == TOKENS or self.kind == COUNTED
+        """A bucket with an amounts hash beside its sorted set (every kind but REQUESTS and PROVIDER)."""
+        return self.kind == TOKENS or self.kind == COUNTED or self.kind == CONCURRENCY
 
 
 @dataclass(slots=True)
@@ -89,6 +90,17 @@ class AdmitResult:
     @property
     def admitted(self) -> bool:
         return self.refused < 0
+
+
+@dataclass(slots=True)
+class LeaseGrant:
+    """A quota lease's answer: ``result`` as an admission's (refused, or each bucket's remaining and
+    reset after the lease), and how many requests, tokens and concurrency slots it borrowed."""
+
+    result: AdmitResult
+    requests: int = 0
+    tokens: int = 0
+    slots: int = 0
 
 
 @dataclass(slots=True)

@@ -20,7 +20,8 @@ from collections.abc import Callable, Sequence
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from proxy.store import connect, scripts
-from proxy.store.base import MAX_AMOUNT, PROVIDER, TOKENS, AdmitResult, Bucket, ProviderWindowState, SpendResult, StoreError, check_amount
+from proxy.store.base import (MAX_AMOUNT, PROVIDER, TOKENS, AdmitResult, Bucket, LeaseGrant, ProviderWindowState, SpendResult, StoreError,
+                              check_amount)
 
 
 SETTLE_DELAY_S = 0.02
@@ -58,6 +59,8 @@ class RedisStore:
         self._admit = _Script(scripts.ADMIT)
         self._settle = _Script(scripts.SETTLE)
         self._renew = _Script(scripts.RENEW)
+        self._lease = _Script(scripts.LEASE)
+        self._end_lease = _Script(scripts.END_LEASE)
         self._learn = _Script(scripts.LEARN)
         self._reserve_spend = _Script(scripts.SPEND_RESERVE)
         self._adjust_spend = _Script(scripts.SPEND_ADJUST)
@@ -91,7 +94,8 @@ class RedisStore:
         async with self._loading:
             if self._generation > seen:
                 return
-            sources = [s.source for s in (self._admit, self._settle, self._renew, self._learn, self._reserve_spend, self._adjust_spend)]
+            sources = [s.source for s in (self._admit, self._settle, self._renew, self._lease, self._end_lease, self._learn,
+                                          self._reserve_spend, self._adjust_spend)]
             if self._fast is not None:  # one round trip, beside the admissions rather than in redis-py's pool
                 for reply in await self._fast.execute([(b"SCRIPT", b"LOAD", source) for source in sources]):
                     if isinstance(reply, Exception):
@@ -244,6 +248,48 @@ class RedisStore:
 
     async def renew(self, rid: str, buckets: Sequence[Bucket]) -> None:
         await self._each_group(self._renew, rid, buckets, None)
+
+    async def lease(self, rid: str, buckets: Sequence[Bucket], tokens: int, requests: int, lease_tokens: int,
+                    slots: int, ahead_ms: int) -> LeaseGrant:
+        """Borrow up to ``requests`` requests, ``lease_tokens`` tokens and ``slots`` concurrency slots
+        of one scope's buckets in one call (with queued writes, as an admission): each bucket gives
+        what it has room for, at least what one request of ``tokens`` needs, else it refuses as
+        ``admit`` would. Window entries are stamped ``ahead_ms`` (at most 1000) ahead, the lease's end."""
+        check_amount(tokens, "tokens", 1)
+        for value, what in ((requests, "lease requests"), (lease_tokens, "lease tokens"), (slots, "lease slots")):
+            check_amount(value, what, 1)
+        if not 0 <= ahead_ms <= 1000:
+            raise ValueError("a lease's window entries may be stamped at most 1000 ms ahead (the logs' expiry slack)")
+        if len(_by_tag(buckets)) != 1:
+            raise ValueError("a lease covers one scope (one hash tag)")
+        keys, args = _call_args(rid, buckets, tokens)
+        args += (requests, lease_tokens, slots, ahead_ms)
+        try:
+            if self._pending or self._fast is not None:
+                out = await self._with_pending(self._lease, keys, args)
+            else:
+                out = await self._eval(self._lease, keys, args)
+        except _FAILURES as exc:
+            raise StoreError(f"{type(exc).__name__}: {exc}") from None
+        result = AdmitResult(int(out[0]), int(out[1]), [int(v) for v in out[5::2]], [int(v) for v in out[6::2]])
+        if not result.admitted:
+            return LeaseGrant(result)
+        return LeaseGrant(result, int(out[2]), int(out[3]), int(out[4]))
+
+    async def end_lease(self, rid: str, buckets: Sequence[Bucket], tokens: int, kept: int, granted: int,
+                        held: int, slots: int) -> None:
+        """A lease's unused part goes back: requests beyond the ``kept`` of ``granted``, slots beyond
+        the ``held`` of ``slots``; its token entry becomes ``tokens`` (used, and reserved by requests
+        still running). Queued like a settle on a standalone server."""
+        keys, args = _call_args(rid, buckets, check_amount(tokens, "used tokens", 0))
+        args += (kept, granted, held, slots)
+        if not self.cluster:
+            self._queue(self._end_lease, keys, args)
+            return
+        try:
+            await self._eval(self._end_lease, keys, args)
+        except _FAILURES as exc:
+            raise StoreError(f"{type(exc).__name__}: {exc}") from None
 
     async def _each_group(self, script, rid: str, buckets: Sequence[Bucket], extra) -> None:
         groups = _by_tag(buckets) if self.cluster else [range(len(buckets))]

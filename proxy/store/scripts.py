@@ -1,9 +1,10 @@
 """Lua scripts run by RedisStore; the in-memory store (memory.py) mirrors them line for line.
 
 Time comes from the Redis server (TIME), so replicas with skewed clocks share one timeline.
-Buckets are passed as KEYS (token windows take two: the log and its amounts hash, and so does
+Buckets are passed as KEYS (token windows take two: the log and its amounts hash, and so do
 a counted request window 'm', which is the count of its token window's entries, always sent
-in the same call as that token window); ARGV is
+in the same call as that token window, and a concurrency set, whose hash holds the slots of
+quota leases: one entry, one lease, however many requests or slots it holds); ARGV is
 ``rid``, the bucket specs as one string ``kind:limit:span_ms|...`` (few arguments are cheap to
 send) and the request's tokens: token and provider buckets take that many, the rest take 1.
 
@@ -43,11 +44,21 @@ for kind, limit, span in string.gmatch(ARGV[2], '(%a):(%d+):(%d+)') do
   kinds[n] = kind; limits[n] = tonumber(limit); spans[n] = tonumber(span)
   if kind == 't' or kind == 'p' then amounts[n] = tokens else amounts[n] = 1 end
   logs[n] = KEYS[ki]; ki = ki + 1
-  if kind == 't' or kind == 'm' then hashes[n] = KEYS[ki]; ki = ki + 1 end
+  if kind == 't' or kind == 'm' or kind == 'c' then hashes[n] = KEYS[ki]; ki = ki + 1 end
+end
+-- A log entry's amount: tokens, or 'tokens|requests' for a lease's entry that counts several
+-- requests (the hash's '_n' holds their sum beyond one each, so a counted window is ZCARD + '_n').
+local function entry(amount)
+  local plain = tonumber(amount)
+  if plain or not amount then return plain or 0, 1 end
+  local t, r = string.match(amount, '^(%d+)|(%d+)$')
+  return tonumber(t), tonumber(r)
 end
 """
 
-ADMIT = _PRELUDE + """
+# What ADMIT and LEASE share: the amounts checked, then check() finds the first bucket that
+# cannot take ``amounts`` (its index and wait) or fills ``used`` and ``provider`` for the writes.
+_CHECKS = _PRELUDE + """
 if not whole(tokens_arg, 0) then return bad('tokens', 0) end
 for i = 1, n do
   if amounts[i] < 1 then return bad('tokens', 1) end  -- a token or provider bucket takes at least one
@@ -55,34 +66,51 @@ end
 
 -- Drop entries older than the window; return what is left in use.
 local trimmed, firsts = {}, {}  -- token logs already trimmed in this call; their oldest entry's time
+local states = {}  -- token hash -> its '_t', '_x', '_n', read once per call
 local kept_until = {}  -- a token window's '_x': when its log and hash expire (refreshed only when near)
 local function used_in(i)
   local kind, key = kinds[i], logs[i]
   if kind == 'n' then
     redis.call('ZREMRANGEBYSCORE', key, '-inf', now - spans[i])
     return redis.call('ZCARD', key)
-  elseif kind == 'c' then
+  elseif kind == 'c' then  -- leases' slots beyond one each are '_w' in its hash
+    local extra = tonumber(redis.call('HGET', hashes[i], '_w') or '0')
+    while extra > 0 do
+      local gone = redis.call('ZRANGEBYSCORE', key, '-inf', now, 'LIMIT', 0, 256)
+      if #gone == 0 then break end
+      local held = redis.call('HMGET', hashes[i], unpack(gone))
+      local freed = 0
+      for j = 1, #gone do freed = freed + (tonumber(held[j]) or 1) - 1 end
+      redis.call('ZREM', key, unpack(gone))
+      redis.call('HDEL', hashes[i], unpack(gone))
+      if freed > 0 then extra = redis.call('HINCRBY', hashes[i], '_w', -freed) end
+    end
     redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
-    return redis.call('ZCARD', key)
+    return redis.call('ZCARD', key) + extra
   end
   -- a token log (for 'm' the one its token window shares): whichever comes first drops the old entries
-  local freed = 0
+  local freed, counted = 0, 0
   while not trimmed[key] do
     local old = redis.call('ZRANGEBYSCORE', key, '-inf', now - spans[i], 'LIMIT', 0, 256)
     if #old == 0 then break end
     local amts = redis.call('HMGET', hashes[i], unpack(old))
-    for j = 1, #old do freed = freed + (tonumber(amts[j]) or 0) end
+    for j = 1, #old do
+      local t, r = entry(amts[j])
+      freed = freed + t; counted = counted + r - 1
+    end
     redis.call('HDEL', hashes[i], unpack(old))
     redis.call('ZREM', key, unpack(old))
   end
   trimmed[key] = true
-  if kind == 'm' then
-    if freed > 0 then redis.call('HINCRBY', hashes[i], '_t', -freed) end
-    return redis.call('ZCARD', key)
+  if freed > 0 then redis.call('HINCRBY', hashes[i], '_t', -freed) end
+  if counted > 0 then redis.call('HINCRBY', hashes[i], '_n', -counted) end
+  local state = states[key]
+  if not state then  -- one read serves a token window and the request window that counts its log
+    state = redis.call('HMGET', hashes[i], '_t', '_x', '_n')
+    states[key] = state
   end
-  local state = redis.call('HMGET', hashes[i], '_t', '_x')
+  if kind == 'm' then return redis.call('ZCARD', key) + tonumber(state[3] or '0') end
   kept_until[i] = tonumber(state[2] or '0')
-  if freed > 0 then return redis.call('HINCRBY', hashes[i], '_t', -freed) end
   return tonumber(state[1] or '0')
 end
 
@@ -93,11 +121,11 @@ local function wait_for(i, used)
   if kind == 'c' then
     local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
     return math.max(1, math.min(1000, tonumber(first[2]) - now))
-  elseif kind == 'n' or kind == 'm' then
-    local entry = redis.call('ZRANGE', key, used - limit, used - limit, 'WITHSCORES')
-    return math.max(1, tonumber(entry[2]) + spans[i] - now)
+  elseif kind == 'n' or (kind == 'm' and used == redis.call('ZCARD', key)) then  -- one request an entry
+    local first = redis.call('ZRANGE', key, used - limit, used - limit, 'WITHSCORES')
+    return math.max(1, tonumber(first[2]) + spans[i] - now)
   end
-  local start = 0
+  local start = 0  -- oldest first, until enough has left: tokens, or (a lease's entries) requests
   while true do
     local entries = redis.call('ZRANGE', key, start, start + 255, 'WITHSCORES')
     if #entries == 0 then return spans[i] end
@@ -105,7 +133,8 @@ local function wait_for(i, used)
     for j = 1, #entries, 2 do ids[#ids + 1] = entries[j] end
     local amts = redis.call('HMGET', hashes[i], unpack(ids))
     for j = 1, #ids do
-      used = used - (tonumber(amts[j]) or 0)
+      local t, r = entry(amts[j])
+      if kind == 'm' then used = used - r else used = used - t end
       if used + amount <= limit then return math.max(1, tonumber(entries[2 * j]) + spans[i] - now) end
     end
     start = start + 256
@@ -134,16 +163,24 @@ local function provider_wait(i)
 end
 
 local used, provider = {}, {}
-for i = 1, n do
-  if kinds[i] == 'p' then
-    local wait, state = provider_wait(i)
-    if wait > 0 then return {i - 1, wait} end
-    provider[i] = state
-  else
-    used[i] = used_in(i)
-    if used[i] + amounts[i] > limits[i] then return {i - 1, wait_for(i, used[i])} end
+local function check()
+  for i = 1, n do
+    if kinds[i] == 'p' then
+      local wait, state = provider_wait(i)
+      if wait > 0 then return {i - 1, wait} end
+      provider[i] = state
+    else
+      used[i] = used_in(i)
+      if used[i] + amounts[i] > limits[i] then return {i - 1, wait_for(i, used[i])} end
+    end
   end
+  return nil
 end
+"""
+
+ADMIT = _CHECKS + """
+local refused = check()
+if refused then return refused end
 
 local out = {-1, 0}
 for i = 1, n do
@@ -190,6 +227,141 @@ end
 return out
 """
 
+# A quota lease: one call borrows up to ARGV[4] requests, ARGV[5] tokens and ARGV[6] concurrency
+# slots of every bucket (ARGV[3], the first request's tokens, is the least it may take: the checks
+# run with it, so a refusal answers as ADMIT would). Each bucket grants what it has room for, the
+# lease takes the smallest grant of each kind. It is one entry per log, whatever it holds (a
+# request window without a token window, which keeps no amounts, takes one member per request,
+# rid, rid#2, ...). Window entries are stamped ARGV[7] ms ahead (the lease's end), so they count at
+# least as long as any request admitted under it. Answers {-1, 0, requests, tokens, slots,
+# remaining, reset, ...}.
+LEASE = _CHECKS + """
+local want_requests, want_tokens, want_slots, ahead = whole(ARGV[4], 1), whole(ARGV[5], 1), whole(ARGV[6], 1), whole(ARGV[7], 0)
+if not (want_requests and want_tokens and want_slots and ahead) then return bad('a lease', 1) end
+if want_tokens < tokens then return bad('a lease', tokens) end
+local refused = check()
+if refused then return refused end
+
+local grant = {r = want_requests, t = want_tokens, c = want_slots}
+local function cap(what, room) if room < grant[what] then grant[what] = room end end
+local counted = {}  -- token logs a request window counts
+for i = 1, n do
+  local kind = kinds[i]
+  if kind == 'p' then
+    for field, value in pairs(provider[i]) do
+      if string.sub(field, -2) == ':e' and tonumber(value) > now then
+        local w = string.sub(field, 1, -3)
+        cap((provider[i][w .. ':k'] == 'requests') and 'r' or 't', tonumber(provider[i][w .. ':r'] or '0'))
+      end
+    end
+  elseif kind == 'n' or kind == 'm' then
+    cap('r', limits[i] - used[i])
+    if kind == 'm' then counted[logs[i]] = true end
+  else cap(kind, limits[i] - used[i]) end
+end
+
+local stamp = now + ahead
+local out = {-1, 0, grant.r, grant.t, grant.c}
+for i = 1, n do
+  local kind, key = kinds[i], logs[i]
+  local took = (kind == 't') and grant.t or ((kind == 'c') and grant.c or grant.r)
+  if kind == 'p' then
+    for field, value in pairs(provider[i]) do
+      if string.sub(field, -2) == ':e' and tonumber(value) > now then
+        local w = string.sub(field, 1, -3)
+        redis.call('HINCRBY', key, w .. ':r', -((provider[i][w .. ':k'] == 'requests') and grant.r or grant.t))
+      end
+    end
+    out[#out + 1] = -1; out[#out + 1] = -1
+  elseif kind == 'c' then
+    redis.call('ZADD', key, now + spans[i], rid)
+    redis.call('HSET', hashes[i], rid, grant.c)
+    redis.call('HINCRBY', hashes[i], '_w', grant.c - 1)
+    redis.call('PEXPIRE', key, spans[i] + 1000)
+    redis.call('PEXPIRE', hashes[i], spans[i] + 1000)
+    out[#out + 1] = limits[i] - used[i] - grant.c; out[#out + 1] = 0
+  else
+    if kind == 'n' then
+      local members = {}
+      for j = 1, grant.r do
+        members[#members + 1] = stamp
+        members[#members + 1] = (j == 1) and rid or (rid .. '#' .. j)
+      end
+      redis.call('ZADD', key, unpack(members))
+      redis.call('PEXPIRE', key, spans[i] + ahead + 1000)
+    elseif kind == 't' then
+      redis.call('ZADD', key, stamp, rid)
+      local ttl = 2 * spans[i] + ahead + 1000
+      local amount = grant.t
+      if counted[key] and grant.r > 1 then
+        amount = grant.t .. '|' .. grant.r
+        redis.call('HINCRBY', hashes[i], '_n', grant.r - 1)
+      end
+      redis.call('HSET', hashes[i], rid, amount, '_x', now + ttl)
+      redis.call('HINCRBY', hashes[i], '_t', grant.t)
+      redis.call('PEXPIRE', key, ttl)
+      redis.call('PEXPIRE', hashes[i], ttl)
+    end
+    out[#out + 1] = limits[i] - used[i] - took; out[#out + 1] = 0  -- its reset once every log is written, below
+  end
+end
+for i = 1, n do
+  if kinds[i] ~= 'p' and kinds[i] ~= 'c' then
+    local first = redis.call('ZRANGE', logs[i], 0, 0, 'WITHSCORES')
+    out[2 * i + 5] = math.max(0, tonumber(first[2]) + spans[i] - now)
+  end
+end
+return out
+"""
+
+# A lease's end: ARGV[3] its tokens used (and still reserved), ARGV[4] the requests it kept of
+# ARGV[5] granted, ARGV[6] the slots still held (of ARGV[7] granted). Unused requests and free
+# slots leave the logs; the token entry becomes ARGV[3] (or goes, with every request unused).
+END_LEASE = _PRELUDE + """
+local kept, granted, held, slots = whole(ARGV[4], 0), whole(ARGV[5], 1), whole(ARGV[6], 0), whole(ARGV[7], 1)
+if not (whole(tokens_arg, 0) and kept and granted and held and slots) then return bad('a lease end', 0) end
+local counted = {}
+for i = 1, n do if kinds[i] == 'm' then counted[logs[i]] = true end end
+for i = 1, n do
+  local kind, key = kinds[i], logs[i]
+  if kind == 'n' and kept < granted then
+    local gone = {}
+    for j = kept + 1, granted do gone[#gone + 1] = (j == 1) and rid or (rid .. '#' .. j) end
+    redis.call('ZREM', key, unpack(gone))
+  elseif kind == 'c' then
+    local old = tonumber(redis.call('HGET', hashes[i], rid) or '0')
+    if old > 0 then
+      if held == 0 then
+        redis.call('ZREM', key, rid)
+        redis.call('HDEL', hashes[i], rid)
+        redis.call('HINCRBY', hashes[i], '_w', 1 - old)
+      else
+        redis.call('HSET', hashes[i], rid, held)
+        redis.call('HINCRBY', hashes[i], '_w', held - old)
+      end
+    end
+  elseif kind == 't' then
+    local old = redis.call('HGET', hashes[i], rid)
+    if old then
+      local was, requests = entry(old)
+      local now_requests = 1
+      if kept == 0 then
+        redis.call('HDEL', hashes[i], rid)
+        redis.call('ZREM', key, rid)
+        redis.call('HINCRBY', hashes[i], '_t', -was)
+      else
+        local amount = tokens
+        if counted[key] and kept > 1 then amount = tokens .. '|' .. kept; now_requests = kept end
+        redis.call('HSET', hashes[i], rid, amount)
+        redis.call('HINCRBY', hashes[i], '_t', tokens - was)
+      end
+      if requests ~= now_requests then redis.call('HINCRBY', hashes[i], '_n', now_requests - requests) end
+    end
+  end
+end
+return 0
+"""
+
 # ARGV[3] is the real token count, or '-' to undo the reservation entirely.
 SETTLE = _PRELUDE + """
 local undo = tokens_arg == '-'
@@ -215,9 +387,14 @@ end
 return 0
 """
 
+# Slots stay as long as their lease set and hash (a lease's slots are one entry of both).
 RENEW = _PRELUDE + """
 for i = 1, n do
-  if kinds[i] == 'c' then redis.call('ZADD', logs[i], 'XX', now + spans[i], rid) end
+  if kinds[i] == 'c' then
+    redis.call('ZADD', logs[i], 'XX', now + spans[i], rid)
+    redis.call('PEXPIRE', logs[i], spans[i] + 1000)
+    redis.call('PEXPIRE', hashes[i], spans[i] + 1000)
+  end
 end
 return 0
 """

@@ -20,7 +20,7 @@ MESSAGES = [{"role": "user", "content": "count to twenty please"}]
 POLICY = """\
 version: 1
 auth: open
-store: {{redis_url: '{url}', topology: {topology}, timeout_ms: 500, replicas: {replicas}}}
+store: {{redis_url: '{url}', topology: {topology}, timeout_ms: 500, replicas: {replicas}{leases}}}
 deployments:
   - name: {prefix}-requests
     provider: openai
@@ -41,12 +41,15 @@ def provider():
         yield server
 
 
-@pytest.fixture(params=["standalone", "cluster"])
+@pytest.fixture(params=["standalone", "cluster", "standalone-leases", "cluster-leases"])
 def replicas(request, tmp_path, provider):
-    redis = request.getfixturevalue("redis_server" if request.param == "standalone" else "redis_cluster")
+    """Four replicas; the -leases variants admit from quota leases (store.leases) instead of one call each."""
+    topology, _, leases = request.param.partition("-")
+    redis = request.getfixturevalue("redis_server" if topology == "standalone" else "redis_cluster")
     prefix = f"r{time.monotonic_ns() % 10**8}"
     path = tmp_path / "replicas.yaml"
-    path.write_text(POLICY.format(url=redis.url, topology=request.param, replicas=REPLICAS, prefix=prefix,
+    path.write_text(POLICY.format(url=redis.url, topology=topology, replicas=REPLICAS, prefix=prefix,
+                                  leases=", leases: {duration_ms: 300}" if leases else "",
                                   sim=provider.url, rpm=RPM, tpm=TPM))
     ports = [free_port() for _ in range(REPLICAS)]
     processes = []

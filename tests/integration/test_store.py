@@ -10,7 +10,8 @@ import uuid
 
 import pytest
 
-from proxy.store.base import CONCURRENCY, COUNTED, PROVIDER, REQUESTS, TOKENS, Bucket, ProviderWindowState, StoreError, bucket_amounts
+from proxy.store.base import (CONCURRENCY, COUNTED, PROVIDER, REQUESTS, TOKENS, AmountError, Bucket, ProviderWindowState, StoreError,
+                              bucket_amounts)
 from proxy.store.connect import Target
 from proxy.store.memory import MemoryStore
 from proxy.store.redis_store import SETTLE_DELAY_S, RedisStore
@@ -435,3 +436,58 @@ def test_a_token_window_outlives_its_entries_with_one_expiry_refresh_a_window():
 
     with RedisServer() as server:
         run(main(server))
+
+
+@pytest.fixture(params=["redis", "cluster"])
+def shared_store(request):
+    """A factory of RedisStores (leases are a shared store's: the in-memory store has no replicas to share with)."""
+    server = request.getfixturevalue("redis_server" if request.param == "redis" else "redis_cluster")
+    return lambda: RedisStore(Target(server.url, cluster=request.param == "cluster", timeout_s=0.5))
+
+
+def test_a_lease_takes_what_each_bucket_has_room_for_and_gives_back_what_it_did_not_use(shared_store):
+    async def main():
+        store = shared_store()
+        owner = uuid.uuid4().hex[:8]
+        buckets = scope([(COUNTED, 10, 60_000), (TOKENS, 1000, 60_000), (CONCURRENCY, 3, 30_000), (REQUESTS, 7, 60_000)], owner)
+        buckets[0] = Bucket(buckets[1].key, COUNTED, 10, 60_000, "client", owner, "rpm")  # counted in the token log
+        grant = await store.lease("L1", buckets, 50, 8, 400, 8, 500)
+        # requests: rpd-like window has room for 7; slots: 3; tokens: all 400 asked
+        assert (grant.requests, grant.tokens, grant.slots) == (7, 400, 3)
+        assert grant.result.remaining == [3, 600, 0, 0]
+        refused = await store.lease("L2", buckets, 50, 8, 400, 8, 500)
+        assert refused.result.refused == 2 and refused.requests == 0  # no slot left: refused as admit would
+        # the lease used 2 requests, 120 tokens, and still runs one of them
+        await store.end_lease("L1", buckets, 120, 2, 7, 1, 3)
+        await store.flush()
+        after = await store.admit("one", buckets, bucket_amounts(buckets, 50))
+        assert after.remaining == [10 - 3, 1000 - 170, 3 - 2, 7 - 3]
+        with pytest.raises(AmountError):
+            await store.lease("L3", buckets, 50, 0, 400, 8, 500)
+        await store.aclose()
+
+    run(main())
+
+
+def test_a_leases_one_entry_counts_all_its_requests_and_slots_until_they_leave(shared_store):
+    """A lease is one entry per log however much it holds: the window counts its requests, the
+    wait reads them, and they leave with the window (its slots with their lease time) in full."""
+
+    async def main():
+        store = shared_store()
+        owner = uuid.uuid4().hex[:8]
+        tokens = Bucket(f"lw:{{t:{owner}}}:tpm", TOKENS, 10_000, 400, "client", owner, "tpm")
+        buckets = [Bucket(tokens.key, COUNTED, 6, 400, "client", owner, "rpm"), tokens,
+                   Bucket(f"lw:{{t:{owner}}}:conc", CONCURRENCY, 4, 300, "client", owner, "concurrency")]
+        grant = await store.lease("L", buckets, 10, 5, 50, 3, 0)
+        assert (grant.requests, grant.slots) == (5, 3)
+        assert (await store.admit("a", buckets, bucket_amounts(buckets, 10))).remaining[:1] == [0]
+        refused = await store.admit("b", buckets, bucket_amounts(buckets, 10))
+        assert refused.refused == 0 and 300 < refused.retry_ms <= 400  # when the lease's entry leaves
+        await store.settle("a", buckets, 10)
+        await asyncio.sleep(0.45)  # the window and the slots' lease time have passed; nothing was ended
+        results = [await store.admit(f"c{i}", buckets, bucket_amounts(buckets, 10)) for i in range(5)]
+        assert [r.admitted for r in results] == [True] * 4 + [False]  # 4 slots free again, none held by the lease
+        await store.aclose()
+
+    run(main())

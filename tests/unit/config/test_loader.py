@@ -16,7 +16,7 @@ from proxy.config import (
     load_policy,
     parse_policy,
 )
-from proxy.config.schema import Limits, StoreSettings
+from proxy.config.schema import LeaseSettings, Limits, StoreSettings
 from proxy.limits import Limiter
 from proxy.simulate.tls import make_ca
 
@@ -454,6 +454,12 @@ def test_store_section_reads_redis_url_from_the_environment():
     assert "secret" not in repr(loaded.store)
 
 
+def test_store_leases_are_off_unless_set_and_take_their_defaults():
+    assert limits_policy(store="store: {redis_url: 'redis://h:6379/0'}").store.leases is None
+    leases = limits_policy(store="store: {redis_url: 'redis://h:6379/0', leases: {share: 0.25}}").store.leases
+    assert leases == LeaseSettings(requests=256, duration_ms=1000, share=0.25)
+
+
 @pytest.mark.parametrize(
     "parts, expected",
     [
@@ -464,6 +470,11 @@ def test_store_section_reads_redis_url_from_the_environment():
         ({"store": "store: {redis_url: 'http://:pw@host/'}"}, "p.yaml:3: store.redis_url: must be a Redis URL"),
         ({"store": "store: {timeout_ms: -5}"}, "p.yaml:3: store.timeout_ms: must be greater than 0"),
         ({"store": "store: {topology: sharded}"}, "p.yaml:3: store.topology: unknown store topology"),
+        ({"store": "store: {leases: {duration_ms: 5000}}"}, "p.yaml:3: store.leases.duration_ms: must be at most 1000 ms"),
+        ({"store": "store: {leases: {requests: 0}}"}, "p.yaml:3: store.leases.requests: must be greater than 0"),
+        ({"store": "store: {leases: {requests: 5000}}"}, "p.yaml:3: store.leases.requests: must be at most 1000"),
+        ({"store": "store: {leases: {share: 1.5}}"}, "p.yaml:3: store.leases.share: must be at most 1 (the share"),
+        ({"store": "store: {leases: {size: 5}}"}, "p.yaml:3: store.leases.size: unknown key 'size'"),
     ],
 )
 def test_validation_errors_name_file_line_and_field(parts, expected):
