@@ -49,7 +49,7 @@ class _Connection(asyncio.Protocol):
     __slots__ = (
         "transport", "parser", "pool", "status", "headers", "chunks", "complete", "keep_alive",
         "closed", "error", "_headers_waiter", "_body_waiter", "_paused", "_got_bytes", "sink", "body_at", "_clock",
-        "_batch", "hold_s", "_held", "_call_later",
+        "_batch", "hold_s", "_held", "_call_later", "refused",
     )
 
     _HIGH_WATER = 32
@@ -78,6 +78,7 @@ class _Connection(asyncio.Protocol):
         self.sink: Callable[[bytes], bool] | None = None  # set while Response.relay hands chunks on as they are parsed
         self.body_at = 0.0  # loop time of the last chunk given to the sink
         self._batch: list[bytes] | None = None  # the sink's chunks parsed from one read, handed on as one
+        self.refused = False  # the sink said "not now" to what it was handed: the relay owes a drain
         self.hold_s = 0.0  # while relaying: reading pauses this long after each read handed to the sink
         self._held: asyncio.TimerHandle | None = None
 
@@ -112,6 +113,7 @@ class _Connection(asyncio.Protocol):
             return
         if not sink(batch[0] if len(batch) == 1 else b"".join(batch)):  # the client is not keeping up:
             self.sink = None                                            # the relay waits for it, chunks queue
+            self.refused = True
             self._wake_body()
 
     def release_hold(self) -> None:
@@ -287,7 +289,8 @@ class Response:
                     await waiter
                 finally:
                     conn.sink, self._relaying, conn._body_waiter = None, False, None
-                if not conn.complete:  # woken by a sink that said "not now"
+                if conn.refused:  # woken by a sink that said "not now" (the last read's chunks included)
+                    conn.refused = False
                     await drain()
         finally:
             conn.hold_s = 0.0

@@ -439,6 +439,34 @@ def test_relay_hands_each_chunk_to_the_sink_from_the_read_callback_in_order(loop
 
 
 @pytest.mark.parametrize("loop", sorted(LOOPS))
+def test_relay_drains_what_a_queueing_sink_took_from_the_read_that_ended_the_body(loop):
+    """A sink that queues and asks for a drain every time (plain ASGI send): when the last chunk
+    and the body's end come in one read, the relay still drains it before it returns."""
+    def end_in_one_read(upstream: Upstream) -> None:
+        upstream.transport.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        asyncio.get_running_loop().call_later(0.05, upstream.transport.write, b"4\r\nlast\r\n0\r\n\r\n")
+
+    async def main() -> None:
+        async with Server(end_in_one_read) as upstream:
+            response = await upstream.pool.request(GET, b"", connect_s=1, first_byte_s=1, idle_s=1)
+            queued: list[bytes] = []
+            sent: list[bytes] = []
+
+            def sink(chunk: bytes) -> bool:
+                queued.append(chunk)
+                return False
+
+            async def drain() -> None:
+                sent.extend(queued)
+                queued.clear()
+
+            await response.relay(sink, drain)
+            assert b"".join(sent) == b"last" and not queued
+
+    run(main, loop)
+
+
+@pytest.mark.parametrize("loop", sorted(LOOPS))
 def test_relay_with_a_hold_reads_a_paced_stream_a_few_chunks_at_a_time_and_never_holds_the_first(loop):
     """A chunk every 2 ms, a 20 ms hold: the first chunk goes on at once, then each read takes
     what came meanwhile (one sink call for all of it), every byte once and in order, the last one
