@@ -288,6 +288,8 @@ def main() -> int:
                         help="what the simulators send besides the body (default openai: OpenAI's full set)")
     parser.add_argument("--paced-streams", type=int, default=32, help="streams per paced measurement (0: skip)")
     parser.add_argument("--proxy-root", type=Path, default=ROOT, help="the checkout whose proxy runs (default this one)")
+    parser.add_argument("--stream-batch-ms", type=float, default=0.0,
+                        help="the proxy's server.stream_batch_ms (default 0: every chunk relayed as it comes)")
     args = parser.parse_args()
 
     sim_port, paced_port, proxy_port = free_port(), free_port(), free_port()
@@ -297,6 +299,7 @@ def main() -> int:
         f"deployments:\n  - {{name: sim, provider: openai, model: sim-instant, base_url: 'http://127.0.0.1:{sim_port}/v1'}}\n"
         f"  - {{name: sim-paced, provider: openai, model: sim-instant, base_url: 'http://127.0.0.1:{paced_port}/v1'}}\n"
         "routes:\n  - {name: bench, candidates: [sim]}\n  - {name: paced, candidates: [sim-paced]}\n"
+        + (f"server: {{stream_batch_ms: {args.stream_batch_ms:g}}}\n" if args.stream_batch_ms else "")
     )
     policy.close()
     env = dict(os.environ, PYTHONPATH=_path(ROOT))

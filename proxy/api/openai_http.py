@@ -188,7 +188,7 @@ async def _relay_stream(call: Call, attempt: Attempt, req: ModelRequest, headers
         out = client if client is not None and client.ready() else _AsgiStream(send)
         sink = _sink(scanner, usage_filter, edges, out.write)
         if isinstance(response, PooledResponse):  # chunks written from the upstream's read callback
-            await response.relay(sink, out.drain)
+            await response.relay(sink, out.drain, call.runtime.policy.server.stream_batch_ms / 1000)
         else:  # LiteLLM, upstream sockets, a hedge's replay
             async for chunk in response.iter_body():
                 if not sink(chunk):

@@ -309,6 +309,7 @@ SERVER = Spec(
         "keep_alive_s": Field(positive_float),
         "max_connections": Field(positive_int),
         "max_header_bytes": Field(positive_int),
+        "stream_batch_ms": Field(_non_negative),
     },
     ServerSettings,
 )

@@ -219,6 +219,9 @@ class ServerSettings:
     keep_alive_s: float = 75.0  # an idle keep-alive connection is closed after this long
     max_connections: int = 4096  # open client connections (HTTP and WebSocket) per worker; more get 503
     max_header_bytes: int = 64 * 1024  # request line + headers; more get 431
+    # A streamed answer from a pooled HTTP upstream is read at most once per this many ms after its
+    # first chunk: tokens paced one by one go out a few at a time, for less CPU per token. 0: each as it comes.
+    stream_batch_ms: float = 0.0
 
 
 PRICE_STATUSES = frozenset({"announced", "provisional", "free_preview"})

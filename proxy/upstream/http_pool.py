@@ -49,6 +49,7 @@ class _Connection(asyncio.Protocol):
     __slots__ = (
         "transport", "parser", "pool", "status", "headers", "chunks", "complete", "keep_alive",
         "closed", "error", "_headers_waiter", "_body_waiter", "_paused", "_got_bytes", "sink", "body_at", "_clock",
+        "_batch", "hold_s", "_held", "_call_later", "refused",
     )
 
     _HIGH_WATER = 32
@@ -56,7 +57,9 @@ class _Connection(asyncio.Protocol):
     def __init__(self, pool: "OriginPool") -> None:
         self.pool = pool
         self.transport: asyncio.Transport | None = None
-        self._clock = asyncio.get_running_loop().time
+        loop = asyncio.get_running_loop()  # asked once: each ask is a getpid() syscall
+        self._clock = loop.time
+        self._call_later = loop.call_later
         self.closed = False
         self.error: UpstreamError | None = None
         self._reset()
@@ -74,6 +77,10 @@ class _Connection(asyncio.Protocol):
         self._got_bytes = False
         self.sink: Callable[[bytes], bool] | None = None  # set while Response.relay hands chunks on as they are parsed
         self.body_at = 0.0  # loop time of the last chunk given to the sink
+        self._batch: list[bytes] | None = None  # the sink's chunks parsed from one read, handed on as one
+        self.refused = False  # the sink said "not now" to what it was handed: the relay owes a drain
+        self.hold_s = 0.0  # while relaying: reading pauses this long after each read handed to the sink
+        self._held: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol ---------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -81,12 +88,41 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._got_bytes = True
+        relaying = self.sink is not None
+        if relaying:
+            self._batch = []
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail(UpstreamError("upstream answered with a protocol upgrade"))
         except httptools.HttpParserError as exc:
             self._fail(UpstreamError(f"malformed HTTP response from upstream: {exc}"))
+        finally:
+            if relaying:
+                self._hand_on()
+        if relaying and self.hold_s and not self.complete and self._held is None and self.transport is not None:
+            # what arrives meanwhile waits in the socket and comes as one read: fewer wake-ups per token
+            self.transport.pause_reading()
+            self._held = self._call_later(self.hold_s, self.release_hold)
+
+    def _hand_on(self) -> None:
+        """The body parsed from one read goes to the sink in one call (one scan, one client write)."""
+        batch, self._batch = self._batch, None
+        sink = self.sink
+        if not batch or sink is None:
+            return
+        if not sink(batch[0] if len(batch) == 1 else b"".join(batch)):  # the client is not keeping up:
+            self.sink = None                                            # the relay waits for it, chunks queue
+            self.refused = True
+            self._wake_body()
+
+    def release_hold(self) -> None:
+        """Reading resumes (the hold is over, or the relay ended), unless the chunk queue paused it."""
+        if self._held is not None:
+            self._held.cancel()
+            self._held = None
+            if not self._paused and not self.closed and self.transport is not None:
+                self.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -107,12 +143,9 @@ class _Connection(asyncio.Protocol):
             waiter.set_result(None)
 
     def on_body(self, body: bytes) -> None:
-        sink = self.sink
-        if sink is not None:
+        if self.sink is not None and self._batch is not None:
             self.body_at = self._clock()
-            if not sink(body):  # the client is not keeping up: the relay waits for it, chunks queue meanwhile
-                self.sink = None
-                self._wake_body()
+            self._batch.append(body)
             return
         self.chunks.append(body)
         if len(self.chunks) > self._HIGH_WATER and not self._paused and self.transport:
@@ -226,15 +259,19 @@ class Response:
         finally:
             self.release()
 
-    async def relay(self, sink: Callable[[bytes], bool], drain: Callable[[], Awaitable[None]]) -> None:
+    async def relay(self, sink: Callable[[bytes], bool], drain: Callable[[], Awaitable[None]], hold_s: float = 0.0) -> None:
         """Hand the body to ``sink`` as it arrives, from the upstream connection's read callback:
-        no task wake-up, iterator step or queue per chunk. ``sink`` returns False when its client
-        is not keeping up; then the relay awaits ``drain()`` while chunks queue (reading pauses
-        past the high-water mark, so a stalled client stalls the upstream, never fills memory).
+        no task wake-up, iterator step or queue per chunk, and what one read brought in one call.
+        ``sink`` returns False when its client is not keeping up; then the relay awaits ``drain()``
+        while chunks queue (reading pauses past the high-water mark, so a stalled client stalls the
+        upstream, never fills memory). ``hold_s`` > 0 pauses reading that long after each read
+        (the first chunk is never held), so a stream paced token by token is relayed a few tokens
+        a wake-up: less CPU per token, each token up to ``hold_s`` later.
         Timeouts, errors and release are as for ``iter_body``."""
         conn = self._conn
         chunks = conn.chunks
         loop = self._loop
+        conn.hold_s = hold_s
         try:
             while True:
                 if chunks:
@@ -252,9 +289,12 @@ class Response:
                     await waiter
                 finally:
                     conn.sink, self._relaying, conn._body_waiter = None, False, None
-                if not conn.complete:  # woken by a sink that said "not now"
+                if conn.refused:  # woken by a sink that said "not now" (the last read's chunks included)
+                    conn.refused = False
                     await drain()
         finally:
+            conn.hold_s = 0.0
+            conn.release_hold()
             self.release()
 
     async def read(self) -> bytes:

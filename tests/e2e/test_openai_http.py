@@ -377,3 +377,31 @@ def test_sdk_streams_alike_whether_the_server_offers_the_direct_client_stream_or
     first, second = server.outcomes
     assert (first.status, first.output_tokens, second.output_tokens) == (200, 64, 8)
     assert first.first_token_at is not None and first.first_token_at - first.started >= 0.015
+
+
+def test_stream_batch_ms_relays_a_paced_stream_a_few_tokens_a_write_and_all_of_it(tmp_path):
+    """server.stream_batch_ms: a stream paced one token per write (1000 tok/s) reaches the client
+    in far fewer writes, with every token, in order, and its usage; the first token is not held."""
+    with simulator("wafer", ttft_ms=5, tokens_per_s=1000, batch_ms=0) as sim:
+        rest = (f"deployments:\n  - {{name: paced, provider: openai, model: sim-spark, base_url: '{sim.url}/v1'}}\n"
+                "routes:\n  - {name: fast, candidates: [paced]}\n")
+        body = {"model": "fast", "messages": MESSAGES, "max_tokens": 120, "stream": True,
+                "stream_options": {"include_usage": True}}
+        seen = {}
+        for ms in (0, 20):
+            policy = f"version: 1\nauth: open\nserver: {{stream_batch_ms: {ms}}}\n" + rest
+            with proxy_from_yaml(tmp_path, policy, name=f"p{ms}.yaml") as proxy:
+                with httpx.Client(timeout=30) as client, client.stream("POST", proxy.url + "/v1/chat/completions",
+                                                                      json=body) as response:
+                    started, reads, first = time.monotonic(), [], None
+                    for raw in response.iter_raw():
+                        first = first or time.monotonic() - started
+                        reads.append(raw)
+                events = [orjson.loads(line[6:]) for line in b"".join(reads).split(b"\n\n")
+                          if line.startswith(b"data: {")]
+                content = "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"])
+                seen[ms] = (len(reads), content, events[-1]["usage"]["completion_tokens"], first)
+    (unbatched, content0, used0, _), (batched, content20, used20, first20) = seen[0], seen[20]
+    assert content20 == content0 and used20 == used0 == 120
+    assert batched * 3 < unbatched, (batched, unbatched)
+    assert first20 < 0.5  # the first chunk is relayed as it comes (the simulator's TTFT is 5 ms)

@@ -324,6 +324,13 @@ def test_max_body_bytes(value: str) -> None:
     has_error(BASE + f"server:\n  max_body_bytes: {value}\n", "<string>:16: server.max_body_bytes:")
 
 
+@pytest.mark.parametrize("value", ["-1", "soon", ".nan"])
+def test_stream_batch_ms(value: str) -> None:
+    has_error(BASE + f"server:\n  stream_batch_ms: {value}\n", "<string>:16: server.stream_batch_ms:")
+    assert parse(BASE + "server: {stream_batch_ms: 20}\n").server.stream_batch_ms == 20
+    assert parse(BASE).server.stream_batch_ms == 0
+
+
 def test_headers_validated() -> None:
     text = BASE.replace("    model: gpt-oss-120b", '    model: gpt-oss-120b\n    headers: {"Bad Header": x, X-Ok: [1]}')
     errs = errors(text)

@@ -438,6 +438,76 @@ def test_relay_hands_each_chunk_to_the_sink_from_the_read_callback_in_order(loop
     run(main, loop)
 
 
+@pytest.mark.parametrize("loop", sorted(LOOPS))
+def test_relay_drains_what_a_queueing_sink_took_from_the_read_that_ended_the_body(loop):
+    """A sink that queues and asks for a drain every time (plain ASGI send): when the last chunk
+    and the body's end come in one read, the relay still drains it before it returns."""
+    def end_in_one_read(upstream: Upstream) -> None:
+        upstream.transport.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        asyncio.get_running_loop().call_later(0.05, upstream.transport.write, b"4\r\nlast\r\n0\r\n\r\n")
+
+    async def main() -> None:
+        async with Server(end_in_one_read) as upstream:
+            response = await upstream.pool.request(GET, b"", connect_s=1, first_byte_s=1, idle_s=1)
+            queued: list[bytes] = []
+            sent: list[bytes] = []
+
+            def sink(chunk: bytes) -> bool:
+                queued.append(chunk)
+                return False
+
+            async def drain() -> None:
+                sent.extend(queued)
+                queued.clear()
+
+            await response.relay(sink, drain)
+            assert b"".join(sent) == b"last" and not queued
+
+    run(main, loop)
+
+
+@pytest.mark.parametrize("loop", sorted(LOOPS))
+def test_relay_with_a_hold_reads_a_paced_stream_a_few_chunks_at_a_time_and_never_holds_the_first(loop):
+    """A chunk every 2 ms, a 20 ms hold: the first chunk goes on at once, then each read takes
+    what came meanwhile (one sink call for all of it), every byte once and in order, the last one
+    no later than a hold after it came; the connection goes back to the pool reading again."""
+    sent: list[float] = []
+
+    def drip(upstream: Upstream) -> None:
+        ev = asyncio.get_running_loop()
+        upstream.transport.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for i in range(60):
+            ev.call_later(0.05 + 0.002 * i, lambda i=i: (sent.append(ev.time()), upstream.transport.write(b"2\r\nc%d\r\n" % (i % 10))))
+        ev.call_later(0.05 + 0.002 * 60, upstream.transport.write, b"0\r\n\r\n")
+
+    async def main() -> None:
+        async with Server(drip) as upstream:
+            response = await upstream.pool.request(GET, b"", connect_s=1, first_byte_s=1, idle_s=1)
+            received: list[tuple[float, bytes]] = []
+            ev = asyncio.get_running_loop()
+
+            def sink(chunk: bytes) -> bool:
+                received.append((ev.time(), chunk))
+                return True
+
+            async def drain() -> None:
+                raise AssertionError("a sink that keeps up is never drained")
+
+            await response.relay(sink, drain, hold_s=0.02)
+            assert b"".join(chunk for _, chunk in received) == b"".join(b"c%d" % (i % 10) for i in range(60))
+            assert received[0][0] - sent[0] < 0.015  # the first chunk is not held
+            assert len(received) <= 15  # 60 chunks over ~120 ms, one read per 20 ms hold
+            assert received[-1][0] - sent[-1] < 0.02 + 0.05  # the hold, and a loaded machine's slack
+            conn = response._conn
+            assert len(upstream.pool._idle) == 1 and conn._held is None and conn.hold_s == 0
+            # back in the pool reading: the next exchange on the connection works, held nothing
+            again = await upstream.pool.request(GET, b"", connect_s=1, first_byte_s=1, idle_s=1)
+            assert again._conn is conn and conn.hold_s == 0
+            again.abandon()
+
+    run(main, loop)
+
+
 def test_relay_waits_for_a_stalled_sink_and_pauses_the_upstream_meanwhile():
     """A sink that says "not now" gets nothing more until drain() returns; the 4 MiB that keep
     coming queue only until reading pauses (a read past the high-water mark): the upstream stalls,
