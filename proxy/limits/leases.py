@@ -82,6 +82,7 @@ class Leases:
         self._per_request: dict[str, float] = {} # scope -> tokens a request reserves, on average
         self._holding: set[Lease] = set()        # leases whose slots are in the store (renewed)
         self.borrowed = 0                        # leases granted
+        self.admitted = 0                        # requests admitted from them
         self.answers = 0                         # store replies (grants and refusals): the store is reachable
 
     async def take(self, buckets: tuple[Bucket, ...], tokens: int) -> Lease | AdmitResult:
@@ -128,6 +129,7 @@ class Leases:
                 done.set_result(None)
 
     def _admit(self, scope: str, lease: Lease, tokens: int) -> None:
+        self.admitted += 1
         lease.taken += 1
         lease.in_flight += 1
         lease.reserved += tokens

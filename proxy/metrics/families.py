@@ -139,6 +139,14 @@ upstream_ws_events = Counter(
 upstream_ws_open = Gauge(
     "laneway_upstream_websockets_open", "WebSocket connections to providers open now (summed over workers).",
     (), registry=REGISTRY, multiprocess_mode="livesum")
+ratelimit_leases = Counter(
+    "laneway_ratelimit_leases",
+    "Quota leases borrowed from the shared limit store (store.leases): one store call each, for many admissions.",
+    (), registry=REGISTRY)
+ratelimit_leased_admissions = Counter(
+    "laneway_ratelimit_leased_admissions",
+    "Requests admitted from quota leases (store.leases); per lease borrowed, the requests one store call served.",
+    (), registry=REGISTRY)
 ratelimit_local_admissions = Counter(
     "laneway_ratelimit_local_admissions",
     "Requests admitted by this replica's own limits while the shared limit store (Redis) was unreachable (fail-open).",

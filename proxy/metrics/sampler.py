@@ -75,6 +75,9 @@ class Sampler:
         limiter = state.limiter
         self._routing(state, policy.deployments, provider_view=not limiter.active)
         self._limits(limiter.stats)
+        if limiter.leases is not None:
+            self._advance("leases", limiter.leases.borrowed, m.ratelimit_leases)
+            self._advance("leased_admissions", limiter.leases.admitted, m.ratelimit_leased_admissions)
         self._accounting(state.accounting)
         self._cost(policy.deployments)
         reloader = state.reloader

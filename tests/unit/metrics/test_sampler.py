@@ -2,11 +2,14 @@
 first request), declared limits export their size, and every quota series names its unit."""
 from __future__ import annotations
 
+import asyncio
+
 from proxy.api.state import ProxyState
 from proxy.config import load_policy
 from proxy.metrics import families
 from proxy.metrics.observer import RequestMetrics
 from proxy.metrics.sampler import Sampler
+from tests.redis_support import redis_server  # noqa: F401  (fixture)
 
 POLICY = """\
 version: 1
@@ -61,3 +64,26 @@ def test_declared_limits_export_their_size_one_unit_per_series(tmp_path):
     assert sample("laneway_ratelimit_limit", deployment="smp-wafer", window="tpm", unit="tokens", source="laneway") == 60000
     assert sample("laneway_ratelimit_limit", deployment="smp-wafer", window="concurrency", unit="requests",
                   source="laneway") == 4
+
+
+def test_quota_leases_count_leases_borrowed_and_requests_admitted_from_them(tmp_path, redis_server):
+    path = tmp_path / "policy.yaml"
+    path.write_text(POLICY.replace("auth: open\n", f"auth: open\nstore: {{redis_url: '{redis_server.url}', leases: {{share: 1}}}}\n")
+                    .replace("smp-wafer", "lease-wafer").replace("smp-gpu", "lease-gpu").replace("smp-route", "lease-route"))
+    state = ProxyState(load_policy(path))
+    state.reloader = None
+    leases_before = sample("laneway_ratelimit_leases_total") or 0
+    admitted_before = sample("laneway_ratelimit_leased_admissions_total") or 0
+
+    async def admit(n: int) -> None:
+        for _ in range(n):
+            ticket = state.limiter.borrow("", 10, 5)
+            await ticket.admit("lease-wafer")
+            state.limiter.give_back(ticket, 12)
+        await state.limiter.aclose()
+
+    asyncio.run(admit(7))
+    Sampler(state, RequestMetrics(lambda: state.policy.deployments)).sample()
+    borrowed = sample("laneway_ratelimit_leases_total") - leases_before
+    assert sample("laneway_ratelimit_leased_admissions_total") - admitted_before == 7
+    assert 1 <= borrowed < 7  # sizes 1, 2, 4: three leases for seven requests
