@@ -31,18 +31,24 @@ def access_log(outcome: Outcome) -> None:
 class _Template:
     """What ``makeRecord`` builds for an access line but for its clock and thread, made once per
     process: LogRecord's constructor derives a dozen attributes (file and module names from a path,
-    process and thread names) on every call, a third of the access log's cost."""
+    process and thread names) on every call, a third of the access log's cost. A forked child
+    drops it (``os.register_at_fork``) rather than every line asking ``os.getpid()``, a syscall."""
 
-    pid: ClassVar[int] = -1
-    attributes: ClassVar[dict[str, object]] = {}
+    attributes: ClassVar[dict[str, object] | None] = None
 
     @classmethod
     def get(cls) -> dict[str, object]:
-        pid = os.getpid()
-        if cls.pid != pid:  # first use, or a forked child: its own process attributes
+        if cls.attributes is None:
             record = log.makeRecord(log.name, logging.INFO, __file__, 0, "", None, None)
-            cls.attributes, cls.pid = dict(record.__dict__), pid
+            cls.attributes = dict(record.__dict__)
         return cls.attributes
+
+    @classmethod
+    def forget(cls) -> None:
+        cls.attributes = None
+
+
+os.register_at_fork(after_in_child=_Template.forget)
 
 
 def _record(message: str) -> logging.LogRecord:

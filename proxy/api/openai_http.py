@@ -117,9 +117,10 @@ class _ClientWatch:
         self.gone = False
         self._done = False
         self._receive = receive
-        self._relay = asyncio.current_task()
+        relay = self._relay = asyncio.current_task()
         self._watcher: asyncio.Future | None = None
-        self._timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(WATCH_AFTER_S, self._listen)
+        # the task's loop: asking for the running loop again would cost another getpid() syscall
+        self._timer: asyncio.TimerHandle | None = relay.get_loop().call_later(WATCH_AFTER_S, self._listen)
 
     def _listen(self) -> None:
         self._timer = None

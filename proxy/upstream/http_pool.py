@@ -48,8 +48,8 @@ class _Connection(asyncio.Protocol):
 
     __slots__ = (
         "transport", "parser", "pool", "status", "headers", "chunks", "complete", "keep_alive",
-        "closed", "error", "_headers_waiter", "_body_waiter", "_paused", "_got_bytes", "sink", "body_at", "_clock",
-        "_batch", "hold_s", "_held", "_call_later", "refused",
+        "closed", "error", "_headers_waiter", "_body_waiter", "_paused", "_got_bytes", "sink", "body_at", "loop", "_clock",
+        "_batch", "hold_s", "_held", "refused",
     )
 
     _HIGH_WATER = 32
@@ -57,9 +57,8 @@ class _Connection(asyncio.Protocol):
     def __init__(self, pool: "OriginPool") -> None:
         self.pool = pool
         self.transport: asyncio.Transport | None = None
-        loop = asyncio.get_running_loop()  # asked once: each ask is a getpid() syscall
-        self._clock = loop.time
-        self._call_later = loop.call_later
+        self.loop = asyncio.get_running_loop()  # kept: asking for the running loop costs a getpid() syscall
+        self._clock = self.loop.time
         self.closed = False
         self.error: UpstreamError | None = None
         self._reset()
@@ -103,7 +102,7 @@ class _Connection(asyncio.Protocol):
         if relaying and self.hold_s and not self.complete and self._held is None and self.transport is not None:
             # what arrives meanwhile waits in the socket and comes as one read: fewer wake-ups per token
             self.transport.pause_reading()
-            self._held = self._call_later(self.hold_s, self.release_hold)
+            self._held = self.loop.call_later(self.hold_s, self.release_hold)
 
     def _hand_on(self) -> None:
         """The body parsed from one read goes to the sink in one call (one scan, one client write)."""
@@ -446,7 +445,7 @@ class OriginPool:
         transport = conn.transport
         if conn.closed or transport is None or transport.is_closing():  # the upstream's FIN may not be handled yet
             raise UpstreamClosed("pooled connection was closed")
-        loop = asyncio.get_running_loop()
+        loop = conn.loop
         waiter = conn._headers_waiter = loop.create_future()
         try:
             transport.write(head + body if len(body) < 65536 else head)

@@ -70,3 +70,29 @@ def test_the_record_is_what_make_record_builds_but_for_its_own_time_and_thread(c
     assert other.created >= first.created and other.relativeCreated >= first.relativeCreated
     assert logging.Formatter("%(filename)s %(module)s %(process)d %(levelname)s").format(first) == (
         f"access_log.py access_log {os.getpid()} INFO")
+
+
+def test_a_forked_child_writes_its_own_pid():
+    """The record template is per process: a child forked after the parent logged names itself."""
+    logger = logging.getLogger("laneway.access")
+    seen: list[int] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.process)
+    logger.addHandler(handler)
+    level, logger.level = logger.level, logging.INFO
+    try:
+        access_log(outcome())
+        read, write = os.pipe()
+        child = os.fork()
+        if child == 0:
+            access_log(outcome())
+            os.write(write, str(seen[-1]).encode())
+            os._exit(0)
+        os.close(write)
+        reported = int(os.read(read, 64))
+        os.waitpid(child, 0)
+        os.close(read)
+    finally:
+        logger.removeHandler(handler)
+        logger.level = level
+    assert seen == [os.getpid()] and reported == child
