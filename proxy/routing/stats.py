@@ -38,6 +38,7 @@ DEFAULT_LEARNING = Learning()
 # A lane is demoted (and probed) when measured this many times slower than its priors predict;
 # a probe answering this many times faster than the figure that demoted it ends the demotion.
 PROBE_WHEN_SLOWER = 2.0
+SHIFT_SAMPLES = 2      # odd first-token times in a row that restart a figure (see Metric)
 
 
 def bucket_of(input_tokens: int) -> int:
@@ -88,25 +89,49 @@ class Sketch:
 
 
 class Metric:
-    """Time-decayed EWMA, decayed sample weight and sketch of one measure in one bucket."""
+    """Time-decayed EWMA, decayed sample weight and sketch of one measure in one bucket.
 
-    __slots__ = ("ewma", "weight", "at", "sketch")
+    With ``shifts`` (time to first token), SHIFT_SAMPLES samples in a row that are each
+    PROBE_WHEN_SLOWER times off the figure they found, on the same side, mean the lane changed
+    (a slowdown, a recovery without a probe): the figure restarts from them. Averaged in, two
+    3000 ms first tokens move a 60 ms figure to 1300 ms, still 2x under the GPU lane's short
+    answers, so short turns kept going to a lane 50x slower than before. One odd sample is
+    averaged in as ever.
+    """
+
+    __slots__ = ("ewma", "weight", "at", "sketch", "shift")
 
     def __init__(self) -> None:
         self.ewma: float | None = None
         self.weight = 0.0      # samples behind the EWMA, each counted by what is left of it
         self.at = -math.inf    # when the last sample was taken
         self.sketch = Sketch()
+        self.shift: tuple[float, list[float]] | None = None  # (the figure they found, the odd samples in a row)
 
-    def add(self, value: float, now: float, half_life_s: float) -> None:
+    def add(self, value: float, now: float, half_life_s: float, shifts: bool = False) -> None:
         if self.ewma is None:
             self.ewma, self.weight = value, 1.0
+        elif shifts and self._shifted(value):
+            run = self.shift[1]
+            self.ewma, self.weight, self.shift = sum(run) / len(run), float(len(run)), None
         else:
             kept = _kept(now - self.at, half_life_s)
             self.ewma += max(ALPHA, 1.0 - kept) * (value - self.ewma)
             self.weight = min(float(SKETCH_SIZE), self.weight * kept + 1.0)
         self.at = now
         self.sketch.add(value, now)
+
+    def _shifted(self, value: float) -> bool:
+        """Whether ``value`` completes a run of SHIFT_SAMPLES odd samples on one side of the figure."""
+        base, run = (self.ewma, []) if self.shift is None else self.shift
+        if run and (run[0] > base) != (value > base):  # the other side: a run of its own
+            base, run = self.ewma, []
+        if base / PROBE_WHEN_SLOWER <= value <= base * PROBE_WHEN_SLOWER:
+            self.shift = None
+            return False
+        run.append(value)
+        self.shift = (base, run)
+        return len(run) >= SHIFT_SAMPLES
 
     def weight_at(self, now: float, half_life_s: float) -> float:
         return self.weight * _kept(now - self.at, half_life_s)
@@ -166,7 +191,7 @@ class DeploymentStats:
         q = None if percentile is None else percentile / 100.0
         ttft_ms, warm_t = _figure(self.ttft, self.peer_ttft, index, q, priors.ttft_ms, now, half_life)
         if self.awaiting:
-            ttft_ms = max(ttft_ms, self.longest_wait_ms(index))
+            ttft_ms = _censored(ttft_ms, self.longest_wait_ms(index))
         rate, warm_d = _figure(self.decode, self.peer_decode, index, None if q is None else 1.0 - q,
                                priors.tokens_per_s, now, half_life)
         error_rate = self.error_rate
@@ -234,7 +259,7 @@ class DeploymentStats:
             ttft_ms = (first - outcome.upstream_started) * 1000.0
             if f"probe:{outcome.deployment}" in outcome.reason:
                 self._recovered(index, ttft_ms)
-            self.ttft[index].add(ttft_ms, now, half_life)
+            self.ttft[index].add(ttft_ms, now, half_life, shifts=True)
             decode_s = outcome.finished - first
             if outcome.output_tokens > 1 and decode_s > 0:
                 self.decode[index].add((outcome.output_tokens - 1) / decode_s, now, half_life)
@@ -252,6 +277,20 @@ class DeploymentStats:
         if seen is not None and probe_ttft_ms * PROBE_WHEN_SLOWER < seen.ewma:
             self.ttft = [Metric() for _ in range(len(BUCKETS) + 1)]
             self.decode = [Metric() for _ in range(len(BUCKETS) + 1)]
+
+
+def _censored(ttft_ms: float, wait_ms: float) -> float:
+    """The lane's time to first token given a stream still waiting after ``wait_ms``.
+
+    A wait within PROBE_WHEN_SLOWER times the figure is a lower bound and nothing more. A longer
+    one says the lane left its figure behind, and how far is not known yet: with no scale to go
+    by, a wait seen part of the way through is as likely to be in its first half as its second,
+    so the expected first token is at twice the wait so far. As a bare lower bound, a stream
+    kept 2.2 s by a lane slowed to 3 s still predicted it faster than the GPU lane's 2.6 s answer.
+    """
+    if wait_ms > PROBE_WHEN_SLOWER * ttft_ms:
+        return 2.0 * wait_ms
+    return max(ttft_ms, wait_ms)
 
 
 def _figure(local: list[Metric], peers: list[tuple[float, float] | None] | None, index: int, q: float | None,
