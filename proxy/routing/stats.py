@@ -15,7 +15,9 @@ samples of its own, so routing sends it a bounded trickle of probes (``probe_due
 A stream still waiting for its first token is a sample too, a censored one: having waited
 ``w`` ms, the lane's time to first token is at least ``w`` for prompts no shorter than its
 own. So a lane that slows down is seen at once, by the streams it is keeping waiting, not
-seconds later when the first of them finally answers (``awaiting`` / ``answered``).
+seconds later when the first of them finally answers (``awaiting`` / ``answered``). A wait far
+past its bucket's figure predicts twice the wait, for every prompt size (``_waited``), and two
+first tokens in a row far off a figure restart it (``Metric``).
 """
 from __future__ import annotations
 
@@ -191,7 +193,7 @@ class DeploymentStats:
         q = None if percentile is None else percentile / 100.0
         ttft_ms, warm_t = _figure(self.ttft, self.peer_ttft, index, q, priors.ttft_ms, now, half_life)
         if self.awaiting:
-            ttft_ms = _censored(ttft_ms, self.longest_wait_ms(index))
+            ttft_ms = self._waited(index, ttft_ms)
         rate, warm_d = _figure(self.decode, self.peer_decode, index, None if q is None else 1.0 - q,
                                priors.tokens_per_s, now, half_life)
         error_rate = self.error_rate
@@ -200,6 +202,37 @@ class DeploymentStats:
             rate_peers, weight = self.peer_errors
             error_rate = (error_rate * mine + rate_peers * weight) / (mine + weight) if mine + weight else error_rate
         return Estimate(ttft_ms, max(rate, 1e-3), self.in_flight, error_rate, warm_t or warm_d)
+
+    def _waited(self, index: int, ttft_ms: float) -> float:
+        """``ttft_ms`` (bucket ``index``'s figure) raised by the streams still waiting for a first token.
+
+        A wait within PROBE_WHEN_SLOWER times its own bucket's figure is a lower bound for prompts
+        no shorter than its own, and nothing more. A longer one says the lane left its figures
+        behind, and how far is not known yet: with no scale to go by, a wait seen part of the way
+        through is as likely to be in its first half as its second, so its first token is expected
+        at twice the wait so far, and every prompt size is expected that many times slower than
+        its figure (a slowdown is the lane's, not one prompt's). As a bare lower bound, seed 606's
+        short turn saw nothing of a 3 s first token kept waiting 2.2 s on a longer prompt and went
+        to the slowed lane (3.2 s) instead of the GPU lane (2.6 s).
+        """
+        now = time.perf_counter()  # the scanners' clock
+        raised = ttft_ms
+        for scanner, bucket in self.awaiting.items():
+            if scanner.first_token_at is not None:
+                continue
+            wait_ms = (now - scanner.started) * 1000.0
+            if bucket <= index:
+                own = _nearest(self.ttft, bucket)
+                usual = ttft_ms if own is None else own.ewma
+            else:  # a longer prompt: only its own bucket's figure tells a slow lane from a long prefill
+                usual = self.ttft[bucket].ewma
+                if usual is None:
+                    continue
+            if wait_ms > PROBE_WHEN_SLOWER * usual:
+                raised = max(raised, ttft_ms * 2.0 * wait_ms / usual)
+            elif bucket <= index:
+                raised = max(raised, wait_ms)
+        return raised
 
     def longest_wait_ms(self, index: int) -> float:
         """How long the longest-waiting stream of a prompt no longer than bucket ``index``'s has
@@ -277,20 +310,6 @@ class DeploymentStats:
         if seen is not None and probe_ttft_ms * PROBE_WHEN_SLOWER < seen.ewma:
             self.ttft = [Metric() for _ in range(len(BUCKETS) + 1)]
             self.decode = [Metric() for _ in range(len(BUCKETS) + 1)]
-
-
-def _censored(ttft_ms: float, wait_ms: float) -> float:
-    """The lane's time to first token given a stream still waiting after ``wait_ms``.
-
-    A wait within PROBE_WHEN_SLOWER times the figure is a lower bound and nothing more. A longer
-    one says the lane left its figure behind, and how far is not known yet: with no scale to go
-    by, a wait seen part of the way through is as likely to be in its first half as its second,
-    so the expected first token is at twice the wait so far. As a bare lower bound, a stream
-    kept 2.2 s by a lane slowed to 3 s still predicted it faster than the GPU lane's 2.6 s answer.
-    """
-    if wait_ms > PROBE_WHEN_SLOWER * ttft_ms:
-        return 2.0 * wait_ms
-    return max(ttft_ms, wait_ms)
 
 
 def _figure(local: list[Metric], peers: list[tuple[float, float] | None] | None, index: int, q: float | None,

@@ -173,6 +173,11 @@ def test_a_wait_far_past_the_figure_predicts_twice_the_wait():
     stuck = StreamScanner(time.perf_counter() - 2.2)
     stats.awaiting("wafer", stuck, 100)
     assert lane.estimate(PRIORS, 100).ttft_ms >= 4400
+    stats.answered("wafer", stuck)
+    served(stats, "wafer", 100, input_tokens=3000)  # the longer prompts' bucket: 100 ms too
+    longer = StreamScanner(time.perf_counter() - 2.2)
+    stats.awaiting("wafer", longer, 3000)
+    assert lane.estimate(PRIORS, 100).ttft_ms >= 4400, "far past its own bucket's figure: the lane slowed, for every prompt"
 
 
 def test_a_stream_still_waiting_for_its_first_token_bounds_the_lanes_ttft_from_below():
