@@ -90,6 +90,21 @@ class Sketch:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else None
 
 
+class Unanswered:
+    """A streamed request sent and not answered yet: to ``LatencyStats.awaiting`` what a relay's
+    scanner is once the headers have come (a slowed provider may hold back even those: the
+    scenario's degraded wafer lane does, so a wait counted from the relay saw nothing)."""
+
+    __slots__ = ("started", "first_token_at")
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.first_token_at: float | None = None
+
+
+Waiting = StreamScanner | Unanswered
+
+
 class Metric:
     """Time-decayed EWMA, decayed sample weight and sketch of one measure in one bucket.
 
@@ -110,18 +125,23 @@ class Metric:
         self.sketch = Sketch()
         self.shift: tuple[float, list[float]] | None = None  # (the figure they found, the odd samples in a row)
 
-    def add(self, value: float, now: float, half_life_s: float, shifts: bool = False) -> None:
+    def add(self, value: float, now: float, half_life_s: float, shifts: bool = False) -> float:
+        """Learn one sample; when a run restarted the figure, returns how far it is from the figure the run found."""
+        jump = 0.0
         if self.ewma is None:
             self.ewma, self.weight = value, 1.0
         elif shifts and self._shifted(value):
-            run = self.shift[1]
-            self.ewma, self.weight, self.shift = sum(run) / len(run), float(len(run)), None
+            base, run = self.shift
+            restart = sum(run) / len(run)
+            jump = restart - base
+            self.ewma, self.weight, self.shift = restart, float(len(run)), None
         else:
             kept = _kept(now - self.at, half_life_s)
             self.ewma += max(ALPHA, 1.0 - kept) * (value - self.ewma)
             self.weight = min(float(SKETCH_SIZE), self.weight * kept + 1.0)
         self.at = now
         self.sketch.add(value, now)
+        return jump
 
     def _shifted(self, value: float) -> bool:
         """Whether ``value`` completes a run of SHIFT_SAMPLES odd samples on one side of the figure."""
@@ -176,7 +196,7 @@ class DeploymentStats:
         self.peer_errors: tuple[float, float] | None = None
         # Streams relayed from this deployment now -> their prompt's bucket; those without a first
         # token yet bound the lane's TTFT from below (see the module docstring).
-        self.awaiting: dict[StreamScanner, int] = {}
+        self.awaiting: dict[Waiting, int] = {}
 
     def estimate(self, priors: Priors, input_tokens: int, percentile: float | None = None,
                  now: float | None = None) -> Estimate:
@@ -292,7 +312,12 @@ class DeploymentStats:
             ttft_ms = (first - outcome.upstream_started) * 1000.0
             if f"probe:{outcome.deployment}" in outcome.reason:
                 self._recovered(index, ttft_ms)
-            self.ttft[index].add(ttft_ms, now, half_life, shifts=True)
+            jump = self.ttft[index].add(ttft_ms, now, half_life, shifts=True)
+            if jump > 0:  # the lane slowed down, not one prompt size: the same delay for every other one
+                for metric in self.ttft:
+                    if metric is not self.ttft[index] and metric.ewma is not None:
+                        metric.ewma += jump
+                        metric.shift = None
             decode_s = outcome.finished - first
             if outcome.output_tokens > 1 and decode_s > 0:
                 self.decode[index].add((outcome.output_tokens - 1) / decode_s, now, half_life)
@@ -377,12 +402,12 @@ class LatencyStats:
     def started(self, name: str) -> None:
         self.get(name).in_flight += 1
 
-    def awaiting(self, name: str, scanner: StreamScanner, input_tokens: int) -> None:
+    def awaiting(self, name: str, scanner: Waiting, input_tokens: int) -> None:
         """A stream from ``name`` is being relayed; until ``answered``, a first token it has not
         had yet bounds the lane's TTFT from below."""
         self.get(name).awaiting[scanner] = bucket_of(input_tokens)
 
-    def answered(self, name: str, scanner: StreamScanner) -> None:
+    def answered(self, name: str, scanner: Waiting) -> None:
         """The stream's relay is over (in its ``finally``: however it ended)."""
         stats = self._by_name.get(name)
         if stats is not None:

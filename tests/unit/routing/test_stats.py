@@ -160,6 +160,22 @@ def test_two_first_tokens_in_a_row_far_off_the_figure_restart_it():
     assert 60 < lane.estimate(PRIORS, 100).ttft_ms < 1000
 
 
+def test_a_slowdown_seen_in_one_prompt_size_is_the_lanes():
+    """Seed 606: two 3 s first tokens of 1-3k-token prompts restarted their bucket; the next short turn,
+    in the bucket below, still read 60 ms and went to the slowed lane."""
+    clock, stats, lane = wafer()
+    for _ in range(10):
+        served(stats, "wafer", 200, input_tokens=3000)
+        served(stats, "wafer", 60)
+    for _ in range(2):
+        served(stats, "wafer", 3000, input_tokens=3000)
+    assert lane.estimate(PRIORS, 3000).ttft_ms == pytest.approx(3000)
+    assert lane.estimate(PRIORS, 100).ttft_ms == pytest.approx(60 + 2800), "the same 2.8 s delay"
+    for _ in range(2):
+        served(stats, "wafer", 60, input_tokens=3000)
+    assert lane.estimate(PRIORS, 100).ttft_ms == pytest.approx(2860), "a recovery moves only its bucket (probes do the rest)"
+
+
 def test_a_wait_far_past_the_figure_predicts_twice_the_wait():
     """Seed 606: a stream kept 2.2 s by a lane slowed to 3 s, read as a bare lower bound, still put the
     next short turn on that lane (2.3 s predicted, 3.2 s served) rather than the GPU lane (2.6 s)."""
