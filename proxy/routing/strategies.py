@@ -266,9 +266,9 @@ def _spill(order, route: Route, req: ModelRequest, predictions, live: RoutingSta
 def _reserve(dep: Deployment, order: list[Deployment], predictions, rule: Spill, room: Headroom, live: RoutingState,
              need: int, now: float) -> str | None:
     """Scarce quota goes to the requests that gain most from it: below ``reserve_fraction`` left,
-    spill this one if it gains less than ``reserve_min_gain_ms`` over the next candidate while
-    the requests above that bar are expected to need what is left (and, with ``reserve_pace``,
-    if it gains no more than the bar its lane's demand sets: see ``reserve``)."""
+    spill this one if it gains less than ``reserve_min_gain_ms`` over the next candidate (with
+    ``reserve_sized``, only while the requests above that bar are expected to need what is left),
+    and, with ``reserve_pace``, if it gains no more than the bar its lane's demand sets: see ``reserve``."""
     others = [predictions[d.name].total_ms for d in order if d is not dep]
     if not others:
         return None
@@ -280,8 +280,8 @@ def _reserve(dep: Deployment, order: list[Deployment], predictions, rule: Spill,
         demand.add(now, gain, need)
     if room.fraction_left(now) >= rule.reserve_fraction:
         return None
-    if gain < rule.reserve_min_gain_ms and demand.kept_for(room, rule.reserve_min_gain_ms, need, rule.reserve_fraction,
-                                                           now):
+    if gain < rule.reserve_min_gain_ms and (
+            not rule.reserve_sized or demand.kept_for(room, rule.reserve_min_gain_ms, need, rule.reserve_fraction, now)):
         return "reserve"
     return "reserve" if rule.reserve_pace and gain <= demand.bar_ms(room, rule.reserve_fraction, now) else None
 

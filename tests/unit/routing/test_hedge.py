@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import httpx
 import pytest
@@ -11,7 +10,6 @@ from proxy.call import ModelRequest
 from proxy.config.loader import parse_policy
 from proxy.errors import UpstreamUnavailable
 from proxy.limits.limiter import Limiter
-from proxy.routing.reserve import Demand
 from proxy.routing.router import Router
 from proxy.upstream.http_pool import UpstreamPools
 from proxy.upstream.ws_pool import SocketPools
@@ -109,13 +107,9 @@ def test_a_hedge_leg_our_limits_refuse_is_not_a_failure(loop, router):
 
 
 def keep_in_reserve(router: Router, name: str) -> None:
-    """The provider says a tenth of ``name``'s minute is left (below the routes' reserve_fraction 0.5), and
-    requests above the routes' bar have lately asked for more than that (three in 15 s: 12 a minute)."""
+    """The provider says a tenth of ``name``'s minute is left: below the routes' reserve_fraction 0.5."""
     router.live.headroom.learn(name, 200, [(b"x-ratelimit-limit-requests", b"100"), (b"x-ratelimit-remaining-requests", b"10"),
                                            (b"x-ratelimit-reset-requests", b"60s")])
-    demand = router.live.demand[name] = Demand()
-    for _ in range(3):
-        demand.add(time.monotonic(), 120_000.0, 1000)
 
 
 def test_no_hedge_into_a_candidate_spilled_to_keep_a_reserve(loop, router, sims):
