@@ -28,7 +28,7 @@ offline with full knowledge of lane speeds, quotas and the degradation (no proxy
 
     .venv/bin/python bench/scenario.py [--seed 7] [--duration 60] [--mix coding] [--dialect openai]
                                        [--declared] [--degrade 20:50] [--trace latency]
-                                       [--reserve 0.8:2200] [--hedge-ms 0] [--slo-ms 3000]
+                                       [--reserve 0.8:2200] [--reserve-sized] [--hedge-ms 0] [--slo-ms 3000]
                                        [--half-life 30] [--probe-interval 3] [--idle-probe 10]
 
 Prints one table (client-visible 429s and other errors, spills, fallbacks, share served by
@@ -88,7 +88,8 @@ routes:
 {route}"""
 
 STRATEGIES = {
-    "latency": "    strategy: latency\n    spill: {{reserve_fraction: {reserve_fraction}, reserve_min_gain_ms: {reserve_gain_ms}}}\n{hedge}",
+    "latency": "    strategy: latency\n    spill: {{reserve_fraction: {reserve_fraction}, reserve_min_gain_ms: {reserve_gain_ms}, "
+               "reserve_sized: {reserve_sized}}}\n{hedge}",
     "latency-paced": "    strategy: latency\n    spill: {{reserve_fraction: {reserve_fraction}, reserve_pace: true}}\n{hedge}",
     "cost": "    strategy: cost\n    slo: {{total_ms: {slo_ms}, percentile: 95}}\n",
     "round-robin": "    strategy: weighted\n    weights: {{wafer: 1, gpu: 1}}\n",
@@ -263,7 +264,7 @@ def launch(name: str, workdir: Path, args: argparse.Namespace) -> Lane:
     limits = f"    limits: {{rpm: {WAFER_RPM}, tpm: {WAFER_TPM}, rpd: {WAFER_RPD}}}\n" if args.declared else ""
     fraction, gain = args.reserve.split(":")
     route = STRATEGIES["latency" if name == CONTROL else name].format(
-        reserve_fraction=fraction, reserve_gain_ms=gain, slo_ms=args.slo_ms,
+        reserve_fraction=fraction, reserve_gain_ms=gain, reserve_sized=str(args.reserve_sized).lower(), slo_ms=args.slo_ms,
         hedge=f"    hedge: {{after_ms: {args.hedge_ms}}}\n" if args.hedge_ms else "")
     learning = f"half_life_s: {args.half_life}, probe_interval_s: {args.probe_interval}, idle_probe_s: {args.idle_probe}"
     policy.write_text(POLICY.format(
@@ -370,7 +371,7 @@ def report(lanes: list[Lane], turns: list[Turn], args: argparse.Namespace, degra
           f"{len(turns) - shorts} long); wafer lane {WAFER_RPM} RPM / {WAFER_TPM // 1000}k TPM / {WAFER_RPD} RPD "
           f"({limits}), GPU lane unlimited" + (f"; wafer TTFT x50 from {degraded[0]:g} s to {degraded[1]:g} s" if degraded else "")
           + "\n")
-    print(f"knobs: latency spill.reserve {args.reserve} (fraction:ms), hedge {args.hedge_ms:g} ms; cost slo {args.slo_ms:g} ms; "
+    print(f"knobs: latency spill.reserve {args.reserve} (fraction:ms){', sized' if args.reserve_sized else ''}, hedge {args.hedge_ms:g} ms; cost slo {args.slo_ms:g} ms; "
           f"wafer half-life {args.half_life:g} s, probe interval {args.probe_interval:g} s, idle probe {args.idle_probe:g} s\n")
     print("| strategy | client 429s | other errors | spills | fallbacks | on wafer | wafer unused s | p50 s | p95 s | spend USD |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -487,6 +488,8 @@ def main() -> None:
     knobs = parser.add_argument_group("policy knobs (defaults: the policy the figures in docs/routing.md come from)")
     knobs.add_argument("--reserve", default="0.8:2200", metavar="FRACTION:GAIN_MS",
                        help="the latency route's spill.reserve_fraction and reserve_min_gain_ms")
+    knobs.add_argument("--reserve-sized", action="store_true",
+                       help="the latency route's spill.reserve_sized (keep only what the requests above the bar need)")
     knobs.add_argument("--hedge-ms", type=float, default=0, help="the latency route's hedge.after_ms (0: no hedge)")
     knobs.add_argument("--slo-ms", type=float, default=3000, help="the cost route's slo.total_ms (at p95)")
     knobs.add_argument("--half-life", type=float, default=30, help="the wafer lane's learning.half_life_s")

@@ -172,6 +172,7 @@ SPILL = Spec(
         "reserve_fraction": Field(_fraction),
         "reserve_min_gain_ms": Field(_non_negative),
         "reserve_pace": Field(boolean),
+        "reserve_sized": Field(boolean),
     },
     Spill,
 )

@@ -140,6 +140,8 @@ class Spill:
     reserve_min_gain_ms: float = 0.0
     # Raise that bar to what the lane's recent demand needs for it to fit the quota (routing/reserve.py).
     reserve_pace: bool = False
+    # Keep below the bar only what the requests above it are expected to need (routing/reserve.py).
+    reserve_sized: bool = False
 
 
 @dataclass(frozen=True, slots=True)

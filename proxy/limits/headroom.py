@@ -16,18 +16,31 @@ window it does not name to 0: one per-minute refusal from a provider whose only 
 is per day would otherwise spill the lane until tomorrow. A named window's reset is bounded
 by the ``retry-after``.
 
+A provider may enforce a window it never advertises (Cerebras: 30 requests a minute, while its
+headers speak only of a day's requests and a minute's tokens). A 429 that names none of the
+windows reported, and asks to wait just until the oldest request we sent in the last minute
+leaves it, is read as such a window: a sliding minute of as many requests as were admitted in
+it (``HIDDEN``). From then on it is kept from our own log of requests sent, like any window,
+so spill and reserve see it running low before the next 429 (without it the reserve saw
+no scarcity and 429s rationed the lane in arrival order); the limit rises to any count the
+provider admits beyond it.
+
 Routing reads ``headroom(name)``; the limiter subscribes (``sink``) to write the provider's word
 to its shared store, so each response's headers are parsed once for both.
 """
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from proxy.limits.provider_headers import MINUTE_S, ProviderWindow, parse_headers
 
 DEFAULT_429_WAIT_S = 1.0  # a bare 429: no retry-after and no window to read a reset from
+HIDDEN = "requests-minute-inferred"  # a per-minute request window read from 429s (see the module docstring)
+HIDDEN_MATCH_S = 2.0      # how close a 429's wait must come to our oldest request's leaving the minute
+MAX_SENT = 4096           # requests remembered per deployment (a minute's worth at most)
 
 # deployment, the provider's windows (resets bounded by a 429's retry-after), ms the 429 blocks for
 Sink = Callable[[str, list[ProviderWindow], int], None]
@@ -94,19 +107,55 @@ class HeadroomLearner:
 
     def __init__(self) -> None:
         self._by_name: dict[str, Headroom] = {}
+        self._sent: dict[str, deque[float]] = {}   # deployment -> when its requests of the last minute were sent
+        self._hidden: dict[str, int] = {}          # deployment -> the limit of its inferred HIDDEN window
         self.sink: Sink | None = None  # the limiter, to share the provider's word through its store
 
     def headroom(self, deployment: str) -> Headroom | None:
         return self._by_name.get(deployment)
 
-    def sent(self, deployment: str, tokens: int) -> None:
+    def sent(self, deployment: str, tokens: int, now: float | None = None) -> None:
         """A request was sent: count it against what the provider last reported."""
+        now = time.monotonic() if now is None else now
+        log = self._sent.get(deployment)
+        if log is None:
+            log = self._sent[deployment] = deque(maxlen=MAX_SENT)
+        log.append(now)
         room = self._by_name.get(deployment)
         if room is None:
             return
         for w in room.windows.values():
             if w.provider:
                 w.remaining -= 1 if w.kind == "requests" else tokens
+        self._keep_hidden(deployment, room, now)
+
+    def _last_minute(self, deployment: str, now: float) -> deque[float]:
+        log = self._sent.setdefault(deployment, deque(maxlen=MAX_SENT))
+        while log and log[0] <= now - MINUTE_S:
+            log.popleft()
+        return log
+
+    def _keep_hidden(self, deployment: str, room: Headroom, now: float) -> None:
+        """The HIDDEN window from our log: what is left of its limit, and when the oldest request leaves it."""
+        limit = self._hidden.get(deployment)
+        if limit is None:
+            return
+        log = self._last_minute(deployment, now)
+        reset_at = log[0] + MINUTE_S if log else now + MINUTE_S
+        room.windows[HIDDEN] = Window("requests", limit - len(log), limit, reset_at, provider=False)
+
+    def _infer_hidden(self, deployment: str, named: list[ProviderWindow], windows: list[ProviderWindow],
+                      wait_s: float | None, now: float) -> None:
+        """A 429 refused the last request sent (it takes no place in any window); one naming none of
+        the windows reported, that asks to wait until our oldest request leaves the last minute,
+        sets the HIDDEN window to the requests admitted in that minute."""
+        log = self._last_minute(deployment, now)
+        if log:
+            log.pop()
+        if named or not windows or wait_s is None or not log:
+            return
+        if abs(log[0] + MINUTE_S - now - wait_s) <= HIDDEN_MATCH_S:
+            self._hidden[deployment] = len(log)
 
     def learn(self, deployment: str, status: int, headers: list[tuple[bytes, bytes]], now: float | None = None,
               provider: str = "") -> None:
@@ -122,6 +171,7 @@ class HeadroomLearner:
         if status == 429:
             named = [w for w in windows if w.remaining <= 0]
             wait = report.retry_after_s
+            self._infer_hidden(deployment, named, windows, wait, now)
             if wait is None:
                 wait = min((w.reset_s for w in named or windows), default=DEFAULT_429_WAIT_S)
             else:
@@ -131,6 +181,11 @@ class HeadroomLearner:
             room.exhausted_until = max(room.exhausted_until, now + wait)
         for w in windows:
             room.windows[w.window] = Window(w.kind, w.remaining, w.limit, now + w.reset_s, span_s=w.span_s)
+        hidden = self._hidden.get(deployment)
+        if hidden is not None:
+            if status != 429:  # admitted: the window holds at least what it holds now
+                self._hidden[deployment] = max(hidden, len(self._last_minute(deployment, now)))
+            self._keep_hidden(deployment, room, now)
         if self.sink is not None:
             self.sink(deployment, windows, max(1, int(blocked_s * 1000)) if status == 429 else 0)
 

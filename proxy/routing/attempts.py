@@ -15,6 +15,7 @@ from proxy.config.schema import Deployment
 from proxy.limits.limiter import Ticket
 from proxy.routing.failures import is_failure
 from proxy.routing.live import RoutingState
+from proxy.routing.stats import Unanswered
 from proxy.upstream.targets import Target
 from proxy.upstream.ws_pool import SocketPin
 
@@ -72,6 +73,10 @@ class Attempts:
         breaker.begin(time.monotonic())
         live.stats.started(name)
         live.headroom.sent(name, req.input_estimate + (req.max_output_tokens or DEFAULT_OUTPUT_TOKENS))
+        # A stream with no response headers yet has had no first token either: its wait bounds the lane's.
+        waiting = Unanswered(time.perf_counter()) if req.stream else None
+        if waiting is not None:
+            live.stats.awaiting(name, waiting, req.input_estimate)
         try:
             response = await self.targets[name].send(req, pin)
         except UpstreamError:
@@ -85,6 +90,9 @@ class Attempts:
             if ticket is not None:
                 ticket.release(name)
             raise
+        finally:
+            if waiting is not None:
+                live.stats.answered(name, waiting)
         live.headroom.learn(name, response.status, response.headers, provider=dep.provider)  # routing's view and the limiter's store
         if is_failure(response.status):
             if response.status == 429:  # a quota refusal: fall back, but the deployment is not faulty

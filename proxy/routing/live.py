@@ -40,7 +40,7 @@ class RoutingState:
     counters: RoutingCounters = field(default_factory=RoutingCounters)
     rng: random.Random = field(default_factory=random.Random)
     short_of_quota: dict[str, str] = field(default_factory=dict)  # deployment -> "requests" | "tokens", while spilled
-    demand: dict[str, Demand] = field(default_factory=dict)  # deployment -> requests it was fastest for (reserve_pace)
+    demand: dict[str, Demand] = field(default_factory=dict)  # deployment -> requests it was fastest for (spill.reserve_*)
 
     def note_quota(self, deployment: str, short: str | None) -> None:
         """Log when a deployment starts and stops being spilled for lack of quota (events, not every request)."""

@@ -15,7 +15,9 @@ samples of its own, so routing sends it a bounded trickle of probes (``probe_due
 A stream still waiting for its first token is a sample too, a censored one: having waited
 ``w`` ms, the lane's time to first token is at least ``w`` for prompts no shorter than its
 own. So a lane that slows down is seen at once, by the streams it is keeping waiting, not
-seconds later when the first of them finally answers (``awaiting`` / ``answered``).
+seconds later when the first of them finally answers (``awaiting`` / ``answered``). A wait far
+past its bucket's figure predicts twice the wait, for every prompt size (``_waited``), and two
+first tokens in a row far off a figure restart it (``Metric``).
 """
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ DEFAULT_LEARNING = Learning()
 # A lane is demoted (and probed) when measured this many times slower than its priors predict;
 # a probe answering this many times faster than the figure that demoted it ends the demotion.
 PROBE_WHEN_SLOWER = 2.0
+SHIFT_SAMPLES = 2      # odd first-token times in a row that restart a figure (see Metric)
 
 
 def bucket_of(input_tokens: int) -> int:
@@ -87,26 +90,70 @@ class Sketch:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else None
 
 
-class Metric:
-    """Time-decayed EWMA, decayed sample weight and sketch of one measure in one bucket."""
+class Unanswered:
+    """A streamed request sent and not answered yet: to ``LatencyStats.awaiting`` what a relay's
+    scanner is once the headers have come (a slowed provider may hold back even those: the
+    scenario's degraded wafer lane does, so a wait counted from the relay saw nothing)."""
 
-    __slots__ = ("ewma", "weight", "at", "sketch")
+    __slots__ = ("started", "first_token_at")
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.first_token_at: float | None = None
+
+
+Waiting = StreamScanner | Unanswered
+
+
+class Metric:
+    """Time-decayed EWMA, decayed sample weight and sketch of one measure in one bucket.
+
+    With ``shifts`` (time to first token), SHIFT_SAMPLES samples in a row that are each
+    PROBE_WHEN_SLOWER times off the figure they found, on the same side, mean the lane changed
+    (a slowdown, a recovery without a probe): the figure restarts from them. Averaged in, two
+    3000 ms first tokens move a 60 ms figure to 1300 ms, still 2x under the GPU lane's short
+    answers, so short turns kept going to a lane 50x slower than before. One odd sample is
+    averaged in as ever.
+    """
+
+    __slots__ = ("ewma", "weight", "at", "sketch", "shift")
 
     def __init__(self) -> None:
         self.ewma: float | None = None
         self.weight = 0.0      # samples behind the EWMA, each counted by what is left of it
         self.at = -math.inf    # when the last sample was taken
         self.sketch = Sketch()
+        self.shift: tuple[float, list[float]] | None = None  # (the figure they found, the odd samples in a row)
 
-    def add(self, value: float, now: float, half_life_s: float) -> None:
+    def add(self, value: float, now: float, half_life_s: float, shifts: bool = False) -> float:
+        """Learn one sample; when a run restarted the figure, returns how far it is from the figure the run found."""
+        jump = 0.0
         if self.ewma is None:
             self.ewma, self.weight = value, 1.0
+        elif shifts and self._shifted(value):
+            base, run = self.shift
+            restart = sum(run) / len(run)
+            jump = restart - base
+            self.ewma, self.weight, self.shift = restart, float(len(run)), None
         else:
             kept = _kept(now - self.at, half_life_s)
             self.ewma += max(ALPHA, 1.0 - kept) * (value - self.ewma)
             self.weight = min(float(SKETCH_SIZE), self.weight * kept + 1.0)
         self.at = now
         self.sketch.add(value, now)
+        return jump
+
+    def _shifted(self, value: float) -> bool:
+        """Whether ``value`` completes a run of SHIFT_SAMPLES odd samples on one side of the figure."""
+        base, run = (self.ewma, []) if self.shift is None else self.shift
+        if run and (run[0] > base) != (value > base):  # the other side: a run of its own
+            base, run = self.ewma, []
+        if base / PROBE_WHEN_SLOWER <= value <= base * PROBE_WHEN_SLOWER:
+            self.shift = None
+            return False
+        run.append(value)
+        self.shift = (base, run)
+        return len(run) >= SHIFT_SAMPLES
 
     def weight_at(self, now: float, half_life_s: float) -> float:
         return self.weight * _kept(now - self.at, half_life_s)
@@ -149,7 +196,7 @@ class DeploymentStats:
         self.peer_errors: tuple[float, float] | None = None
         # Streams relayed from this deployment now -> their prompt's bucket; those without a first
         # token yet bound the lane's TTFT from below (see the module docstring).
-        self.awaiting: dict[StreamScanner, int] = {}
+        self.awaiting: dict[Waiting, int] = {}
 
     def estimate(self, priors: Priors, input_tokens: int, percentile: float | None = None,
                  now: float | None = None) -> Estimate:
@@ -166,7 +213,7 @@ class DeploymentStats:
         q = None if percentile is None else percentile / 100.0
         ttft_ms, warm_t = _figure(self.ttft, self.peer_ttft, index, q, priors.ttft_ms, now, half_life)
         if self.awaiting:
-            ttft_ms = max(ttft_ms, self.longest_wait_ms(index))
+            ttft_ms = self._waited(index, ttft_ms)
         rate, warm_d = _figure(self.decode, self.peer_decode, index, None if q is None else 1.0 - q,
                                priors.tokens_per_s, now, half_life)
         error_rate = self.error_rate
@@ -175,6 +222,37 @@ class DeploymentStats:
             rate_peers, weight = self.peer_errors
             error_rate = (error_rate * mine + rate_peers * weight) / (mine + weight) if mine + weight else error_rate
         return Estimate(ttft_ms, max(rate, 1e-3), self.in_flight, error_rate, warm_t or warm_d)
+
+    def _waited(self, index: int, ttft_ms: float) -> float:
+        """``ttft_ms`` (bucket ``index``'s figure) raised by the streams still waiting for a first token.
+
+        A wait within PROBE_WHEN_SLOWER times its own bucket's figure is a lower bound for prompts
+        no shorter than its own, and nothing more. A longer one says the lane left its figures
+        behind, and how far is not known yet: with no scale to go by, a wait seen part of the way
+        through is as likely to be in its first half as its second, so its first token is expected
+        at twice the wait so far, and every prompt size is expected that many times slower than
+        its figure (a slowdown is the lane's, not one prompt's). As a bare lower bound, seed 606's
+        short turn saw nothing of a 3 s first token kept waiting 2.2 s on a longer prompt and went
+        to the slowed lane (3.2 s) instead of the GPU lane (2.6 s).
+        """
+        now = time.perf_counter()  # the scanners' clock
+        raised = ttft_ms
+        for scanner, bucket in self.awaiting.items():
+            if scanner.first_token_at is not None:
+                continue
+            wait_ms = (now - scanner.started) * 1000.0
+            if bucket <= index:
+                own = _nearest(self.ttft, bucket)
+                usual = ttft_ms if own is None else own.ewma
+            else:  # a longer prompt: only its own bucket's figure tells a slow lane from a long prefill
+                usual = self.ttft[bucket].ewma
+                if usual is None:
+                    continue
+            if wait_ms > PROBE_WHEN_SLOWER * usual:
+                raised = max(raised, ttft_ms * 2.0 * wait_ms / usual)
+            elif bucket <= index:
+                raised = max(raised, wait_ms)
+        return raised
 
     def longest_wait_ms(self, index: int) -> float:
         """How long the longest-waiting stream of a prompt no longer than bucket ``index``'s has
@@ -234,7 +312,12 @@ class DeploymentStats:
             ttft_ms = (first - outcome.upstream_started) * 1000.0
             if f"probe:{outcome.deployment}" in outcome.reason:
                 self._recovered(index, ttft_ms)
-            self.ttft[index].add(ttft_ms, now, half_life)
+            jump = self.ttft[index].add(ttft_ms, now, half_life, shifts=True)
+            if jump > 0:  # the lane slowed down, not one prompt size: the same delay for every other one
+                for metric in self.ttft:
+                    if metric is not self.ttft[index] and metric.ewma is not None:
+                        metric.ewma += jump
+                        metric.shift = None
             decode_s = outcome.finished - first
             if outcome.output_tokens > 1 and decode_s > 0:
                 self.decode[index].add((outcome.output_tokens - 1) / decode_s, now, half_life)
@@ -319,12 +402,12 @@ class LatencyStats:
     def started(self, name: str) -> None:
         self.get(name).in_flight += 1
 
-    def awaiting(self, name: str, scanner: StreamScanner, input_tokens: int) -> None:
+    def awaiting(self, name: str, scanner: Waiting, input_tokens: int) -> None:
         """A stream from ``name`` is being relayed; until ``answered``, a first token it has not
         had yet bounds the lane's TTFT from below."""
         self.get(name).awaiting[scanner] = bucket_of(input_tokens)
 
-    def answered(self, name: str, scanner: StreamScanner) -> None:
+    def answered(self, name: str, scanner: Waiting) -> None:
         """The stream's relay is over (in its ``finally``: however it ended)."""
         stats = self._by_name.get(name)
         if stats is not None:

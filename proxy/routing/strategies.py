@@ -266,24 +266,24 @@ def _spill(order, route: Route, req: ModelRequest, predictions, live: RoutingSta
 def _reserve(dep: Deployment, order: list[Deployment], predictions, rule: Spill, room: Headroom, live: RoutingState,
              need: int, now: float) -> str | None:
     """Scarce quota goes to the requests that gain most from it: below ``reserve_fraction`` left,
-    spill this one unless it gains at least ``reserve_min_gain_ms`` over the next candidate (and,
-    with ``reserve_pace``, more than the bar its lane's demand sets: see ``reserve``)."""
+    spill this one if it gains less than ``reserve_min_gain_ms`` over the next candidate (with
+    ``reserve_sized``, only while the requests above that bar are expected to need what is left),
+    and, with ``reserve_pace``, if it gains no more than the bar its lane's demand sets: see ``reserve``."""
     others = [predictions[d.name].total_ms for d in order if d is not dep]
     if not others:
         return None
     gain = min(others) - predictions[dep.name].total_ms
-    demand = None
-    if rule.reserve_pace:
-        demand = live.demand.get(dep.name)
-        if demand is None:
-            demand = live.demand[dep.name] = Demand()
-        if gain > 0:
-            demand.add(now, gain, need)
+    demand = live.demand.get(dep.name)
+    if demand is None:
+        demand = live.demand[dep.name] = Demand()
+    if gain > 0:
+        demand.add(now, gain, need)
     if room.fraction_left(now) >= rule.reserve_fraction:
         return None
-    if gain < rule.reserve_min_gain_ms:
+    if gain < rule.reserve_min_gain_ms and (
+            not rule.reserve_sized or demand.kept_for(room, rule.reserve_min_gain_ms, need, rule.reserve_fraction, now)):
         return "reserve"
-    return "reserve" if demand is not None and gain <= demand.bar_ms(room, rule.reserve_fraction, now) else None
+    return "reserve" if rule.reserve_pace and gain <= demand.bar_ms(room, rule.reserve_fraction, now) else None
 
 
 def _skip_open_breakers(order: list[Deployment], live: RoutingState, now: float, notes: list[str]) -> list[Deployment]:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.limits.headroom import HeadroomLearner
+from proxy.limits.headroom import HIDDEN, HeadroomLearner
 
 NOW = 1000.0
 DAY = 86_400.0
@@ -130,3 +130,55 @@ def test_the_newest_word_about_a_window_replaces_the_old_one():
     assert room.windows["requests"].remaining == 3 and room.windows["tokens"].remaining == 59000
     learner.learn("other", 200, h(content_type="application/json"))
     assert learner.headroom("other") is None
+
+
+ROOMY = h(x_ratelimit_limit_requests_day="14400", x_ratelimit_remaining_requests_day="14000",
+          x_ratelimit_reset_requests_day="33011.38", x_ratelimit_limit_tokens_minute="60000",
+          x_ratelimit_remaining_tokens_minute="50000", x_ratelimit_reset_tokens_minute="30.5")
+
+
+def cerebras_minute(learner: HeadroomLearner) -> None:
+    """30 requests sent a second apart, all admitted; the 31st refused until the first leaves the minute."""
+    for i in range(30):
+        learner.sent("wafer", 500, now=NOW + i)
+        learner.learn("wafer", 200, ROOMY, now=NOW + i + 0.1)
+    learner.sent("wafer", 500, now=NOW + 30)
+    learner.learn("wafer", 429, [*ROOMY, (b"retry-after-ms", b"30000")], now=NOW + 30.05)
+
+
+def test_a_429_naming_no_advertised_window_reveals_a_hidden_minute_of_requests():
+    """Cerebras advertises a day's requests and a minute's tokens; its 30 a minute shows only in 429s.
+    Without the inferred window the lane looked roomy once the 429's wait was over, and only the next
+    429 spilled it again: the reserve never saw it running low."""
+    learner = HeadroomLearner()
+    cerebras_minute(learner)
+    room = learner.headroom("wafer")
+    assert room.windows[HIDDEN].limit == 30 and room.windows[HIDDEN].remaining == 0
+    assert room.short(10, 1, 0, NOW + 59) == "requests"
+    learner.sent("wafer", 500, now=NOW + 61.5)  # the first two left the minute at 60 and 61: 29 in it now
+    assert room.windows[HIDDEN].remaining == 1 and room.fraction_left(NOW + 61.6) == pytest.approx(1 / 30)
+    learner.sent("wafer", 500, now=NOW + 61.7)
+    assert room.short(10, 1, 0, NOW + 61.8) == "requests", "spilled before the provider's next 429"
+
+
+def test_the_hidden_limit_rises_to_what_the_provider_admits():
+    learner = HeadroomLearner()
+    cerebras_minute(learner)
+    for i in range(3):  # the 429 was a momentary refusal: the provider admits more in the same minute
+        learner.sent("wafer", 500, now=NOW + 31 + i)
+    learner.learn("wafer", 200, ROOMY, now=NOW + 34)
+    assert learner.headroom("wafer").windows[HIDDEN].limit == 33
+
+
+@pytest.mark.parametrize("refusal", [
+    [*ROOMY, (b"retry-after", b"1")],                     # a wait unrelated to the minute's oldest request
+    [*ROOMY[:4], (b"x-ratelimit-remaining-tokens-minute", b"0"), ROOMY[5], (b"retry-after-ms", b"30000")],  # names tokens
+], ids=["other-wait", "names-a-window"])
+def test_other_429s_infer_no_hidden_window(refusal):
+    learner = HeadroomLearner()
+    for i in range(30):
+        learner.sent("wafer", 500, now=NOW + i)
+        learner.learn("wafer", 200, ROOMY, now=NOW + i + 0.1)
+    learner.sent("wafer", 500, now=NOW + 30)
+    learner.learn("wafer", 429, refusal, now=NOW + 30.05)
+    assert HIDDEN not in learner.headroom("wafer").windows

@@ -7,6 +7,7 @@ import pytest
 
 from proxy.call import ModelRequest, UpstreamError
 from proxy.config.loader import parse_policy
+from proxy.config.schema import Priors
 from proxy.routing.attempts import Attempts
 from proxy.routing.live import RoutingState
 
@@ -169,3 +170,24 @@ def test_the_attempt_reason_names_every_earlier_failure_and_counts_a_fallback(pa
     assert first.reason == "primary" and live.counters.fallbacks == 0
     later = attempts.attempt(dep, request(), Answer(200, []), "primary", ["a=429", "b=limited"], 0.0)
     assert later.reason == "fallback:a=429,b=limited" and live.counters.fallbacks == 1
+
+
+def test_a_stream_still_waiting_for_its_response_headers_bounds_the_lanes_first_token(parts) -> None:
+    """The scenario's degraded wafer lane holds back even its headers for 3 s: a wait counted from the
+    relay's start saw nothing, and short turns kept going to it."""
+    dep, live, target, attempts = parts
+    target.next = "hang"
+    body = {"model": "r", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 16, "stream": True}
+    streamed = ModelRequest.from_body("chat", None, body, "req_s", size=80)
+
+    async def wait_then_look():
+        task = asyncio.ensure_future(attempts.try_candidate(dep, streamed, None, None))
+        await asyncio.sleep(0.3)
+        during = live.stats.get("lane").estimate(Priors(ttft_ms=60, tokens_per_s=1500), 10).ttft_ms
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return during
+    during = run(wait_then_look())
+    assert during >= 600, "0.3 s without headers where 60 ms is usual: twice the wait"
+    assert live.stats.get("lane").awaiting == {}, "an answer (or a cancel) ends the wait"

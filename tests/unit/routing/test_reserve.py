@@ -82,6 +82,7 @@ def test_a_cold_start_is_not_read_as_a_flood():
 
 PACED = "    spill: {reserve_fraction: 0.8, reserve_pace: true}\n"
 FIXED = "    spill: {reserve_fraction: 0.8, reserve_min_gain_ms: 4000}\n"
+SIZED = "    spill: {reserve_fraction: 0.8, reserve_min_gain_ms: 4000, reserve_sized: true}\n"
 
 
 def low_wafer(live: RoutingState) -> None:
@@ -89,14 +90,40 @@ def low_wafer(live: RoutingState) -> None:
                                        (b"x-ratelimit-reset-requests", b"1m40s")], now=0.0)
 
 
-@pytest.mark.parametrize("spill, first", [(PACED, "wafer"), (FIXED, "gpu")])
+@pytest.mark.parametrize("spill, first", [(PACED, "wafer"), (FIXED, "gpu"), (SIZED, "wafer")])
 def test_routing_spills_for_the_reserve_only_when_the_demand_would_not_fit(spill, first):
-    """The fixed bar spills a 200-token turn (gain ~2.6 s) although the lane's quota would serve it."""
+    """The fixed bar spills a 200-token turn (gain ~2.6 s) although the lane's quota would serve it;
+    paced or sized, the turn keeps the lane (seed 4242: unsized, the lane served 39% of the turns)."""
     pol, live = probed_policy(spill), RoutingState()
     low_wafer(live)
     for i in range(5):  # a trickle of demand: 5 requests in 10 s
         deps, _, _ = order_candidates(pol.routes["r"], pol.deployments, request(200), NO_HINTS, live, float(2 * i))
     assert deps[0].name == first
+
+
+def test_the_sized_bar_keeps_what_the_requests_above_it_are_expected_to_need():
+    pol, live = probed_policy(SIZED), RoutingState()
+    low_wafer(live)  # 10 of 30 left
+    for i in range(2):  # two long turns (gain ~20 s) in 15 s: 8 a minute, within the 9 a short turn would leave
+        deps, _, _ = order_candidates(pol.routes["r"], pol.deployments, request(1500), NO_HINTS, live, float(i))
+        assert deps[0].name == "wafer"
+    deps, _, _ = order_candidates(pol.routes["r"], pol.deployments, request(200), NO_HINTS, live, 2.0)
+    assert deps[0].name == "wafer"
+    order_candidates(pol.routes["r"], pol.deployments, request(1500), NO_HINTS, live, 3.0)  # a third: 12 a minute
+    deps, reason, spilled = order_candidates(pol.routes["r"], pol.deployments, request(200), NO_HINTS, live, 4.0)
+    assert deps[0].name == "gpu" and reason.endswith("spill:wafer=reserve") and spilled == {"wafer"}
+
+
+def test_demand_above_the_bar_is_sized_per_window():
+    d = Demand()
+    for i in range(3):
+        d.add(float(i), 5000.0, 8000)  # three long turns in 15 s: 12 requests, 96k tokens a minute
+    assert d.kept_for(room(remaining=13), 3000.0, 1000, 0.8, now=3.0) is False  # 12 left after this one
+    assert d.kept_for(room(remaining=12), 3000.0, 1000, 0.8, now=3.0) is True
+    tokens = room(remaining=40_000, limit=60_000, kind="tokens", name="tokens")
+    assert d.kept_for(tokens, 3000.0, 1000, 0.8, now=3.0) is True
+    assert d.kept_for(room(remaining=12), 6000.0, 1000, 0.8, now=3.0) is False, "nobody above a higher bar"
+    assert d.kept_for(room(remaining=12), 3000.0, 1000, 0.8, now=100.0) is False, "a minute later: forgotten"
 
 
 def test_paced_routing_keeps_the_lane_for_the_long_turns_under_a_flood():

@@ -138,6 +138,64 @@ def test_other_samples_are_averaged_in(reason, ttft_ms):
     assert lane.estimate(PRIORS, 100).ttft_ms == pytest.approx(3000 + 0.2 * (ttft_ms - 3000), rel=0.01)
 
 
+def test_two_first_tokens_in_a_row_far_off_the_figure_restart_it():
+    """Seed 606 (bench/scenario.py --degrade 15:35): after two 3 s first tokens a 60 ms figure read 1.3 s
+    averaged in, so the next short turn went to the slowed lane (3.2 s) instead of the GPU lane (2.5 s)."""
+    clock, stats, lane = wafer()
+    for _ in range(10):
+        served(stats, "wafer", 60)
+    clock.now = 1.0
+    served(stats, "wafer", 3000)
+    assert lane.estimate(PRIORS, 100).ttft_ms == pytest.approx(60 + 0.2 * 2940), "one odd sample is averaged in"
+    served(stats, "wafer", 60)
+    served(stats, "wafer", 3000)
+    assert lane.estimate(PRIORS, 100).ttft_ms < 1500, "an odd sample between ordinary ones starts no run"
+    served(stats, "wafer", 3000)
+    assert lane.estimate(PRIORS, 100).ttft_ms == pytest.approx(3000), "two in a row: the lane changed"
+    served(stats, "wafer", 60)
+    served(stats, "wafer", 70)
+    assert lane.estimate(PRIORS, 100).ttft_ms == pytest.approx(65), "and back, without a probe"
+    served(stats, "wafer", 3000)
+    served(stats, "wafer", 10)  # one slower, one faster: no run
+    assert 60 < lane.estimate(PRIORS, 100).ttft_ms < 1000
+
+
+def test_a_slowdown_seen_in_one_prompt_size_is_the_lanes():
+    """Seed 606: two 3 s first tokens of 1-3k-token prompts restarted their bucket; the next short turn,
+    in the bucket below, still read 60 ms and went to the slowed lane."""
+    clock, stats, lane = wafer()
+    for _ in range(10):
+        served(stats, "wafer", 200, input_tokens=3000)
+        served(stats, "wafer", 60)
+    for _ in range(2):
+        served(stats, "wafer", 3000, input_tokens=3000)
+    assert lane.estimate(PRIORS, 3000).ttft_ms == pytest.approx(3000)
+    assert lane.estimate(PRIORS, 100).ttft_ms == pytest.approx(60 + 2800), "the same 2.8 s delay"
+    for _ in range(2):
+        served(stats, "wafer", 60, input_tokens=3000)
+    assert lane.estimate(PRIORS, 100).ttft_ms == pytest.approx(2860), "a recovery moves only its bucket (probes do the rest)"
+
+
+def test_a_wait_far_past_the_figure_predicts_twice_the_wait():
+    """Seed 606: a stream kept 2.2 s by a lane slowed to 3 s, read as a bare lower bound, still put the
+    next short turn on that lane (2.3 s predicted, 3.2 s served) rather than the GPU lane (2.6 s)."""
+    clock, stats, lane = wafer()
+    for _ in range(10):
+        served(stats, "wafer", 100)
+    usual = StreamScanner(time.perf_counter() - 0.15)  # within 2x of the figure: only a lower bound
+    stats.awaiting("wafer", usual, 100)
+    assert lane.estimate(PRIORS, 100).ttft_ms == pytest.approx(150, rel=0.2)
+    stats.answered("wafer", usual)
+    stuck = StreamScanner(time.perf_counter() - 2.2)
+    stats.awaiting("wafer", stuck, 100)
+    assert lane.estimate(PRIORS, 100).ttft_ms >= 4400
+    stats.answered("wafer", stuck)
+    served(stats, "wafer", 100, input_tokens=3000)  # the longer prompts' bucket: 100 ms too
+    longer = StreamScanner(time.perf_counter() - 2.2)
+    stats.awaiting("wafer", longer, 3000)
+    assert lane.estimate(PRIORS, 100).ttft_ms >= 4400, "far past its own bucket's figure: the lane slowed, for every prompt"
+
+
 def test_a_stream_still_waiting_for_its_first_token_bounds_the_lanes_ttft_from_below():
     clock, stats, lane = wafer()
     for _ in range(10):
