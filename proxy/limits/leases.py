@@ -53,6 +53,7 @@ class Lease:
     reserved: int = 0    # tokens reserved by the running ones
     used: int = 0        # tokens the finished ones used
     retired: bool = False
+    ending: asyncio.Task | None = None  # its last end write, which the next one waits for
 
     def fits(self, tokens: int, now: float) -> bool:
         return (not self.retired and now < self.ends_at and self.taken < self.requests
@@ -70,7 +71,7 @@ class Lease:
 class Leases:
     """The leases of one limiter, one current lease per scope (a scope's buckets share a hash tag)."""
 
-    def __init__(self, settings: LeaseSettings, store: LeaseStore, spawn: Callable[[Coroutine], None]) -> None:
+    def __init__(self, settings: LeaseSettings, store: LeaseStore, spawn: Callable[[Coroutine], asyncio.Task]) -> None:
         self.settings = settings
         self.store = store
         self._spawn = spawn
@@ -171,8 +172,14 @@ class Leases:
         held = lease.in_flight if lease.has_slots else 0
         if lease.in_flight == 0:
             self._holding.discard(lease)
-        self._spawn(self.store.end_lease(lease.rid, lease.buckets, lease.used + lease.reserved, lease.taken,
-                                         lease.requests, held, lease.slots))
+        lease.ending = self._spawn(self._end_after(lease.ending, lease, lease.used + lease.reserved, lease.taken, held))
+
+    async def _end_after(self, previous: asyncio.Task | None, lease: Lease, tokens: int, kept: int, held: int) -> None:
+        """One end write after the other: on a Cluster two calls may overtake each other, and an
+        end that still counts running requests must never land after the one that does not."""
+        if previous is not None:
+            await asyncio.wait([previous])
+        await self.store.end_lease(lease.rid, lease.buckets, tokens, kept, lease.requests, held, lease.slots)
 
     def finish(self, lease: Lease, reserved: int, used: int) -> None:
         """A request admitted under ``lease`` ended, having used ``used`` of its ``reserved`` tokens."""

@@ -233,3 +233,40 @@ def test_redis_gone_fails_closed_and_fails_open_with_leases():
         asyncio.run(main())
     finally:
         server.stop()
+
+
+def test_a_leases_end_writes_land_in_order_even_when_the_store_answers_them_out_of_order():
+    """On a Cluster two calls may overtake each other: the end that still counts a running request
+    must never land after the final one (the window would keep its reservation until it expires)."""
+    from proxy.config.schema import LeaseSettings
+    from proxy.limits.leases import Leases
+    from proxy.store.base import TOKENS, AdmitResult, Bucket, LeaseGrant
+
+    class OvertakingStore:
+        def __init__(self) -> None:
+            self.landed: list[int] = []
+            self.calls = 0
+
+        async def lease(self, rid, buckets, tokens, requests, lease_tokens, slots, ahead_ms):
+            return LeaseGrant(AdmitResult(-1, 0, [1000], [0]), 4, 400, 4)
+
+        async def end_lease(self, rid, buckets, tokens, kept, granted, held, slots):
+            self.calls += 1
+            await asyncio.sleep(0.05 if self.calls == 1 else 0)  # the first write is the slow one
+            self.landed.append(tokens)
+
+        async def renew(self, rid, buckets):
+            pass
+
+    async def main():
+        store = OvertakingStore()
+        tasks = []
+        leases = Leases(LeaseSettings(), store, lambda coro: tasks.append(asyncio.ensure_future(coro)) or tasks[-1])
+        buckets = (Bucket("lw:{c:x}:tpm", TOKENS, 1000, 60_000, "client", "x", "tpm"),)
+        lease = await leases.take(buckets, 100)
+        leases.retire_all()          # ends while its request runs: counts used + reserved (100)
+        leases.finish(lease, 100, 30)  # the request ends: the final end counts what it used (30)
+        await asyncio.gather(*tasks)
+        return store.landed
+
+    assert asyncio.run(main()) == [100, 30]
