@@ -142,33 +142,33 @@ local function wait_for(i, used)
 end
 
 -- Provider word: every window still before its reset must have room; 'x' is exhausted-until.
+-- Answers the wait and those live windows: {field = its remaining's field, requests = a request
+-- window (else tokens), left = its remaining}, what the writes below debit.
 local function provider_wait(i)
   local fields = redis.call('HGETALL', logs[i])
   local state = {}
   for j = 1, #fields, 2 do state[fields[j]] = fields[j + 1] end
-  local wait = 0
+  local wait, live = 0, {}
   local x = tonumber(state['x'] or '0')
   if x > now then wait = x - now end
   for field, value in pairs(state) do
-    if string.sub(field, -2) == ':e' then
+    if string.sub(field, -2) == ':e' and tonumber(value) > now then
       local w = string.sub(field, 1, -3)
-      local reset = tonumber(value)
-      if reset > now then
-        local need = (state[w .. ':k'] == 'requests') and 1 or amounts[i]
-        if tonumber(state[w .. ':r'] or '0') < need then wait = math.max(wait, reset - now) end
-      end
+      local window = {field = w .. ':r', requests = state[w .. ':k'] == 'requests', left = tonumber(state[w .. ':r'] or '0')}
+      live[#live + 1] = window
+      if window.left < (window.requests and 1 or amounts[i]) then wait = math.max(wait, tonumber(value) - now) end
     end
   end
-  return wait, state
+  return wait, live
 end
 
 local used, provider = {}, {}
 local function check()
   for i = 1, n do
     if kinds[i] == 'p' then
-      local wait, state = provider_wait(i)
+      local wait, live = provider_wait(i)
       if wait > 0 then return {i - 1, wait} end
-      provider[i] = state
+      provider[i] = live
     else
       used[i] = used_in(i)
       if used[i] + amounts[i] > limits[i] then return {i - 1, wait_for(i, used[i])} end
@@ -186,12 +186,8 @@ local out = {-1, 0}
 for i = 1, n do
   local kind, key = kinds[i], logs[i]
   if kind == 'p' then
-    for field, value in pairs(provider[i]) do
-      if string.sub(field, -2) == ':e' and tonumber(value) > now then
-        local w = string.sub(field, 1, -3)
-        local need = (provider[i][w .. ':k'] == 'requests') and 1 or amounts[i]
-        redis.call('HINCRBY', key, w .. ':r', -need)
-      end
+    for _, window in ipairs(provider[i]) do
+      redis.call('HINCRBY', key, window.field, -(window.requests and 1 or amounts[i]))
     end
     out[#out + 1] = -1; out[#out + 1] = -1
   elseif kind == 'm' then
@@ -248,12 +244,7 @@ local counted = {}  -- token logs a request window counts
 for i = 1, n do
   local kind = kinds[i]
   if kind == 'p' then
-    for field, value in pairs(provider[i]) do
-      if string.sub(field, -2) == ':e' and tonumber(value) > now then
-        local w = string.sub(field, 1, -3)
-        cap((provider[i][w .. ':k'] == 'requests') and 'r' or 't', tonumber(provider[i][w .. ':r'] or '0'))
-      end
-    end
+    for _, window in ipairs(provider[i]) do cap(window.requests and 'r' or 't', window.left) end
   elseif kind == 'n' or kind == 'm' then
     cap('r', limits[i] - used[i])
     if kind == 'm' then counted[logs[i]] = true end
@@ -266,11 +257,8 @@ for i = 1, n do
   local kind, key = kinds[i], logs[i]
   local took = (kind == 't') and grant.t or ((kind == 'c') and grant.c or grant.r)
   if kind == 'p' then
-    for field, value in pairs(provider[i]) do
-      if string.sub(field, -2) == ':e' and tonumber(value) > now then
-        local w = string.sub(field, 1, -3)
-        redis.call('HINCRBY', key, w .. ':r', -((provider[i][w .. ':k'] == 'requests') and grant.r or grant.t))
-      end
+    for _, window in ipairs(provider[i]) do
+      redis.call('HINCRBY', key, window.field, -(window.requests and grant.r or grant.t))
     end
     out[#out + 1] = -1; out[#out + 1] = -1
   elseif kind == 'c' then
