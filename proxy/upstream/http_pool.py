@@ -48,7 +48,7 @@ class _Connection(asyncio.Protocol):
 
     __slots__ = (
         "transport", "parser", "pool", "status", "headers", "chunks", "complete", "keep_alive",
-        "closed", "error", "_headers_waiter", "_body_waiter", "_paused", "_got_bytes", "sink", "body_at", "loop", "_clock",
+        "closed", "error", "_headers_waiter", "_body_waiter", "_paused", "_got_bytes", "sink", "body_at", "loop",
         "_batch", "hold_s", "_held", "refused",
     )
 
@@ -58,7 +58,6 @@ class _Connection(asyncio.Protocol):
         self.pool = pool
         self.transport: asyncio.Transport | None = None
         self.loop = asyncio.get_running_loop()  # kept: asking for the running loop costs a getpid() syscall
-        self._clock = self.loop.time
         self.closed = False
         self.error: UpstreamError | None = None
         self._reset()
@@ -142,8 +141,8 @@ class _Connection(asyncio.Protocol):
             waiter.set_result(None)
 
     def on_body(self, body: bytes) -> None:
-        if self.sink is not None and self._batch is not None:
-            self.body_at = self._clock()
+        if self._batch is not None:  # a read while relaying (data_received set it up for the sink)
+            self.body_at = self.loop.time()
             self._batch.append(body)
             return
         self.chunks.append(body)
